@@ -1,0 +1,141 @@
+"""Episodic tf.data pipelines over an ImageBank.
+
+Training tasks: task number t draws, from stateless random numbers keyed on
+(seed, t), one class and k + q of its images without replacement (the k
+supports always have a non-empty mask), then augments each image (§V-B). A
+pipeline that starts at task t therefore yields exactly what an uninterrupted
+one yields from t on: the data position of a resumed run is one integer.
+
+Evaluation episodes (deterministic, enumerable): for each class and each of its
+images i with a non-empty mask, the support is images i, i+1, ..., i+k-1
+(cyclically) and the queries are all the class's other images. With FSS-1000
+(10 images a class, k = 1) that is 10 episodes of 9 queries per class.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from meta_drn_tf.data.augment import augment_task
+from meta_drn_tf.data.bank import ImageBank
+
+
+class BankTensors:
+    """An ImageBank held in CPU tf.Variables so tf.data gathers from it without copies."""
+
+    def __init__(self, bank: ImageBank):
+        with tf.device("/cpu:0"):
+            self.images = tf.Variable(bank.images, trainable=False, name="bank_images")
+            self.masks = tf.Variable(bank.masks, trainable=False, name="bank_masks")
+            self.counts = tf.constant(bank.counts)
+            self.nonempty = tf.constant(bank.nonempty)
+
+
+def training_tasks(
+    bank: ImageBank,
+    shots: int = 1,
+    queries: int = 5,
+    seed: int = 0,
+    augment: bool = True,
+    start_task: int = 0,
+    num_tasks: int | None = None,
+) -> tf.data.Dataset:
+    """Dataset of training tasks, one element per task (batch it for meta-batches).
+
+    Each element is a dict: `support_images` float32 `(k, H, W, 3)` in [0, 1],
+    `support_masks` float32 `(k, H, W, 1)` in {0, 1}, `query_images`
+    `(q, H, W, 3)`, `query_masks` `(q, H, W, 1)`.
+
+    Args:
+        bank: the classes to sample from; classes with fewer than k + q images
+            or no non-empty mask are never drawn.
+        shots: k, support images per task.
+        queries: q, query images per task.
+        seed: the task stream is a pure function of the seed.
+        augment: apply the training augmentation.
+        start_task: index of the first task (to resume a run).
+        num_tasks: number of tasks (None: unbounded).
+    """
+    eligible = np.flatnonzero((bank.counts >= shots + queries) & (bank.nonempty.sum(1) >= shots))
+    if eligible.size == 0:
+        raise ValueError(f"no class has {shots + queries} images (shots + queries) with {shots} non-empty masks")
+    tensors = BankTensors(bank)
+    eligible = tf.constant(eligible, tf.int32)
+    n_max = bank.images.shape[1]
+    slots = tf.range(n_max)
+
+    def make_task(t):
+        key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0x5EED], tf.int64), t)
+        keys = tf.random.experimental.stateless_split(key, 3)
+        c = tf.gather(eligible, tf.random.stateless_uniform([], keys[0], 0, tf.size(eligible), tf.int32))
+        u = tf.random.stateless_uniform([n_max], keys[1])
+        padding = 4.0 * tf.cast(slots >= tensors.counts[c], tf.float32)
+        empty = 2.0 * tf.cast(~tensors.nonempty[c], tf.float32)
+        support = tf.argsort(u + padding + empty)[:shots]
+        taken = tf.reduce_any(slots[:, None] == support[None, :], axis=1)
+        query = tf.argsort(u + padding + 8.0 * tf.cast(taken, tf.float32))[:queries]
+        index = tf.concat([support, query], 0)
+        images = tf.cast(tf.gather(tensors.images[c], index), tf.float32) / 255.0
+        masks = tf.cast(tf.gather(tensors.masks[c], index), tf.float32)[..., None]
+        if augment:
+            images, masks = augment_task(images, masks, keys[2])
+        return {
+            "support_images": images[:shots],
+            "support_masks": masks[:shots],
+            "query_images": images[shots:],
+            "query_masks": masks[shots:],
+        }
+
+    stop = None if num_tasks is None else start_task + num_tasks
+    tasks = tf.data.Dataset.range(start_task, stop if stop is not None else 2**62)
+    return tasks.map(make_task, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def meta_batches(tasks: tf.data.Dataset, meta_batch_size: int) -> tf.data.Dataset:
+    """Groups tasks into meta-batches `(B, k|q, H, W, C)` and prefetches."""
+    return tasks.batch(meta_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_episodes(bank: ImageBank, shots: int = 1) -> list[tuple[int, list[int], list[int]]]:
+    """All evaluation episodes as (class index, support indices, query indices)."""
+    episodes = []
+    nonempty = bank.nonempty
+    for c in range(bank.num_classes):
+        n = int(bank.counts[c])
+        if n < shots + 1:
+            continue
+        for i in range(n):
+            support = [(i + j) % n for j in range(shots)]
+            if not all(nonempty[c, s] for s in support):
+                continue
+            episodes.append((c, support, [j for j in range(n) if j not in support]))
+    return episodes
+
+
+def evaluation_tasks(bank: ImageBank, shots: int = 1, limit: int | None = None) -> Iterator[dict]:
+    """Evaluation episodes as numpy task dicts (unbatched, variable query count).
+
+    `limit` keeps an evenly spread subset of at most that many episodes
+    (deterministic), for quick validation during training.
+    """
+    episodes = evaluation_episodes(bank, shots)
+    if limit is not None and limit < len(episodes):
+        step = len(episodes) / limit
+        episodes = [episodes[math.floor(i * step)] for i in range(limit)]
+    for c, support, query in episodes:
+        yield {
+            "class_name": bank.class_names[c],
+            "support_images": bank.images[c, support].astype(np.float32) / 255.0,
+            "support_masks": bank.masks[c, support, ..., None].astype(np.float32),
+            "query_images": bank.images[c, query].astype(np.float32) / 255.0,
+            "query_masks": bank.masks[c, query, ..., None].astype(np.float32),
+        }
+
+
+def count_evaluation_tasks(bank: ImageBank, shots: int = 1, limit: int | None = None) -> int:
+    n = len(evaluation_episodes(bank, shots))
+    return n if limit is None else min(n, limit)

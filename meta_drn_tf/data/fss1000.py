@@ -1,0 +1,219 @@
+"""Reader for FSS-1000 and any folder in its layout, with the official split.
+
+Layout: `ROOT/<class>/<n>.jpg` with its binary mask `ROOT/<class>/<n>.png`.
+
+Split: when ROOT holds FSS-1000 classes, the official 240 test classes
+(`splits/fss1000_test.txt`, as published with the dataset), a fixed list of 60
+validation classes chosen once from the other 760 with seed 2020
+(`splits/fss1000_val.txt`) and the remaining 700 for training - the paper's
+700/60/240. Any other folder is split by a seeded shuffle of its classes in
+the same proportions, unless the user passes split files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from importlib import resources
+
+import cv2
+import numpy as np
+from absl import logging
+
+from meta_drn_tf.data.bank import ImageBank
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
+SPLITS = ("train", "val", "test")
+# The paper's proportions: 700 train / 60 val / 240 test of 1000 classes.
+SPLIT_FRACTIONS = {"val": 0.06, "test": 0.24}
+
+
+class DataError(ValueError):
+    """A file of the dataset cannot be used; the message names it."""
+
+
+def packaged_split(name: str) -> list[str]:
+    """A class list shipped with the package: "fss1000_classes", "fss1000_test" or "fss1000_val"."""
+    text = resources.files("meta_drn_tf.data").joinpath("splits", f"{name}.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_class_list(path: str) -> list[str]:
+    """Class names from a text file, one a line."""
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the class list ({e.strerror})") from e
+
+
+def read_image(path: str, image_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decodes an image as RGB uint8 resized to `image_size`; returns it and its original (H, W)."""
+    data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    if image is None:
+        raise DataError(f"{path}: cannot be decoded as an image (missing, corrupt or not an image file)")
+    original = image.shape[:2]
+    return cv2.cvtColor(_resize(image, image_size, cv2.INTER_AREA), cv2.COLOR_BGR2RGB), original
+
+
+def decode_mask(raw: np.ndarray) -> np.ndarray:
+    """Binary {0,1} mask from any encoding found in the wild.
+
+    Handles grey (L) 0/255 and 0/1, RGB 0/1, palette PNGs (which OpenCV expands
+    to colours), RGBA with antialiased edges. The intensity is the brightest
+    colour channel (the alpha channel only when the colours are all zero), and
+    a pixel is foreground above half the mask's maximum intensity - so 0/1,
+    0/128 and 0/255 encodings all work and antialiased edges are split at half.
+    """
+    if raw.ndim == 3:
+        colour = raw[..., :3].max(axis=-1)
+        if raw.shape[-1] == 4 and colour.max() == 0:
+            colour = raw[..., 3]
+        raw = colour
+    peak = float(raw.max())
+    if peak == 0:
+        return np.zeros(raw.shape, np.uint8)
+    return (raw.astype(np.float32) > peak / 2).astype(np.uint8)
+
+
+def read_mask(path: str, expected_shape: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """Decodes a mask, checks it matches its image's size, resizes to `image_size`."""
+    data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
+    if data is None:
+        raise DataError(f"{path}: mask is missing (each <n>.jpg needs a <n>.png mask beside it)")
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if raw is None:
+        raise DataError(f"{path}: cannot be decoded as a mask image (corrupt or not an image file)")
+    if raw.shape[:2] != tuple(expected_shape):
+        raise DataError(
+            f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
+            f"{expected_shape[1]}x{expected_shape[0]}; a mask must have its image's size"
+        )
+    mask = decode_mask(raw).astype(np.float32)
+    return (_resize(mask, image_size, cv2.INTER_LINEAR) >= 0.5).astype(np.uint8)
+
+
+def _resize(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    h, w = size
+    if array.shape[:2] == (h, w):
+        return array
+    if array.shape[0] < h or array.shape[1] < w:
+        interpolation = cv2.INTER_LINEAR  # INTER_AREA is for shrinking
+    return cv2.resize(array, (w, h), interpolation=interpolation)
+
+
+def discover_classes(root: str) -> dict[str, list[str]]:
+    """Maps each class folder under `root` to its sorted image paths."""
+    if not os.path.isdir(root):
+        raise DataError(f"--data_dir {root}: no such directory")
+    classes = {}
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        files = [f for f in os.listdir(folder) if f.endswith(IMAGE_EXTENSIONS)]
+        # Natural order: 2.jpg before 10.jpg.
+        files.sort(key=lambda f: (len(os.path.splitext(f)[0]), f))
+        if files:
+            classes[name] = [os.path.join(folder, f) for f in files]
+    if not classes:
+        raise DataError(f"--data_dir {root}: no class folders with .jpg images (expected ROOT/<class>/<n>.jpg + <n>.png)")
+    return classes
+
+
+def mask_path(image_path: str) -> str:
+    return os.path.splitext(image_path)[0] + ".png"
+
+
+def split_classes(
+    names: list[str],
+    split: str,
+    seed: int = 0,
+    split_files: dict[str, str] | None = None,
+) -> list[str]:
+    """The classes of `split` ("train", "val" or "test") among `names`.
+
+    Args:
+        names: classes found in the data directory.
+        split: which split to return.
+        seed: shuffles the classes of a folder that is not FSS-1000.
+        split_files: optional {"val": path, "test": path} class lists; train is
+            everything else. Overrides the packaged and seeded splits.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    available = set(names)
+    if split_files:
+        lists = {k: read_class_list(v) for k, v in split_files.items()}
+    elif available & set(packaged_split("fss1000_test")):
+        lists = {"val": packaged_split("fss1000_val"), "test": packaged_split("fss1000_test")}
+    else:
+        order = sorted(names)
+        np.random.default_rng(seed).shuffle(order)
+        n_val = max(1, round(SPLIT_FRACTIONS["val"] * len(order))) if len(order) >= 3 else 0
+        n_test = max(1, round(SPLIT_FRACTIONS["test"] * len(order))) if len(order) >= 3 else 0
+        lists = {"val": order[:n_val], "test": order[n_val : n_val + n_test]}
+    if split == "train":
+        held_out = set(lists.get("val", [])) | set(lists.get("test", []))
+        return [n for n in sorted(names) if n not in held_out]
+    return [n for n in lists.get(split, []) if n in available]
+
+
+def load_bank(
+    root: str,
+    classes: list[str],
+    image_size: int | tuple[int, int],
+    min_images: int = 2,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> ImageBank:
+    """Decodes `classes` of `root` into an ImageBank, in parallel.
+
+    A class with fewer than `min_images` usable images (shots + 1) is reported
+    and skipped; an empty mask is reported (the episode sampler never uses it
+    as a support). A corrupt image, a missing mask or a mask of another size
+    than its image raises DataError naming the file.
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    found = discover_classes(root)
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise DataError(f"--data_dir {root}: {len(missing)} class folders are missing, e.g. {missing[:3]}")
+    paths = [p for c in classes for p in found[c]]
+
+    def decode(path):
+        image, shape = read_image(path, image_size)
+        return image, read_mask(mask_path(path), shape, image_size)
+
+    bar = _progress(len(paths), f"Decoding {len(classes)} classes from {root}") if progress else None
+    decoded = {}
+    with concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
+        for path, result in zip(paths, pool.map(decode, paths)):
+            decoded[path] = result
+            if bar is not None:
+                bar.add(1)
+    names, images, masks = [], [], []
+    for c in classes:
+        pairs = [decoded[p] for p in found[c]]
+        empty = [p for p, (_, m) in zip(found[c], pairs) if not m.any()]
+        for p in empty:
+            logging.warning("%s: mask is empty; the image is never used as a support", mask_path(p))
+        if len(pairs) < min_images or len(pairs) - len(empty) < 1:
+            logging.warning("class %s has %d images (%d with a non-empty mask); at least %d are needed: skipped",
+                            c, len(pairs), len(pairs) - len(empty), min_images)
+            continue
+        names.append(c)
+        images.append(np.stack([x for x, _ in pairs]))
+        masks.append(np.stack([y for _, y in pairs]))
+    if not names:
+        raise DataError(f"--data_dir {root}: no class has at least {min_images} images")
+    return ImageBank.from_lists(names, images, masks)
+
+
+def _progress(total: int, title: str):
+    import keras
+
+    print(title)
+    return keras.utils.Progbar(total, unit_name="image")

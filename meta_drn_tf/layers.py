@@ -1,0 +1,236 @@
+"""Keras 3 layers of the Meta-DRN network (paper §IV, Fig. 1).
+
+Every layer is a small registered-serializable class with `get_config`, so a
+`.keras` file of the model loads with `safe_mode=True` (no `Lambda`).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "meta_drn_tf"
+LEAKY_SLOPE = 0.1
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PerImageBatchNorm(layers.Layer):
+    """BatchNorm whose statistics come from each image on its own.
+
+    The paper follows each convolution with BatchNorm. In meta-learning the
+    batch is a handful of support or query images, and ordinary BatchNorm
+    makes one query's mask depend on which other images share its batch (and
+    its moving averages cannot follow fast weights). Here the mean and
+    variance are taken over the spatial axes of each image separately - the
+    statistics BatchNorm would compute for a batch of one image - and the
+    layer behaves identically in training, adaptation and serving. Learnable
+    per-channel `gamma` and `beta` are meta-learned like any other weight.
+
+    Args:
+        epsilon: added to the variance for numerical stability.
+
+    Input shape: `(batch, height, width, channels)`.
+    Output shape: same as input.
+    """
+
+    def __init__(self, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def call(self, inputs):
+        # Statistics in float32 even under a bfloat16/float16 policy.
+        x = ops.cast(inputs, "float32")
+        mean, variance = ops.moments(x, axes=[1, 2], keepdims=True)
+        gamma = ops.cast(self.gamma, "float32")
+        beta = ops.cast(self.beta, "float32")
+        y = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
+        return ops.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def _normalization(kind: str, name: str) -> layers.Layer:
+    if kind == "image":
+        return PerImageBatchNorm(name=name)
+    if kind == "none":
+        return layers.Identity(name=name)
+    raise ValueError(f"normalization must be 'image' or 'none', got {kind!r}")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvNormAct(layers.Layer):
+    """3x3 convolution (no bias), normalization, LeakyReLU.
+
+    Args:
+        filters: output channels.
+        strides: convolution stride.
+        dilation_rate: convolution dilation.
+        activation: apply LeakyReLU after the normalization.
+        kernel_size: convolution kernel size.
+        normalization: "image" (PerImageBatchNorm) or "none".
+
+    Input shape: `(batch, H, W, C)`. Output shape: `(batch, H/strides, W/strides, filters)`.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        dilation_rate: int = 1,
+        activation: bool = True,
+        kernel_size: int = 3,
+        normalization: str = "image",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.strides = strides
+        self.dilation_rate = dilation_rate
+        self.activation = activation
+        self.kernel_size = kernel_size
+        self.normalization = normalization
+        self.conv = layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            dilation_rate=dilation_rate,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        self.norm = _normalization(normalization, "norm")
+        self.act = layers.LeakyReLU(LEAKY_SLOPE, name="act") if activation else None
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        out_shape = self.conv.compute_output_shape(input_shape)
+        self.norm.build(out_shape)
+
+    def call(self, inputs):
+        x = self.norm(self.conv(inputs))
+        return self.act(x) if self.act is not None else x
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "activation": self.activation,
+            "kernel_size": self.kernel_size,
+            "normalization": self.normalization,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResBlock(layers.Layer):
+    """Residual block: two 3x3 convolutions plus a shortcut.
+
+    The first convolution carries the stride and the first dilation, the second
+    the second dilation. A 1x1 projection (with normalization) replaces the
+    identity shortcut where the stride or the channel count changes.
+
+    Args:
+        filters: output channels of both convolutions.
+        strides: stride of the first convolution.
+        dilations: (first, second) dilation rates.
+        normalization: "image" or "none".
+
+    Input shape: `(batch, H, W, C)`. Output shape: `(batch, H/strides, W/strides, filters)`.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        dilations: tuple[int, int] = (1, 1),
+        normalization: str = "image",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.strides = strides
+        self.dilations = tuple(dilations)
+        self.normalization = normalization
+        policy = self.dtype_policy
+        self.conv1 = ConvNormAct(filters, strides, self.dilations[0],
+                                 normalization=normalization, dtype=policy, name="conv1")
+        self.conv2 = ConvNormAct(filters, 1, self.dilations[1], activation=False,
+                                 normalization=normalization, dtype=policy, name="conv2")
+        self.shortcut = None
+        self.act = layers.LeakyReLU(LEAKY_SLOPE, name="act")
+
+    def build(self, input_shape):
+        if self.strides != 1 or input_shape[-1] != self.filters:
+            self.shortcut = ConvNormAct(
+                self.filters, self.strides, activation=False, kernel_size=1,
+                normalization=self.normalization, dtype=self.dtype_policy, name="shortcut",
+            )
+            self.shortcut.build(input_shape)
+        self.conv1.build(input_shape)
+        self.conv2.build(self.conv1.compute_output_shape(input_shape))
+
+    def call(self, inputs):
+        residual = self.shortcut(inputs) if self.shortcut is not None else inputs
+        return self.act(self.conv2(self.conv1(inputs)) + residual)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv1.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "strides": self.strides,
+            "dilations": list(self.dilations),
+            "normalization": self.normalization,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SubPixelUpsample(layers.Layer):
+    """Sub-pixel convolution: 3x3 conv to `classes * scale**2` channels, then
+    depth-to-space by `scale` (Shi et al. 2016).
+
+    Args:
+        classes: output channels after upsampling (1: foreground logit).
+        scale: upsampling factor r.
+
+    Input shape: `(batch, h, w, C)`. Output shape: `(batch, h*scale, w*scale, classes)`.
+    """
+
+    def __init__(self, classes: int = 1, scale: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.classes = classes
+        self.scale = scale
+        self.conv = layers.Conv2D(
+            classes * scale * scale, 3, padding="same", dtype=self.dtype_policy, name="conv",
+        )
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+
+    def call(self, inputs):
+        return ops.depth_to_space(self.conv(inputs), self.scale, data_format="channels_last")
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        mul = lambda d: None if d is None else d * self.scale  # noqa: E731
+        return (b, mul(h), mul(w), self.classes)
+
+    def get_config(self):
+        return {**super().get_config(), "classes": self.classes, "scale": self.scale}
