@@ -1,0 +1,44 @@
+"""Segmentation losses and IoU metrics (paper eq. 9), with confidence intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+THRESHOLDS = (0.5, 0.35)
+
+
+def bce_loss(logits: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
+    """Mean per-pixel sigmoid cross-entropy (the paper's loss), in float32."""
+    logits = tf.cast(logits, tf.float32)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(masks, tf.float32), logits=logits))
+
+
+def soft_iou(probabilities: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
+    """Per-image soft IoU, eq. 9: sum(P*T) / sum(P + T - P*T); 1 where both are empty.
+
+    Shapes: `(n, H, W, 1)` -> `(n,)`.
+    """
+    p = tf.cast(probabilities, tf.float32)
+    t = tf.cast(masks, tf.float32)
+    inter = tf.reduce_sum(p * t, axis=[1, 2, 3])
+    union = tf.reduce_sum(p + t - p * t, axis=[1, 2, 3])
+    return tf.where(union > 0, inter / tf.maximum(union, 1e-12), 1.0)
+
+
+def binary_iou(probabilities: tf.Tensor, masks: tf.Tensor, threshold: float) -> tf.Tensor:
+    """Per-image IoU of the mask `probabilities > threshold`; 1 where both are empty."""
+    return soft_iou(tf.cast(probabilities > threshold, tf.float32), masks)
+
+
+def mean_with_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation confidence interval."""
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    if v.size == 1:
+        return float(v[0]), float("nan")
+    z = {0.95: 1.959964, 0.99: 2.575829, 0.9: 1.644854}[confidence]
+    return float(v.mean()), float(z * v.std(ddof=1) / math.sqrt(v.size))
