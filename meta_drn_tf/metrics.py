@@ -10,10 +10,17 @@ import tensorflow as tf
 THRESHOLDS = (0.5, 0.35)
 
 
+def full_precision(x: tf.Tensor) -> tf.Tensor:
+    """`x` in float32, or float64 if it already is (half precision never reaches a loss)."""
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype == tf.float64 else tf.cast(x, tf.float32)
+
+
 def bce_loss(logits: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
-    """Mean per-pixel sigmoid cross-entropy (the paper's loss), in float32."""
-    logits = tf.cast(logits, tf.float32)
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(masks, tf.float32), logits=logits))
+    """Mean per-pixel sigmoid cross-entropy (the paper's loss), in full precision."""
+    logits = full_precision(logits)
+    labels = tf.cast(masks, logits.dtype)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
 def soft_iou(probabilities: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
@@ -21,11 +28,11 @@ def soft_iou(probabilities: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
 
     Shapes: `(n, H, W, 1)` -> `(n,)`.
     """
-    p = tf.cast(probabilities, tf.float32)
-    t = tf.cast(masks, tf.float32)
+    p = full_precision(probabilities)
+    t = tf.cast(masks, p.dtype)
     inter = tf.reduce_sum(p * t, axis=[1, 2, 3])
     union = tf.reduce_sum(p + t - p * t, axis=[1, 2, 3])
-    return tf.where(union > 0, inter / tf.maximum(union, 1e-12), 1.0)
+    return tf.where(union > 0, inter / tf.maximum(union, 1e-12), tf.ones_like(union))
 
 
 def binary_iou(probabilities: tf.Tensor, masks: tf.Tensor, threshold: float) -> tf.Tensor:

@@ -70,7 +70,9 @@ def build_meta_drn(
     x = ConvNormAct(f(512), dilation_rate=2, name="degrid_conv1", **kw)(x)
     x = ConvNormAct(f(512), dilation_rate=1, name="degrid_conv2", **kw)(x)
     x = SubPixelUpsample(classes=1, scale=4, dtype=policy, name="upsample")(x)
-    logits = layers.Activation("linear", dtype="float32", name="logits")(x)
+    # Logits leave the network in float32 (float64 for float64 models) under any policy.
+    out_dtype = "float64" if policy.variable_dtype == "float64" else "float32"
+    logits = layers.Activation("linear", dtype=out_dtype, name="logits")(x)
     return keras.Model(inputs, logits, name=name)
 
 

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from meta_drn_tf.meta import algorithms
-from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, soft_iou
+from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, full_precision, soft_iou
 
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 TASK_KEYS = ("support_images", "support_masks", "query_images", "query_masks")
@@ -138,7 +138,7 @@ class MetaLearner(tf.Module):
         """Foreground logits of `images` under `weights` (float32)."""
         non_trainable = [tf.convert_to_tensor(v) for v in self.model.non_trainable_variables]
         logits, _ = self.model.stateless_call(list(weights), non_trainable, images, training=False)
-        return tf.cast(logits, tf.float32)
+        return full_precision(logits)
 
     def loss(self, weights: Sequence[tf.Tensor], images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
         return bce_loss(self.logits(weights, images), masks)
@@ -223,20 +223,22 @@ class MetaLearner(tf.Module):
             return i + 1, [a + g for a, g in zip(accumulated, grads)], loss_sum + loss
 
         zeros = [tf.zeros(v.shape, v.dtype) for v in self.meta_variables]
+        loss_dtype = tf.float64 if self.model.dtype == "float64" else tf.float32
         _, summed, loss_sum = tf.while_loop(
-            lambda i, *_: i < local_tasks, one_task, (tf.constant(0), zeros, tf.constant(0.0)),
+            lambda i, *_: i < local_tasks, one_task, (tf.constant(0), zeros, tf.constant(0.0, loss_dtype)),
             parallel_iterations=1,  # one task at a time: memory does not grow with the meta-batch
         )
         # Mean over the global meta-batch once the optimizer sums over replicas.
-        global_tasks = tf.cast(local_tasks * context.num_replicas_in_sync, tf.float32)
-        grads = [g / global_tasks for g in summed]
+        global_tasks = local_tasks * context.num_replicas_in_sync
+        grads = [g / tf.cast(global_tasks, g.dtype) for g in summed]
         bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads])
         bad = bad + tf.cast(~tf.math.is_finite(loss_sum), tf.float32)
         finite = context.all_reduce(tf.distribute.ReduceOp.SUM, bad) == 0
         tf.cond(finite, lambda: self._apply(grads), lambda: self._skip())
-        grad_norm = tf.sqrt(context.all_reduce(tf.distribute.ReduceOp.SUM, tf.add_n([tf.reduce_sum(g * g) for g in grads])))
+        squares = tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) ** 2) for g in grads])
+        grad_norm = tf.sqrt(context.all_reduce(tf.distribute.ReduceOp.SUM, squares))
         return {
-            "loss": loss_sum / tf.cast(local_tasks, tf.float32),
+            "loss": tf.cast(loss_sum, tf.float32) / tf.cast(local_tasks, tf.float32),
             "grad_norm": grad_norm,
             "finite": tf.cast(finite, tf.float32),
         }
