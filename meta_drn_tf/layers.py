@@ -44,10 +44,15 @@ class PerImageBatchNorm(layers.Layer):
 
     def call(self, inputs):
         # Statistics in float32 even under a bfloat16/float16 policy.
-        x = ops.cast(inputs, "float32")
-        mean, variance = ops.moments(x, axes=[1, 2], keepdims=True)
-        gamma = ops.cast(self.gamma, "float32")
-        beta = ops.cast(self.beta, "float32")
+        stats_dtype = "float64" if self.compute_dtype == "float64" else "float32"
+        x = ops.cast(inputs, stats_dtype)
+        # Not ops.moments/tf.nn.moments: they stop the gradient through the mean
+        # inside the variance, which is exact to first order only and would make
+        # MAML's second-order meta-gradient wrong.
+        mean = ops.mean(x, axis=[1, 2], keepdims=True)
+        variance = ops.mean(ops.square(x - mean), axis=[1, 2], keepdims=True)
+        gamma = ops.cast(self.gamma, stats_dtype)
+        beta = ops.cast(self.beta, stats_dtype)
         y = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
         return ops.cast(y, self.compute_dtype)
 
@@ -58,11 +63,11 @@ class PerImageBatchNorm(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def _normalization(kind: str, name: str) -> layers.Layer:
+def _normalization(kind: str, name: str, dtype) -> layers.Layer:
     if kind == "image":
-        return PerImageBatchNorm(name=name)
+        return PerImageBatchNorm(name=name, dtype=dtype)
     if kind == "none":
-        return layers.Identity(name=name)
+        return layers.Identity(name=name, dtype=dtype)
     raise ValueError(f"normalization must be 'image' or 'none', got {kind!r}")
 
 
@@ -109,8 +114,8 @@ class ConvNormAct(layers.Layer):
             dtype=self.dtype_policy,
             name="conv",
         )
-        self.norm = _normalization(normalization, "norm")
-        self.act = layers.LeakyReLU(LEAKY_SLOPE, name="act") if activation else None
+        self.norm = _normalization(normalization, "norm", self.dtype_policy)
+        self.act = layers.LeakyReLU(LEAKY_SLOPE, dtype=self.dtype_policy, name="act") if activation else None
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -172,7 +177,7 @@ class ResBlock(layers.Layer):
         self.conv2 = ConvNormAct(filters, 1, self.dilations[1], activation=False,
                                  normalization=normalization, dtype=policy, name="conv2")
         self.shortcut = None
-        self.act = layers.LeakyReLU(LEAKY_SLOPE, name="act")
+        self.act = layers.LeakyReLU(LEAKY_SLOPE, dtype=policy, name="act")
 
     def build(self, input_shape):
         if self.strides != 1 or input_shape[-1] != self.filters:

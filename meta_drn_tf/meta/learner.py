@@ -147,8 +147,9 @@ class MetaLearner(tf.Module):
         """d loss / d sources, with the float16 loss scale applied and removed."""
         if self.config.precision != "float16":
             return tape.gradient(loss, sources)
-        scale = tf.convert_to_tensor(self.loss_scale)
-        return [g / scale for g in tape.gradient(loss * scale, sources)]
+        # Seeding backprop with the scale is scaling the loss, after the fact.
+        scale = tf.cast(self.loss_scale, loss.dtype)
+        return [g / tf.cast(scale, g.dtype) for g in tape.gradient(loss, sources, output_gradients=scale)]
 
     def inner_loop(
         self,
@@ -223,7 +224,7 @@ class MetaLearner(tf.Module):
             return i + 1, [a + g for a, g in zip(accumulated, grads)], loss_sum + loss
 
         zeros = [tf.zeros(v.shape, v.dtype) for v in self.meta_variables]
-        loss_dtype = tf.float64 if self.model.dtype == "float64" else tf.float32
+        loss_dtype = tf.float64 if self.meta_variables[0].dtype == tf.float64 else tf.float32
         _, summed, loss_sum = tf.while_loop(
             lambda i, *_: i < local_tasks, one_task, (tf.constant(0), zeros, tf.constant(0.0, loss_dtype)),
             parallel_iterations=1,  # one task at a time: memory does not grow with the meta-batch

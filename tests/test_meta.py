@@ -1,0 +1,196 @@
+"""Numerical tests of the meta-learning algorithms on tiny float64 networks."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from meta_drn_tf.data.episodes import meta_batches, training_tasks
+from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.model import build_meta_drn
+
+SIZE = 16
+
+
+def _learner(algorithm, inner_lr=0.5, steps=1, optimizer=None, dtype="float64", width=0.0625):
+    keras.utils.set_random_seed(0)
+    model = build_meta_drn(SIZE, width, dtype=dtype)
+    return MetaLearner(model, MetaConfig(algorithm=algorithm, inner_lr=inner_lr, inner_steps=steps), optimizer)
+
+
+def _task(seed=0, dtype="float64"):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(size=(3, SIZE, SIZE, 3)).astype(dtype)
+    masks = (images[..., :1] > 0.5).astype(dtype)
+    return {"support_images": images[:1], "support_masks": masks[:1],
+            "query_images": images[1:], "query_masks": masks[1:]}
+
+
+def _meta_objective(learner, theta, alphas=None, second_order=True):
+    """Query loss after adaptation, as a function of θ (and α): what MAML differentiates."""
+    task = _task()
+    rates = alphas if alphas is not None else learner.inner_rates()
+    fast, _ = learner.inner_loop(theta, task["support_images"], task["support_masks"],
+                                 learner.config.steps, rates, second_order)
+    return learner.loss(fast, task["query_images"], task["query_masks"])
+
+
+def _directional_fd(f, point, direction, eps=1e-7):
+    plus = f([p + eps * d for p, d in zip(point, direction)])
+    minus = f([p - eps * d for p, d in zip(point, direction)])
+    return float((plus - minus) / (2 * eps))
+
+
+def _dot(grads, direction):
+    return float(sum(tf.reduce_sum(g * d) for g, d in zip(grads, direction)))
+
+
+def _random_direction(tensors, seed):
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.normal(size=t.shape), t.dtype) for t in tensors]
+
+
+@pytest.fixture(scope="module")
+def maml():
+    return _learner("maml")
+
+
+def test_maml_meta_gradient_matches_finite_differences(maml):
+    theta = maml.initial_weights()
+    grads, _ = maml.algorithm.task_gradients(maml, _task())
+    first_order = _learner("fomaml").algorithm.task_gradients(maml, _task())[0]
+    for seed in range(3):
+        v = _random_direction(theta, seed)
+        fd = _directional_fd(lambda t: _meta_objective(maml, t), theta, v)
+        assert _dot(grads, v) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+        # The second-order term matters here, so the check can tell MAML from FOMAML.
+        assert abs(_dot(first_order, v) - fd) > 1e-3 * abs(fd)
+
+
+def test_fomaml_gradient_is_query_gradient_at_adapted_weights(maml):
+    fomaml = _learner("fomaml")
+    task = _task()
+    grads, _ = fomaml.algorithm.task_gradients(fomaml, task)
+    fast = fomaml.adapt(task["support_images"], task["support_masks"])
+    with tf.GradientTape() as tape:
+        tape.watch(fast)
+        loss = fomaml.loss(fast, task["query_images"], task["query_masks"])
+    for g, h in zip(grads, tape.gradient(loss, fast)):
+        np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-12)
+
+
+def test_maml_with_zero_inner_rate_is_gradient_descent_on_query_loss():
+    learner = _learner("maml", inner_lr=0.0)
+    task = _task()
+    grads, _ = learner.algorithm.task_gradients(learner, task)
+    theta = learner.initial_weights()
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        loss = learner.loss(theta, task["query_images"], task["query_masks"])
+    for g, h in zip(grads, tape.gradient(loss, theta)):
+        np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-12)
+
+
+def test_reptile_with_sgd_moves_theta_toward_the_mean_adapted_weights():
+    beta = 0.3
+    learner = _learner("reptile", inner_lr=0.1, steps=3, optimizer=keras.optimizers.SGD(beta))
+    tasks = [_task(0), _task(1)]
+    theta = [t.numpy() for t in learner.initial_weights()]
+    adapted = []
+    for task in tasks:
+        images = np.concatenate([task["support_images"], task["query_images"]])
+        masks = np.concatenate([task["support_masks"], task["query_masks"]])
+        adapted.append(learner.inner_loop(learner.initial_weights(), images, masks, 3, learner.inner_rates(), False)[0])
+    batch = {k: np.stack([t[k] for t in tasks]) for k in tasks[0]}
+    learner.meta_train_step(batch)
+    for i, v in enumerate(learner.model.trainable_variables):
+        mean_adapted = np.mean([a[i].numpy() for a in adapted], axis=0)
+        np.testing.assert_allclose(v.numpy(), theta[i] + beta * (mean_adapted - theta[i]), rtol=1e-7, atol=1e-12)
+
+
+def test_meta_sgd_learning_rates_get_the_finite_difference_gradient():
+    learner = _learner("metasgd", inner_lr=0.3)
+    grads, _ = learner.algorithm.task_gradients(learner, _task())
+    n = len(learner.model.trainable_variables)
+    alpha_grads = grads[n:]
+    alphas = learner.inner_rates()
+    theta = learner.initial_weights()
+    for seed in range(2):
+        v = _random_direction(alphas, 10 + seed)
+        fd = _directional_fd(lambda a: _meta_objective(learner, theta, alphas=a), alphas, v)
+        assert _dot(alpha_grads, v) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    assert len(learner.alphas) == n and all(a.shape == w.shape for a, w in zip(learner.alphas, theta))
+
+
+def test_meta_sgd_rates_are_saved_and_restored(tmp_path):
+    learner = _learner("metasgd", inner_lr=0.3)
+    learner.alphas[0].assign(learner.alphas[0] * 2)
+    path = tf.train.Checkpoint(learner=learner).save(str(tmp_path / "ckpt"))
+    other = _learner("metasgd", inner_lr=0.3)
+    tf.train.Checkpoint(learner=other).restore(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(other.alphas[0].numpy(), learner.alphas[0].numpy())
+
+
+def test_meta_train_step_is_traced_once_for_same_shape_batches(tiny_bank):
+    learner = _learner("fomaml", inner_lr=1e-2, dtype="float32", width=0.125)
+    batches = iter(meta_batches(training_tasks(tiny_bank, 1, 2, seed=0), 2))
+    learner_32 = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig("fomaml"))
+    for _ in range(3):
+        logs = learner_32.meta_train_step(next(batches))
+    assert learner_32.trace_count == 1
+    assert float(logs["finite"]) == 1.0 and np.isfinite(float(logs["loss"]))
+    del learner
+
+
+def test_non_finite_gradients_skip_the_update():
+    learner = _learner("maml", dtype="float32")
+    before = [v.numpy() for v in learner.meta_variables]
+    task = _task(dtype="float32")
+    task["query_images"][0, 0, 0, 0] = np.nan
+    logs = learner.meta_train_step({k: v[None] for k, v in task.items()})
+    assert float(logs["finite"]) == 0.0
+    for b, v in zip(before, learner.meta_variables):
+        np.testing.assert_array_equal(b, v.numpy())
+    assert int(learner.optimizer.iterations) == 0
+
+
+def test_meta_batch_of_b_tasks_averages_their_gradients():
+    learner = _learner("fomaml", optimizer=keras.optimizers.SGD(1.0))
+    tasks = [_task(0), _task(1), _task(2)]
+    expected = [np.mean(x, axis=0) for x in zip(*[
+        [g.numpy() for g in learner.algorithm.task_gradients(learner, t)[0]] for t in tasks])]
+    theta = [v.numpy() for v in learner.model.trainable_variables]
+    learner.meta_train_step({k: np.stack([t[k] for t in tasks]) for k in tasks[0]})
+    for t, e, v in zip(theta, expected, learner.model.trainable_variables):
+        np.testing.assert_allclose(v.numpy(), t - e, rtol=1e-9, atol=1e-12)
+
+
+def test_query_predictions_do_not_depend_on_the_other_queries(maml):
+    task = _task()
+    fast = maml.adapt(task["support_images"], task["support_masks"])
+    together = maml.predict(fast, task["query_images"]).numpy()
+    alone = np.concatenate([maml.predict(fast, task["query_images"][i : i + 1]).numpy() for i in range(2)])
+    np.testing.assert_allclose(together, alone, rtol=1e-12)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_steps_keep_float32_weights_and_losses(precision, tiny_bank):
+    config = MetaConfig("maml", precision=precision, inner_lr=1e-2)
+    learner = MetaLearner(build_meta_drn(32, 0.0625, dtype=config.dtype_policy), config)
+    batch = next(iter(meta_batches(training_tasks(tiny_bank, 1, 2, seed=0), 2)))
+    logs = learner.meta_train_step(batch)
+    assert logs["loss"].dtype == tf.float32 and np.isfinite(float(logs["loss"]))
+    assert all(v.dtype == tf.float32 for v in learner.meta_variables)
+    assert float(logs["finite"]) == 1.0
+
+
+def test_xla_compiled_step_matches_the_plain_step(tiny_bank):
+    batch = next(iter(meta_batches(training_tasks(tiny_bank, 1, 2, seed=0), 2)))
+    results = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(1)
+        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig("fomaml", inner_lr=1e-2, jit_compile=jit))
+        learner.meta_train_step(batch)
+        results.append([v.numpy() for v in learner.meta_variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
