@@ -28,6 +28,7 @@ class BankTensors:
     """An ImageBank held in CPU tf.Variables so tf.data gathers from it without copies."""
 
     def __init__(self, bank: ImageBank):
+        self.bank = bank
         with tf.device("/cpu:0"):
             self.images = tf.Variable(bank.images, trainable=False, name="bank_images")
             self.masks = tf.Variable(bank.masks, trainable=False, name="bank_masks")
@@ -36,13 +37,14 @@ class BankTensors:
 
 
 def training_tasks(
-    bank: ImageBank,
+    bank: ImageBank | BankTensors,
     shots: int = 1,
     queries: int = 5,
     seed: int = 0,
     augment: bool = True,
     start_task: int = 0,
     num_tasks: int | None = None,
+    task_ids: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """Dataset of training tasks, one element per task (batch it for meta-batches).
 
@@ -51,19 +53,22 @@ def training_tasks(
     `(q, H, W, 3)`, `query_masks` `(q, H, W, 1)`.
 
     Args:
-        bank: the classes to sample from; classes with fewer than k + q images
-            or no non-empty mask are never drawn.
+        bank: the classes to sample from (an ImageBank, or BankTensors made
+            once and shared by several pipelines); classes with fewer than
+            k + q images or no non-empty mask are never drawn.
         shots: k, support images per task.
         queries: q, query images per task.
         seed: the task stream is a pure function of the seed.
         augment: apply the training augmentation.
         start_task: index of the first task (to resume a run).
         num_tasks: number of tasks (None: unbounded).
+        task_ids: int64 task indices to read instead of start_task, start_task+1, ...
     """
+    tensors = bank if isinstance(bank, BankTensors) else BankTensors(bank)
+    bank = tensors.bank
     eligible = np.flatnonzero((bank.counts >= shots + queries) & (bank.nonempty.sum(1) >= shots))
     if eligible.size == 0:
         raise ValueError(f"no class has {shots + queries} images (shots + queries) with {shots} non-empty masks")
-    tensors = BankTensors(bank)
     eligible = tf.constant(eligible, tf.int32)
     n_max = bank.images.shape[1]
     slots = tf.range(n_max)
@@ -90,9 +95,9 @@ def training_tasks(
             "query_masks": masks[shots:],
         }
 
-    stop = None if num_tasks is None else start_task + num_tasks
-    tasks = tf.data.Dataset.range(start_task, stop if stop is not None else 2**62)
-    return tasks.map(make_task, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if task_ids is None:
+        task_ids = tf.data.Dataset.range(start_task, 2**62 if num_tasks is None else start_task + num_tasks)
+    return task_ids.map(make_task, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def meta_batches(tasks: tf.data.Dataset, meta_batch_size: int) -> tf.data.Dataset:

@@ -1,0 +1,116 @@
+"""The evaluation protocol: adapt on each support, score every query (IoU per query).
+
+mIoU is the mean over classes of each class's mean query IoU; its 95%
+confidence interval is the normal approximation over classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from meta_drn_tf.data.bank import ImageBank
+from meta_drn_tf.data.episodes import count_evaluation_tasks, evaluation_tasks
+from meta_drn_tf.meta import MetaLearner
+from meta_drn_tf.metrics import THRESHOLDS, mean_with_ci
+
+METRICS = ("soft_iou",) + tuple(f"iou@{t}" for t in THRESHOLDS)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Per-query scores of an evaluation run and their summaries."""
+
+    class_names: list[str]
+    records: list[dict]  # one per query: class, episode, loss and METRICS
+    inner_steps: int
+    inner_lr: float | str
+
+    def per_class(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name in dict.fromkeys(r["class"] for r in self.records):
+            rows = [r for r in self.records if r["class"] == name]
+            out[name] = {m: float(np.mean([r[m] for r in rows])) for m in METRICS + ("loss",)}
+            out[name]["queries"] = len(rows)
+        return out
+
+    def summary(self) -> dict[str, float]:
+        per_class = self.per_class()
+        out = {"classes": len(per_class), "queries": len(self.records),
+               "inner_steps": self.inner_steps, "inner_lr": self.inner_lr}
+        for m in METRICS + ("loss",):
+            mean, ci = mean_with_ci([c[m] for c in per_class.values()])
+            out[m], out[m + "_ci95"] = mean, ci
+        return out
+
+
+def evaluate_bank(
+    learner: MetaLearner,
+    bank: ImageBank,
+    shots: int = 1,
+    limit: int | None = None,
+    steps: int | None = None,
+    inner_lr: float | None = None,
+    progress: bool = False,
+    keep_predictions: int = 0,
+) -> tuple[EvalResult, list[dict]]:
+    """Runs the evaluation episodes of `bank` (at most `limit`, evenly spread).
+
+    Returns the result and, for the first `keep_predictions` episodes, the
+    task with its predictions (for pictures).
+    """
+    total = count_evaluation_tasks(bank, shots, limit)
+    bar = keras.utils.Progbar(total, unit_name="episode") if progress else None
+    records, kept = [], []
+    for e, task in enumerate(evaluation_tasks(bank, shots, limit)):
+        batch = {k: v[None] for k, v in task.items() if k != "class_name"}
+        logs = learner.evaluate_step(batch, steps=steps, inner_lr=inner_lr)
+        scores = {m: logs[m].numpy()[0] for m in METRICS}
+        for q in range(task["query_images"].shape[0]):
+            records.append({"class": task["class_name"], "episode": e, "query": q,
+                            "loss": float(logs["loss"][0]), **{m: float(scores[m][q]) for m in METRICS}})
+        if e < keep_predictions:
+            kept.append({**task, "probabilities": logs["probabilities"].numpy()[0], "iou": scores["iou@0.5"]})
+        if bar is not None:
+            bar.add(1, [("soft_iou", float(np.mean(scores["soft_iou"])))])
+    used_lr = "learned (Meta-SGD)" if learner.alphas else (inner_lr or learner.config.inner_lr)
+    return EvalResult(bank.class_names, records, steps or learner.config.steps, used_lr), kept
+
+
+def table(rows: dict[str, dict]) -> str:
+    """A Table I-shaped text table: setting | mIoU@0.5 | mIoU@0.35 | soft IoU (each ± 95% CI)."""
+    head = f"| {'Setting':<34} | {'mIoU (thresh = 0.5)':>20} | {'mIoU (thresh = 0.35)':>20} | {'soft IoU':>16} |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for name, s in rows.items():
+        cells = [f"{100 * s[m]:.2f} ± {100 * s[m + '_ci95']:.2f}" for m in ("iou@0.5", "iou@0.35", "soft_iou")]
+        lines.append(f"| {name:<34} | {cells[0]:>20} | {cells[1]:>20} | {cells[2]:>16} |")
+    return "\n".join(lines)
+
+
+def write_reports(result: EvalResult, baseline: EvalResult | None, out_dir: str, title: str) -> dict:
+    """Writes `table.md`, `per_class.csv` and `summary.json` under `out_dir`; returns the summary."""
+    import csv
+    import json
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows = {title: result.summary()}
+    if baseline is not None:
+        rows["same adaptation, random init"] = baseline.summary()
+    text = table(rows)
+    note = (f"\n\n{result.summary()['classes']} classes, {result.summary()['queries']} queries; "
+            f"test-time inner loop: {result.inner_steps} step(s), rate {result.inner_lr}. "
+            "mIoU = mean over classes of the class's mean query IoU; ± is the 95% confidence interval over classes.\n")
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(text + note)
+    with open(os.path.join(out_dir, "per_class.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "queries", "loss", *METRICS])
+        for name, s in result.per_class().items():
+            w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS)])
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    print(text + note)
+    return rows

@@ -1,0 +1,158 @@
+"""TF Serving SavedModels with the 1-shot adaptation inside the graph.
+
+Layout: `<export_base>/<version>/` with integer versions (TF Serving's
+`model_base_path` is `<export_base>`). Signatures:
+
+- `serving_default`: support_images uint8 `[k,H,W,3]`, support_masks float32
+  `[k,H,W]` in [0, 1], query_images uint8 `[n,H',W',3]`, threshold float32
+  `[t]` (send `[]` for 0.5, or `[0.35]`) -> probabilities float32 `[n,H',W']`
+  and masks uint8 `[n,H',W']`. The inner loop (with Meta-SGD's learned rates)
+  runs in the graph; images of any size are resized to the training size and
+  the masks come back at the query's own size.
+- `adapt_and_segment_float`: the same with float32 images in [0, 1].
+- `segment_initial`: query_images uint8, threshold -> the same outputs from
+  the meta-learned initialisation alone (no adaptation).
+
+Malformed requests (empty support, sizes that do not match, mask values
+outside [0, 1]) fail with an InvalidArgument error naming the problem; wrong
+ranks and dtypes are refused by the signature itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import keras
+import tensorflow as tf
+
+from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.model import build_meta_drn
+
+DEFAULT_THRESHOLD = 0.5
+
+
+class Segmenter(tf.Module):
+    """The exported object: the network's weights, Meta-SGD's rates, the serving functions."""
+
+    def __init__(self, learner: MetaLearner, image_size: int, inner_steps: int):
+        super().__init__(name="meta_drn_segmenter")
+        self.model = learner.model
+        self.alphas = list(learner.alphas)
+        self._setattr_tracking = False  # the learner's optimizer does not belong in the export
+        self._learner = learner
+        self._setattr_tracking = True
+        self._size = image_size
+        self._steps = inner_steps
+
+    def _resize(self, images: tf.Tensor) -> tf.Tensor:
+        return tf.image.resize(images, [self._size, self._size], method="bilinear")
+
+    def _outputs(self, logits: tf.Tensor, out_size: tf.Tensor, threshold: tf.Tensor) -> dict:
+        threshold = tf.cond(tf.size(threshold) > 0, lambda: threshold[0], lambda: tf.constant(DEFAULT_THRESHOLD))
+        probabilities = tf.sigmoid(tf.image.resize(logits, out_size, method="bilinear"))[..., 0]
+        return {"probabilities": probabilities, "masks": tf.cast(probabilities > threshold, tf.uint8)}
+
+    def _adapt_and_segment(self, support_images, support_masks, query_images, threshold):
+        k = tf.shape(support_images)[0]
+        checks = [
+            tf.debugging.assert_positive(k, message="the support set is empty: send at least one image and mask"),
+            tf.debugging.assert_equal(tf.shape(support_masks), tf.shape(support_images)[:3],
+                                      message="support_masks must be [k,H,W] with the support images' k, H and W"),
+            tf.debugging.assert_greater_equal(tf.reduce_min(support_masks), 0.0,
+                                              message="support_masks values must lie in [0, 1]"),
+            tf.debugging.assert_less_equal(tf.reduce_max(support_masks), 1.0,
+                                           message="support_masks values must lie in [0, 1]"),
+            tf.debugging.assert_positive(tf.shape(query_images)[0], message="no query images"),
+        ]
+        with tf.control_dependencies(checks):
+            support = self._resize(support_images)
+            masks = tf.cast(self._resize(support_masks[..., None]) > 0.5, tf.float32)
+            queries = self._resize(query_images)
+        learner = self._learner
+        fast, _ = learner.inner_loop(learner.initial_weights(), support, masks, self._steps,
+                                     learner.inner_rates(), second_order=False)
+        return self._outputs(learner.logits(fast, queries), tf.shape(query_images)[1:3], threshold)
+
+    def _images(self, uint8_images):
+        return tf.cast(uint8_images, tf.float32) / 255.0
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.uint8, name="support_images"),
+        tf.TensorSpec([None, None, None], tf.float32, name="support_masks"),
+        tf.TensorSpec([None, None, None, 3], tf.uint8, name="query_images"),
+        tf.TensorSpec([None], tf.float32, name="threshold"),
+    ])
+    def serving_default(self, support_images, support_masks, query_images, threshold):
+        return self._adapt_and_segment(self._images(support_images), support_masks,
+                                       self._images(query_images), threshold)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.float32, name="support_images"),
+        tf.TensorSpec([None, None, None], tf.float32, name="support_masks"),
+        tf.TensorSpec([None, None, None, 3], tf.float32, name="query_images"),
+        tf.TensorSpec([None], tf.float32, name="threshold"),
+    ])
+    def adapt_and_segment_float(self, support_images, support_masks, query_images, threshold):
+        return self._adapt_and_segment(support_images, support_masks, query_images, threshold)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.uint8, name="query_images"),
+        tf.TensorSpec([None], tf.float32, name="threshold"),
+    ])
+    def segment_initial(self, query_images, threshold):
+        logits = self._learner.logits(self._learner.initial_weights(), self._resize(self._images(query_images)))
+        return self._outputs(logits, tf.shape(query_images)[1:3], threshold)
+
+
+def next_version(export_base: str) -> int:
+    """The next free integer version under `export_base` (1 for a new model)."""
+    if not os.path.isdir(export_base):
+        return 1
+    versions = [int(d) for d in os.listdir(export_base) if re.fullmatch(r"\d+", d)]
+    return max(versions, default=0) + 1
+
+
+def export(
+    learner: MetaLearner,
+    export_base: str,
+    image_size: int,
+    width: float,
+    inner_steps: int | None = None,
+    precision: str | None = None,
+) -> str:
+    """Writes a TF Serving SavedModel of `learner` at `<export_base>/<next version>/`.
+
+    Args:
+        learner: the trained learner (its model's weights, Meta-SGD's rates).
+        export_base: TF Serving's model_base_path.
+        image_size: the size the network was trained at.
+        width: the network's width multiplier.
+        inner_steps: test-time inner steps (default: training's).
+        precision: compute precision of the export (default: the learner's).
+
+    Returns:
+        The version directory written.
+    """
+    precision = precision or learner.config.precision
+    config = MetaConfig(algorithm=learner.config.algorithm, inner_lr=learner.config.inner_lr,
+                        inner_steps=inner_steps or learner.config.steps, precision=precision)
+    # A fresh copy in the export precision (the source may be distributed or float16).
+    model = build_meta_drn(image_size, width, dtype=config.dtype_policy)
+    model.set_weights(learner.model.get_weights())
+    export_learner = MetaLearner(model, config, optimizer=keras.optimizers.SGD(0.0))
+    for target, alpha in zip(export_learner.alphas, learner.alphas):
+        target.assign(alpha)
+    module = Segmenter(export_learner, image_size, config.steps)
+    version = next_version(export_base)
+    final = os.path.join(export_base, str(version))
+    partial = os.path.join(export_base, f".{version}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tf.saved_model.save(module, partial, signatures={
+        "serving_default": module.serving_default,
+        "adapt_and_segment_float": module.adapt_and_segment_float,
+        "segment_initial": module.segment_initial,
+    })
+    os.replace(partial, final)  # TF Serving never sees a half-written version
+    return final

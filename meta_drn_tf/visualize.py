@@ -1,0 +1,81 @@
+"""Drawings like the paper's Fig. 4: support with its mask in green, queries
+with the predicted mask in red and their IoU written on them.
+
+The same drawing feeds the TensorBoard image grid of `train.py` and
+`tools/visualize.py`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+GREEN = (0, 200, 0)
+RED = (230, 0, 0)
+BLUE = (0, 90, 255)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """RGB float [0, 1] or uint8 -> uint8."""
+    if image.dtype == np.uint8:
+        return image
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float = 0.5) -> np.ndarray:
+    """The image with `mask > 0.5` tinted in `colour` and outlined."""
+    image = to_uint8(image).copy()
+    binary = (np.squeeze(mask) > 0.5).astype(np.uint8)
+    tint = np.array(colour, np.float32)
+    image[binary > 0] = ((1 - alpha) * image[binary > 0] + alpha * tint).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(image, contours, -1, colour, max(1, image.shape[0] // 112))
+    return image
+
+
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    """`text` in the top-left corner on a dark band, readable at any size."""
+    image = image.copy()
+    scale = max(0.3, image.shape[0] / 400)
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(image, (0, 0), (w + 4, h + base + 4), (0, 0, 0), -1)
+    cv2.putText(image, text, (2, h + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
+def task_row(
+    support_image: np.ndarray,
+    support_mask: np.ndarray,
+    query_images: np.ndarray,
+    predictions: np.ndarray,
+    ious: np.ndarray | None = None,
+    query_masks: np.ndarray | None = None,
+    title: str | None = None,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """One row of Fig. 4: support (green mask), then each query (red predicted mask, IoU).
+
+    With `query_masks`, each query is followed by its ground truth (blue).
+    """
+    tiles = [label(overlay(support_image, support_mask, GREEN), title or "support")]
+    for i, (image, prob) in enumerate(zip(query_images, predictions)):
+        tile = overlay(image, np.squeeze(prob) > threshold, RED)
+        tiles.append(label(tile, f"IoU {ious[i]:.2f}") if ious is not None else tile)
+        if query_masks is not None:
+            tiles.append(label(overlay(image, query_masks[i], BLUE), "truth"))
+    return np.concatenate(tiles, axis=1)
+
+
+def grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Stacks rows of possibly different widths on a white canvas."""
+    width = max(r.shape[1] for r in rows)
+    out = []
+    for r in rows:
+        pad = np.full((r.shape[0], width - r.shape[1], 3), 255, np.uint8)
+        out += [np.concatenate([r, pad], axis=1), np.full((gap, width, 3), 255, np.uint8)]
+    return np.concatenate(out[:-1], axis=0)
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: cannot write the PNG")
