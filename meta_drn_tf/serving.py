@@ -55,6 +55,10 @@ class Segmenter(tf.Module):
         return {"probabilities": probabilities, "masks": tf.cast(probabilities > threshold, tf.uint8)}
 
     def _adapt_and_segment(self, support_images, support_masks, query_images, threshold):
+        # Loaded signatures do not check ranks at run time; EnsureShape does.
+        support_images = tf.ensure_shape(support_images, [None, None, None, 3], name="support_images_rank")
+        support_masks = tf.ensure_shape(support_masks, [None, None, None], name="support_masks_rank")
+        query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
         k = tf.shape(support_images)[0]
         checks = [
             tf.debugging.assert_positive(k, message="the support set is empty: send at least one image and mask"),
@@ -102,6 +106,7 @@ class Segmenter(tf.Module):
         tf.TensorSpec([None], tf.float32, name="threshold"),
     ])
     def segment_initial(self, query_images, threshold):
+        query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
         logits = self._learner.logits(self._learner.initial_weights(), self._resize(self._images(query_images)))
         return self._outputs(logits, tf.shape(query_images)[1:3], threshold)
 

@@ -62,6 +62,7 @@ flags.DEFINE_integer("log_every_steps", 10, "TensorBoard scalars every N meta-st
 flags.DEFINE_bool("skip_nonfinite", False, "Skip (and count) a meta-batch with a non-finite loss instead of stopping.")
 flags.DEFINE_bool("fresh", False, "Delete the run in --model_dir and start afresh (default: resume).")
 flags.DEFINE_bool("test_at_end", True, "Evaluate the best checkpoint on the test classes at the end.")
+flags.DEFINE_bool("baseline_at_end", True, "At the end, also evaluate the same adaptation from a random initialisation.")
 flags.DEFINE_bool("export_at_end", True, "Export a TF Serving SavedModel of the best checkpoint at the end.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy (multi_worker reads TF_CONFIG).")
@@ -82,9 +83,22 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def _own_flags():
+    return FLAGS.get_flags_for_module(sys.modules[__name__])
+
+
 def run_flags() -> dict:
     """The flags of this module with their values (what a run is)."""
-    return {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+    return {f.name: f.value for f in _own_flags()}
+
+
+def default_config(**overrides) -> dict:
+    """A run configuration: the flags' defaults with `overrides` (for `train()` from Python)."""
+    cfg = {f.name: f.default for f in _own_flags()}
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown training settings: {sorted(unknown)}")
+    return {**cfg, **overrides}
 
 
 def check_model_dir(model_dir: str, current: dict) -> None:
@@ -129,6 +143,28 @@ def build_learner(cfg: dict, strategy=None):
     with strategy.scope():
         model = build_meta_drn(cfg["image_size"], cfg["width"], dtype=config.dtype_policy)
         return MetaLearner(model, config, strategy=strategy)
+
+
+def restore_learner(model_dir: str, which: str = "best", **overrides):
+    """The learner of a training run in `model_dir`, with its best (or latest) checkpoint.
+
+    Returns (learner, cfg); `overrides` change settings that do not shape the
+    model (e.g. inner_steps for a test-time inner loop).
+    """
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, FLAGS_FILE)
+    if not os.path.isfile(path):
+        raise app.UsageError(f"--model_dir {model_dir}: no training run there ({FLAGS_FILE} is missing)")
+    with open(path) as f:
+        cfg = {**json.load(f), **{k: v for k, v in overrides.items() if v is not None}}
+    directory = os.path.join(model_dir, "best" if which == "best" else "checkpoints")
+    checkpoint = tf.train.latest_checkpoint(directory)
+    if checkpoint is None:
+        raise app.UsageError(f"--model_dir {model_dir}: no checkpoint in {directory}")
+    learner = build_learner(cfg)
+    tf.train.Checkpoint(learner=learner).restore(checkpoint).expect_partial()
+    return learner, cfg
 
 
 def make_state():
@@ -333,7 +369,12 @@ def train(cfg: dict) -> dict:
     if cfg["test_at_end"]:
         test_bank = load(cfg, "test")
         result, _ = evaluate_bank(learner, test_bank, cfg["shots"], steps=cfg["eval_inner_steps"], progress=True)
-        write_reports(result, None, os.path.join(model_dir, "test"), title=f"Meta-DRN, {cfg['algo']}")
+        baseline = None
+        if cfg["baseline_at_end"]:
+            random_learner = build_learner({**cfg, "seed": cfg["seed"] + 1})
+            baseline, _ = evaluate_bank(random_learner, test_bank, cfg["shots"], steps=cfg["eval_inner_steps"])
+            final["test_random_init"] = baseline.summary()
+        write_reports(result, baseline, os.path.join(model_dir, "test"), title=f"Meta-DRN, {cfg['algo']}")
         final["test"] = result.summary()
         print(f"test: mIoU@0.5 {final['test']['iou@0.5']:.4f}  mIoU@0.35 {final['test']['iou@0.35']:.4f} "
               f"(reports in {os.path.join(model_dir, 'test')})")

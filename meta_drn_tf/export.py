@@ -1,0 +1,39 @@
+"""Export a trained run as a TF Serving SavedModel with in-graph 1-shot adaptation.
+
+    python -m meta_drn_tf.export --model_dir=runs/maml [--export_dir=saved_models/maml] [--precision=bfloat16]
+
+Writes `<export_dir>/<version>/` (the next free integer version); point TF
+Serving's model_base_path at <export_dir>. See meta_drn_tf/serving.py for the
+signatures.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
+flags.DEFINE_string("export_dir", None, "TF Serving model_base_path (default: saved_models/<run name>).")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16"], "Compute precision (default: the run's).")
+flags.DEFINE_integer("inner_steps", None, "Inner steps inside the graph (default: the run's test-time setting).")
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    from meta_drn_tf import serving, train
+
+    learner, cfg = train.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
+    name = os.path.basename(os.path.normpath(FLAGS.model_dir))
+    export_dir = FLAGS.export_dir or os.path.join("saved_models", name)
+    path = serving.export(learner, export_dir, cfg["image_size"], cfg["width"],
+                          inner_steps=FLAGS.inner_steps or cfg.get("eval_inner_steps"), precision=FLAGS.precision)
+    print(f"SavedModel written to {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

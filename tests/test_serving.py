@@ -1,0 +1,206 @@
+"""TF Serving SavedModels: fresh-process loading, signatures, parity, input checks, REST body."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from meta_drn_tf import serving
+from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.model import build_meta_drn
+
+SIZE, WIDTH = 32, 0.0625
+
+
+def _learner(algo="maml", precision="float32"):
+    keras.utils.set_random_seed(4)
+    config = MetaConfig(algo, inner_lr=0.5, precision=precision)
+    return MetaLearner(build_meta_drn(SIZE, WIDTH, dtype=config.dtype_policy), config)
+
+
+def _request(n_queries=3, size=SIZE, seed=0):
+    rng = np.random.default_rng(seed)
+    support = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    mask = np.zeros((1, size, size), np.float32)
+    mask[:, size // 4 : size // 2, size // 4 : 3 * size // 4] = 1
+    queries = rng.integers(0, 256, (n_queries, size, size, 3), dtype=np.uint8)
+    return support, mask, queries
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    learner = _learner()
+    base = str(tmp_path_factory.mktemp("export") / "meta_drn")
+    return learner, serving.export(learner, base, SIZE, WIDTH)
+
+
+def _call(path_or_model, support, mask, queries, threshold=()):
+    model = tf.saved_model.load(path_or_model) if isinstance(path_or_model, str) else path_or_model
+    out = model.signatures["serving_default"](
+        support_images=tf.constant(support), support_masks=tf.constant(mask),
+        query_images=tf.constant(queries), threshold=tf.constant(threshold, tf.float32, shape=[len(threshold)]))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def test_versions_are_integers_and_increase(exported, tmp_path):
+    learner, path = exported
+    assert os.path.basename(path) == "1"
+    base = str(tmp_path / "m")
+    assert serving.export(learner, base, SIZE, WIDTH).endswith(os.path.join("m", "1"))
+    assert serving.export(learner, base, SIZE, WIDTH).endswith(os.path.join("m", "2"))
+    assert sorted(os.listdir(base)) == ["1", "2"]
+
+
+def test_outputs_equal_library_adapt_and_predict(exported):
+    learner, path = exported
+    support, mask, queries = _request()
+    out = _call(path, support, mask, queries)
+    fast = learner.adapt(support / 255.0, mask[..., None])
+    expected = learner.predict(fast, (queries / 255.0).astype(np.float32)).numpy()[..., 0]
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+    np.testing.assert_array_equal(out["masks"], (expected > 0.5).astype(np.uint8))
+    # The adaptation really happens in the graph: the initial weights predict otherwise.
+    initial = learner.predict(learner.initial_weights(), (queries / 255.0).astype(np.float32)).numpy()[..., 0]
+    assert np.abs(initial - expected).max() > 1e-3
+
+
+def test_fresh_process_without_the_library_loads_and_runs(exported, tmp_path):
+    _, path = exported
+    support, mask, queries = _request()
+    np.savez(tmp_path / "in.npz", support=support, mask=mask, queries=queries)
+    script = f"""
+import sys, numpy as np, tensorflow as tf
+m = tf.saved_model.load({path!r})
+d = np.load({str(tmp_path / 'in.npz')!r})
+out = m.signatures["serving_default"](support_images=tf.constant(d["support"]), support_masks=tf.constant(d["mask"]),
+    query_images=tf.constant(d["queries"]), threshold=tf.constant([0.35]))
+np.save({str(tmp_path / 'out.npy')!r}, out["probabilities"].numpy())
+assert not any(name.startswith("meta_drn_tf") for name in sys.modules), "imported the library"
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=str(tmp_path), timeout=120)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), _call(path, support, mask, queries)["probabilities"],
+                               atol=1e-6)
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    _, path = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    text = subprocess.run([cli, "show", "--dir", path, "--all"], check=True, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120).stdout
+    for name in ("serving_default", "adapt_and_segment_float", "segment_initial", "support_images",
+                 "support_masks", "query_images", "threshold", "probabilities", "masks"):
+        assert name in text
+
+
+def test_a_query_mask_does_not_depend_on_the_other_queries(exported):
+    _, path = exported
+    model = tf.saved_model.load(path)
+    support, mask, queries = _request(8)
+    together = _call(model, support, mask, queries)["probabilities"]
+    alone = np.concatenate([_call(model, support, mask, queries[i : i + 1])["probabilities"] for i in range(8)])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_threshold_input_and_its_default(exported):
+    _, path = exported
+    model = tf.saved_model.load(path)
+    support, mask, queries = _request()
+    default, low = _call(model, support, mask, queries), _call(model, support, mask, queries, (0.2,))
+    np.testing.assert_array_equal(default["masks"], default["probabilities"] > 0.5)
+    np.testing.assert_array_equal(low["masks"], low["probabilities"] > 0.2)
+
+
+def test_other_sizes_are_resized_in_graph_and_masks_come_back_at_input_size(exported):
+    _, path = exported
+    model = tf.saved_model.load(path)
+    support, mask, _ = _request(size=48)
+    queries = np.random.default_rng(1).integers(0, 256, (2, 40, 56, 3), dtype=np.uint8)
+    out = _call(model, support, mask, queries)
+    assert out["probabilities"].shape == (2, 40, 56) and out["masks"].shape == (2, 40, 56)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s, m, q: (s[:0], m[:0], q), "support set is empty"),
+    (lambda s, m, q: (s, m[:, :20], q), "support_masks must be"),
+    (lambda s, m, q: (s, m * 255, q), r"lie in \[0, 1\]"),
+    (lambda s, m, q: (s, m, q[:0]), "no query images"),
+])
+def test_malformed_requests_fail_with_a_clear_error(exported, change, message):
+    _, path = exported
+    model = tf.saved_model.load(path)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        _call(model, *change(*_request()))
+
+
+def test_wrong_dtype_or_rank_is_refused_by_the_signature(exported):
+    _, path = exported
+    model = tf.saved_model.load(path)
+    support, mask, queries = _request()
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="uint8"):
+        _call(model, support.astype(np.float32), mask, queries)
+    for wrong in ((support[0], mask, queries), (support, mask, queries[0]), (support, mask[..., None], queries)):
+        with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="shape|rank"):
+            _call(model, *wrong)
+
+
+def test_segment_initial_uses_the_meta_learned_initialisation(exported):
+    learner, path = exported
+    _, _, queries = _request()
+    out = tf.saved_model.load(path).signatures["segment_initial"](
+        query_images=tf.constant(queries), threshold=tf.constant([], tf.float32))
+    expected = learner.predict(learner.initial_weights(), (queries / 255.0).astype(np.float32)).numpy()[..., 0]
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+
+
+def test_meta_sgd_export_adapts_with_the_learned_rates(tmp_path):
+    learner = _learner("metasgd")
+    for a in learner.alphas:
+        a.assign(tf.random.uniform(a.shape, 0.0, 1.0, seed=1))
+    path = serving.export(learner, str(tmp_path / "m"), SIZE, WIDTH)
+    support, mask, queries = _request()
+    expected = learner.predict(learner.adapt(support / 255.0, mask[..., None]),
+                               (queries / 255.0).astype(np.float32)).numpy()[..., 0]
+    np.testing.assert_allclose(_call(path, support, mask, queries)["probabilities"], expected, atol=1e-5)
+
+
+def test_bfloat16_export_runs_close_to_float32(exported, tmp_path):
+    learner, path = exported
+    bf16 = serving.export(learner, str(tmp_path / "bf16"), SIZE, WIDTH, precision="bfloat16")
+    support, mask, queries = _request()
+    a, b = _call(path, support, mask, queries), _call(bf16, support, mask, queries)
+    assert np.abs(a["probabilities"] - b["probabilities"]).mean() < 0.05
+
+
+def rest_predict(model, body: str) -> str:
+    """What TF Serving's REST `:predict` does with a columnar ("inputs") request body."""
+    request = json.loads(body)
+    signature = model.signatures[request.get("signature_name", "serving_default")]
+    specs = signature.structured_input_signature[1]
+    inputs = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in request["inputs"].items()}
+    return json.dumps({"outputs": {k: v.numpy().tolist() for k, v in signature(**inputs).items()}})
+
+
+def test_readme_rest_request_body_runs_against_the_saved_model(exported):
+    _, path = exported
+    support, mask, queries = _request(2)
+    # Exactly the body shape README shows.
+    body = json.dumps({
+        "signature_name": "serving_default",
+        "inputs": {
+            "support_images": support.tolist(),
+            "support_masks": mask.tolist(),
+            "query_images": queries.tolist(),
+            "threshold": [0.5],
+        },
+    })
+    response = json.loads(rest_predict(tf.saved_model.load(path), body))
+    masks = np.array(response["outputs"]["masks"], np.uint8)
+    probabilities = np.array(response["outputs"]["probabilities"])
+    assert masks.shape == (2, SIZE, SIZE) and probabilities.shape == (2, SIZE, SIZE)
+    np.testing.assert_array_equal(masks, probabilities > 0.5)

@@ -1,0 +1,143 @@
+"""Meta-train step cost per algorithm and precision (the hot path).
+
+    python tools/benchmark.py [--size 224] [--width 1.0] [--algos maml,fomaml,metasgd,reptile]
+                              [--precisions float32,bfloat16] [--repeats 3]
+
+For each algorithm and precision, at k = 1 support and q = 1 query: seconds
+per meta-step at meta-batch 1 (median of --repeats after a warm-up step),
+tasks/s, peak resident memory at meta-batch 1 and 5 (each configuration runs
+in its own process, so the peak is its own), and the achieved GFLOP/s
+against a float32 matmul peak measured in the same run.
+
+FLOPs: F is one forward pass's convolution FLOPs for one image (counted from
+the layer shapes). A backward pass costs about 2F, so a meta-step costs about
+  MAML / Meta-SGD (1 inner step, second order)  10F
+  FOMAML                                          6F
+  Reptile (5 steps on support + query = 2 images) 30F
+and achieved GFLOP/s = multiple x F x tasks / seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(__file__))
+from machine import describe  # noqa: E402
+
+flags.DEFINE_integer("size", 224, "Image size.")
+flags.DEFINE_float("width", 1.0, "Network width.")
+flags.DEFINE_list("algos", ["maml", "fomaml", "metasgd", "reptile"], "Algorithms.")
+flags.DEFINE_list("precisions", ["float32", "bfloat16"], "Precisions.")
+flags.DEFINE_integer("repeats", 3, "Timed steps (median) at meta-batch 1.")
+flags.DEFINE_string("one", None, "Internal: run one configuration 'algo,precision,meta_batch' and print JSON.")
+flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
+FLAGS = flags.FLAGS
+
+FLOP_MULTIPLE = {"maml": 10, "metasgd": 10, "fomaml": 6, "reptile": 30}
+
+
+def conv_flops(model, size: int) -> float:
+    """F: sums 2*H*W*Cout*kh*kw*Cin over the Conv2D ops of a traced one-image forward pass."""
+    import numpy as np
+    import tensorflow as tf
+
+    graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32)).graph
+    flops = 0.0
+    for op in graph.get_operations():
+        if op.type == "Conv2D":
+            out = op.outputs[0].shape.as_list()
+            kh, kw, cin, _ = op.inputs[1].shape.as_list()
+            flops += 2.0 * np.prod(out) * kh * kw * cin
+    return flops
+
+
+def matmul_peak(dtype: str, n: int = 2048, repeats: int = 10) -> float:
+    import tensorflow as tf
+
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    f = tf.function(lambda x: tf.matmul(x, x))
+    f(a).numpy()
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).numpy()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best / 1e9
+
+
+def run_one(spec: str) -> dict:
+    import numpy as np
+    import keras
+
+    from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.model import build_meta_drn
+
+    algo, precision, meta_batch = spec.split(",")
+    meta_batch = int(meta_batch)
+    config = MetaConfig(algo, precision=precision, jit_compile=FLAGS.jit_compile)
+    keras.utils.set_random_seed(0)
+    model = build_meta_drn(FLAGS.size, FLAGS.width, dtype=config.dtype_policy)
+    learner = MetaLearner(model, config)
+    rng = np.random.default_rng(0)
+    s = FLAGS.size
+    batch = {"support_images": rng.uniform(size=(meta_batch, 1, s, s, 3)).astype("float32"),
+             "support_masks": (rng.uniform(size=(meta_batch, 1, s, s, 1)) > 0.7).astype("float32"),
+             "query_images": rng.uniform(size=(meta_batch, 1, s, s, 3)).astype("float32"),
+             "query_masks": (rng.uniform(size=(meta_batch, 1, s, s, 1)) > 0.7).astype("float32")}
+    start = time.perf_counter()
+    learner.meta_train_step(batch)["loss"].numpy()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(FLAGS.repeats if meta_batch == 1 else 0):
+        start = time.perf_counter()
+        learner.meta_train_step(batch)["loss"].numpy()
+        times.append(time.perf_counter() - start)
+    return {"first_step_s": first, "times": times, "flops": conv_flops(model, s),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def child(spec: str) -> dict:
+    cmd = [sys.executable, __file__, f"--one={spec}", f"--size={FLAGS.size}", f"--width={FLAGS.width}",
+           f"--repeats={FLAGS.repeats}", f"--jit_compile={FLAGS.jit_compile}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv):
+    del argv
+    if FLAGS.one:
+        print(json.dumps(run_one(FLAGS.one)))
+        return
+    print(describe())
+    peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
+    print(f"matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s")
+    print(f"Meta-DRN {FLAGS.size}x{FLAGS.size}, width {FLAGS.width}, k=1, q=1, XLA {FLAGS.jit_compile}")
+    header = ("| algorithm | precision | s/meta-step (MB 1) | tasks/s | peak RSS MB 1 (GiB) | peak RSS MB 5 (GiB) "
+              "| MB5/MB1 | FLOPs/step | GFLOP/s | % of f32 peak |")
+    print(header)
+    print("|" + "---|" * 10)
+    for algo in FLAGS.algos:
+        for precision in FLAGS.precisions:
+            one, five = child(f"{algo},{precision},1"), child(f"{algo},{precision},5")
+            seconds = statistics.median(one["times"])
+            f = one["flops"]
+            gflops = FLOP_MULTIPLE[algo] * f / seconds / 1e9
+            print(f"| {algo} | {precision} | {seconds:.2f} | {1 / seconds:.2f} | {one['peak_rss_gib']:.2f} | "
+                  f"{five['peak_rss_gib']:.2f} | {five['peak_rss_gib'] / one['peak_rss_gib']:.2f} | "
+                  f"{FLOP_MULTIPLE[algo]}F = {FLOP_MULTIPLE[algo] * f / 1e9:.0f} G | {gflops:.0f} | "
+                  f"{100 * gflops / peak32:.0f}% |", flush=True)
+    print(f"F (one forward pass, one image) = {one['flops'] / 1e9:.1f} GFLOP")
+
+
+if __name__ == "__main__":
+    app.run(main)
