@@ -251,9 +251,11 @@ def train(cfg: dict) -> dict:
     latest = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
     best = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "best") if chief else ckpt_dir + "_best",
                                       max_to_keep=1, checkpoint_name="best")
-    if latest.latest_checkpoint:
-        checkpoint.restore(latest.latest_checkpoint).assert_existing_objects_matched()
-        print(f"Resuming {latest.latest_checkpoint}: epoch {int(state.epoch) + 1}, "
+    # Every worker resumes from the chief's checkpoint (shared storage across machines).
+    resume_from = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if resume_from:
+        checkpoint.restore(resume_from).assert_existing_objects_matched()
+        print(f"Resuming {resume_from}: epoch {int(state.epoch) + 1}, "
               f"step {int(state.step)} of {steps_per_epoch}")
 
     def save(manager, why: str) -> str | None:
@@ -362,6 +364,8 @@ def train(cfg: dict) -> dict:
         last_save = time.time()
 
     if not chief:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(ckpt_dir + "_best", ignore_errors=True)
         return {}
     checkpoint.restore(best.latest_checkpoint or latest.latest_checkpoint)
     final = {"best_val_soft_iou": float(state.best), "epochs": int(state.epoch), "checkpoint": best.latest_checkpoint}
@@ -388,11 +392,18 @@ def train(cfg: dict) -> dict:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter would bury the progress bars
+    import tensorflow as tf
+
     try:
         train(run_flags())
     except NonFiniteLoss as e:
         logging.error("%s", e)
         sys.exit(3)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
+        logging.error("lost contact with another worker (%s: %s). Restart every worker with the same command "
+                      "to resume from the last checkpoint in %s.", type(e).__name__, e.message.splitlines()[0],
+                      os.path.join(FLAGS.model_dir, "checkpoints"))
+        sys.exit(4)
 
 
 if __name__ == "__main__":

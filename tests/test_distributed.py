@@ -1,0 +1,121 @@
+"""tf.distribute: 2 logical CPU replicas match one device; two localhost workers train; a dead worker fails the run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from meta_drn_tf import distribute
+
+HERE = os.path.dirname(__file__)
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_mirrored_two_replicas_make_the_same_update_as_one_device():
+    out = subprocess.run([sys.executable, os.path.join(HERE, "distributed_check.py"),
+                          "maml", "fomaml", "metasgd", "reptile"],
+                         check=True, capture_output=True, text=True, env=ENV, timeout=400)
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    for algo, r in results.items():
+        assert r["moved"] > 1e-4, algo  # the steps changed the weights...
+        assert r["difference"] < 1e-5, (algo, r)  # ...identically on one and two replicas
+
+
+def test_meta_batch_must_divide_over_replicas():
+    strategy = tf.distribute.get_strategy()
+    assert distribute.check_meta_batch(5, strategy) == 5
+
+    class Two:
+        num_replicas_in_sync = 2
+
+    with pytest.raises(ValueError, match="multiple of 2"):
+        distribute.check_meta_batch(5, Two())
+
+
+def test_replica_task_ids_cover_each_step_once_in_order():
+    # 2 pipelines (workers) x 1 replica, meta-batch 4: worker 0 reads tasks 0,1 then 4,5; worker 1 reads 2,3 then 6,7.
+    w0 = list(distribute.replica_task_ids(0, 2, 4, 2, 0).as_numpy_iterator())
+    w1 = list(distribute.replica_task_ids(0, 2, 4, 2, 1).as_numpy_iterator())
+    assert w0 == [0, 1, 4, 5] and w1 == [2, 3, 6, 7]
+    assert list(distribute.replica_task_ids(3, 1, 4, 4, 0).as_numpy_iterator()) == [12, 13, 14, 15]
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _worker_cmd(model_dir, epochs, timeout_s=30):
+    flags = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
+                 meta_batch_size=2, tasks_per_epoch=4, epochs=epochs, val_episodes=2, inner_lr=0.01,
+                 test_at_end=False, export_at_end=False, strategy="multi_worker", model_dir=model_dir,
+                 collective_timeout_s=timeout_s, deterministic=True)
+    return [sys.executable, "-m", "meta_drn_tf.train"] + [f"--{k}={v}" for k, v in flags.items()]
+
+
+def _start_workers(model_dir, epochs, timeout_s=30):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen(_worker_cmd(model_dir, epochs, timeout_s), env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _weights(model_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_dtype_map() if k.startswith("learner/model")}
+
+
+def test_two_localhost_workers_train_like_one_device(tmp_path):
+    model_dir = str(tmp_path / "mw")
+    procs = _start_workers(model_dir, epochs=1)
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "on 2 replica(s)" in outputs[0]
+    assert {"checkpoints", "best", "logs", "flags.json"} <= set(os.listdir(model_dir))
+    single = str(tmp_path / "single")
+    cmd = [c.replace("multi_worker", "one_device") for c in _worker_cmd(single, epochs=1)]
+    subprocess.run(cmd, check=True, env=ENV, timeout=300, capture_output=True)
+    a, b = _weights(model_dir), _weights(single)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_a_dead_worker_fails_the_run_instead_of_hanging(tmp_path):
+    model_dir = str(tmp_path / "dead")
+    procs = _start_workers(model_dir, epochs=200, timeout_s=10)
+    state = os.path.join(model_dir, "checkpoints", "checkpoint")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not os.path.exists(state) and procs[0].poll() is None:
+            time.sleep(0.2)
+        assert os.path.exists(state), "no checkpoint before the kill"
+        procs[1].send_signal(signal.SIGKILL)
+        start = time.time()
+        output = procs[0].communicate(timeout=180)[0]
+        assert time.time() - start < 180
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode not in (0, None)
+    assert "worker" in output.lower() and "checkpoint" in output.lower(), output[-3000:]
