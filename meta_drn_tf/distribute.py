@@ -38,25 +38,24 @@ def make_strategy(name: str = "auto", collective_timeout_s: float = 300.0) -> tf
     """
     if name not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
-    if name == "auto":
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-        if sum(len(v) for v in cluster.values()) > 1:
-            name = "multi_worker"
-        elif len(gpus) > 1 or (not gpus and len(cpus) > 1):
-            name = "mirrored"
-        else:
-            name = "one_device"
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else cpus[0].name)
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy([d.name for d in (gpus or cpus)])
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if name == "auto" and sum(len(v) for v in cluster.values()) > 1:
+        name = "multi_worker"
+    # Multi-worker collectives must be configured before anything initialises
+    # TensorFlow's devices, so this comes first.
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (see README)")
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 or (not gpus and len(cpus) > 1) else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else cpus[0].name)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy([d.name for d in (gpus or cpus)])
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)

@@ -305,7 +305,7 @@ def train(cfg: dict) -> dict:
             state.step.assign_add(1)
             state.global_step.assign_add(1)
             step = int(state.global_step)
-            lr = float(learner.optimizer.learning_rate)
+            lr = float(learner.optimizer.learning_rate.numpy())
             bar.update(int(state.step), [("loss", loss), ("tasks/s", cfg["meta_batch_size"] / step_time),
                                          ("meta_lr", lr)])
             if step % cfg["log_every_steps"] == 0 or int(state.step) == steps_per_epoch:
@@ -352,7 +352,7 @@ def train(cfg: dict) -> dict:
         else:
             state.wait.assign_add(1)
             if cfg["lr_schedule"] == "plateau" and int(state.wait) > cfg["lr_patience"]:
-                new_lr = float(learner.optimizer.learning_rate) * cfg["lr_factor"]
+                new_lr = float(learner.optimizer.learning_rate.numpy()) * cfg["lr_factor"]
                 learner.optimizer.learning_rate.assign(new_lr)
                 state.wait.assign(0)
                 print(f"  validation soft IoU has not improved for {cfg['lr_patience']} epochs: meta_lr -> {new_lr:.3g}")

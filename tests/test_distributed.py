@@ -78,7 +78,7 @@ def _start_workers(model_dir, epochs, timeout_s=30):
 
 def _weights(model_dir):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_dtype_map() if k.startswith("learner/model")}
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_dtype_map() if k.startswith("learner/")}
 
 
 def test_two_localhost_workers_train_like_one_device(tmp_path):

@@ -209,11 +209,16 @@ class MetaLearner(tf.Module):
         return self._train_fn(task_batch)
 
     def _distributed_train_step(self, task_batch):
-        logs = self.strategy.run(self._replica_train_step, args=(task_batch,))
-        mean = tf.distribute.ReduceOp.MEAN
-        return {k: self.strategy.reduce(mean, v, axis=None) for k, v in logs.items()}
+        grads, logs = self.strategy.run(self._replica_gradients, args=(task_batch,))
+        # After the all-reduce every replica holds the same gradients: apply one
+        # copy in cross-replica context (a synchronisation inside a conditional
+        # in replica context is not supported by tf.distribute).
+        grads = [self.strategy.experimental_local_results(g)[0] for g in grads]
+        logs = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
+        tf.cond(logs["finite"] > 0.5, lambda: self._apply(grads), lambda: self._skip())
+        return logs
 
-    def _replica_train_step(self, task_batch):
+    def _replica_gradients(self, task_batch):
         self.trace_count += 1  # Python side effect: runs once per trace
         context = tf.distribute.get_replica_context()
         local_tasks = tf.shape(task_batch["support_images"])[0]
@@ -229,19 +234,18 @@ class MetaLearner(tf.Module):
             lambda i, *_: i < local_tasks, one_task, (tf.constant(0), zeros, tf.constant(0.0, loss_dtype)),
             parallel_iterations=1,  # one task at a time: memory does not grow with the meta-batch
         )
-        # Mean over the global meta-batch once the optimizer sums over replicas.
+        # The mean over the global meta-batch: divide by it, sum over replicas.
         global_tasks = local_tasks * context.num_replicas_in_sync
         grads = [g / tf.cast(global_tasks, g.dtype) for g in summed]
+        if context.num_replicas_in_sync > 1:
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads])
-        bad = bad + tf.cast(~tf.math.is_finite(loss_sum), tf.float32)
-        finite = context.all_reduce(tf.distribute.ReduceOp.SUM, bad) == 0
-        tf.cond(finite, lambda: self._apply(grads), lambda: self._skip())
-        squares = tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) ** 2) for g in grads])
-        grad_norm = tf.sqrt(context.all_reduce(tf.distribute.ReduceOp.SUM, squares))
-        return {
+        bad = bad + context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~tf.math.is_finite(loss_sum), tf.float32))
+        grad_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) ** 2) for g in grads]))
+        return grads, {
             "loss": tf.cast(loss_sum, tf.float32) / tf.cast(local_tasks, tf.float32),
             "grad_norm": grad_norm,
-            "finite": tf.cast(finite, tf.float32),
+            "finite": tf.cast(bad == 0, tf.float32),
         }
 
     def _apply(self, grads):
