@@ -264,8 +264,12 @@ def train(cfg: dict) -> dict:
                                 f"Last good checkpoint: {latest.latest_checkpoint}")
         return manager.save(checkpoint_number=int(state.global_step))
 
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "train")) if chief else tf.summary.create_noop_writer()
-    val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "validation")) if chief else tf.summary.create_noop_writer()
+    def summary_writer(name):
+        if not chief:
+            return tf.summary.create_noop_writer()
+        return tf.summary.create_file_writer(os.path.join(model_dir, "logs", name))
+
+    writer, val_writer = summary_writer("train"), summary_writer("validation")
     bank_tensors = BankTensors(train_bank)
     last_save = time.time()
 
@@ -367,8 +371,8 @@ def train(cfg: dict) -> dict:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(ckpt_dir + "_best", ignore_errors=True)
         return {}
-    checkpoint.restore(best.latest_checkpoint or latest.latest_checkpoint)
     final = {"best_val_soft_iou": float(state.best), "epochs": int(state.epoch), "checkpoint": best.latest_checkpoint}
+    checkpoint.restore(best.latest_checkpoint or latest.latest_checkpoint)
     keras.saving.save_model(learner.model, os.path.join(model_dir, "best_model.keras"))
     if cfg["test_at_end"]:
         test_bank = load(cfg, "test")

@@ -1,7 +1,9 @@
 """The training app: tiny end-to-end runs, resume after kill -9, TensorBoard, NaN guard."""
 
 import glob
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,16 +55,32 @@ def test_full_run_evaluates_on_test_classes_and_exports(tmp_path):
     assert os.path.isfile(tmp_path / "best_model.keras")
 
 
-def test_resume_refuses_other_model_shaping_flags(tmp_path):
-    train.train(_cfg(tmp_path))
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A completed one-epoch run, copied by each test that continues it."""
+    path = tmp_path_factory.mktemp("finished")
+    train.train(_cfg(path))
+    return path
+
+
+def _copy(run, tmp_path):
+    shutil.copytree(run, tmp_path, dirs_exist_ok=True)
+    flags_file = tmp_path / "flags.json"
+    cfg = json.loads(flags_file.read_text())
+    flags_file.write_text(json.dumps({**cfg, "model_dir": str(tmp_path)}))
+    return tmp_path
+
+
+def test_resume_refuses_other_model_shaping_flags(finished_run, tmp_path):
+    _copy(finished_run, tmp_path)
     with pytest.raises(app.UsageError, match="--width=0.0625"):
         train.train(_cfg(tmp_path, width=0.125, epochs=2))
     # --fresh starts over instead.
     assert train.train(_cfg(tmp_path, width=0.125, fresh=True))["epochs"] == 1
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    train.train(_cfg(tmp_path))
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
+    _copy(finished_run, tmp_path)
     good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     with pytest.raises(train.NonFiniteLoss, match=os.path.basename(good)):
         train.train(_cfg(tmp_path, epochs=2, inner_lr=1e30))
@@ -72,8 +90,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                if reader.get_variable_to_dtype_map()[k].is_floating)
 
 
-def test_skip_nonfinite_counts_bad_batches_and_goes_on(tmp_path):
-    train.train(_cfg(tmp_path))
+def test_skip_nonfinite_counts_bad_batches_and_goes_on(finished_run, tmp_path):
+    _copy(finished_run, tmp_path)
     final = train.train(_cfg(tmp_path, epochs=2, inner_lr=1e30, skip_nonfinite=True))
     assert final["epochs"] == 2
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")))
@@ -117,3 +135,31 @@ def test_kill_9_and_rerun_ends_with_the_same_weights(tmp_path):
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path / "run")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}", "--episodes=4"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = (run / "eval_test" / "table.md").read_text()
+    assert "mIoU (thresh = 0.5)" in table and "random init" in table and "1 step(s)" in table
+    summary = json.loads((run / "eval_test" / "summary.json").read_text())
+    assert set(summary) == {"Meta-DRN, maml", "same adaptation, random init"}
+    assert (run / "eval_test" / "per_class.csv").read_text().startswith("class,queries,loss,soft_iou")
+
+    export_dir = tmp_path / "saved_models" / "tiny"
+    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}", f"--export_dir={export_dir}"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (export_dir / "1" / "saved_model.pb").is_file()
+
+    png = tmp_path / "fig4.png"
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "visualize.py")
+    out = subprocess.run([sys.executable, tool, f"--model_dir={run}", f"--out={png}", "--classes=2", "--queries=2"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import cv2
+
+    assert cv2.imread(str(png)).shape[1] == 16 * 3

@@ -1,0 +1,66 @@
+"""Latency of one TF Serving request (in-graph 1-shot adaptation + segmentation).
+
+    python tools/benchmark_serving.py [--size 224] [--width 1.0] [--repeats 5]
+
+Exports a full-size network (weights do not change the cost) in float32 and
+bfloat16, loads each SavedModel as TF Serving would, and times requests with
+1 support and 1 or 8 queries (median of --repeats after a warm-up).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(__file__))
+from machine import describe  # noqa: E402
+
+flags.DEFINE_integer("size", 224, "Image size.")
+flags.DEFINE_float("width", 1.0, "Network width.")
+flags.DEFINE_integer("repeats", 5, "Timed requests per setting.")
+flags.DEFINE_list("precisions", ["float32", "bfloat16"], "Export precisions.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import numpy as np
+    import tensorflow as tf
+
+    from meta_drn_tf import serving
+    from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.model import build_meta_drn
+
+    print(describe())
+    s = FLAGS.size
+    learner = MetaLearner(build_meta_drn(s, FLAGS.width), MetaConfig("maml"))
+    rng = np.random.default_rng(0)
+    support = tf.constant(rng.integers(0, 256, (1, s, s, 3), dtype=np.uint8))
+    mask = tf.constant((rng.uniform(size=(1, s, s)) > 0.7).astype(np.float32))
+    print(f"| export | queries | latency (s, median of {FLAGS.repeats}) | queries/s |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as base:
+        for precision in FLAGS.precisions:
+            path = serving.export(learner, os.path.join(base, precision), s, FLAGS.width, precision=precision)
+            fn = tf.saved_model.load(path).signatures["serving_default"]
+            for n in (1, 8):
+                queries = tf.constant(rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8))
+                call = lambda: fn(support_images=support, support_masks=mask, query_images=queries,  # noqa: E731
+                                  threshold=tf.constant([0.5]))["masks"].numpy()
+                call()
+                times = []
+                for _ in range(FLAGS.repeats):
+                    t = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - t)
+                latency = statistics.median(times)
+                print(f"| {precision} | 1 support + {n} | {latency:.2f} | {n / latency:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
