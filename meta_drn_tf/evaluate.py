@@ -32,11 +32,11 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from meta_drn_tf import train
+    from meta_drn_tf import runs
     from meta_drn_tf.evaluation import evaluate_bank, write_reports
 
-    learner, cfg = train.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir, shots=FLAGS.shots)
-    bank = train.load(cfg, FLAGS.split)
+    learner, cfg = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir, shots=FLAGS.shots)
+    bank = runs.load(cfg, FLAGS.split)
     steps = FLAGS.inner_steps or cfg.get("eval_inner_steps")
     limit = FLAGS.episodes or None
     print(f"Evaluating {cfg['algo']} on {bank.num_classes} {FLAGS.split} classes")
@@ -44,7 +44,7 @@ def main(argv):
     baseline = None
     if FLAGS.baseline:
         print("Baseline: the same adaptation from a random initialisation")
-        random_learner = train.build_learner({**cfg, "seed": cfg["seed"] + 1})
+        random_learner = runs.build_learner({**cfg, "seed": cfg["seed"] + 1})
         baseline, _ = evaluate_bank(random_learner, bank, cfg["shots"], limit, steps, FLAGS.inner_lr, progress=True)
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}")
     write_reports(result, baseline, out_dir, title=f"Meta-DRN, {cfg['algo']}")

@@ -25,9 +25,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from meta_drn_tf import serving, train
+    from meta_drn_tf import runs, serving
 
-    learner, cfg = train.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
+    learner, cfg = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
     name = os.path.basename(os.path.normpath(FLAGS.model_dir))
     export_dir = FLAGS.export_dir or os.path.join("saved_models", name)
     path = serving.export(learner, export_dir, cfg["image_size"], cfg["width"],

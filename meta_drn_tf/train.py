@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags, logging
 
+from meta_drn_tf.runs import FLAGS_FILE, build_learner, load
+
 flags.DEFINE_string("model_dir", "runs/default", "Where checkpoints, TensorBoard logs, reports and exports go.")
 flags.DEFINE_string("data_dir", "", "FSS-1000 (or a folder in its layout: ROOT/<class>/<n>.jpg + <n>.png). "
                     "Empty: the embedded synthetic dataset.")
@@ -76,7 +78,6 @@ MODEL_FLAGS = ("algo", "image_size", "width")
 # Flags whose change makes a resumed run differ from an uninterrupted one.
 RUN_FLAGS = MODEL_FLAGS + ("data_dir", "shots", "queries", "meta_batch_size", "seed", "tasks_per_epoch",
                            "synthetic_classes", "synthetic_images", "inner_steps", "inner_lr")
-FLAGS_FILE = "flags.json"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -127,46 +128,6 @@ def check_model_dir(model_dir: str, current: dict) -> None:
         f.writelines(f"--{k}={'' if v is None else v}\n" for k, v in sorted(current.items()) if v is not None)
 
 
-def build_learner(cfg: dict, strategy=None):
-    """The model and MetaLearner a run's flags describe (variables under `strategy`)."""
-    import keras
-    import tensorflow as tf
-
-    from meta_drn_tf.meta import MetaConfig, MetaLearner
-    from meta_drn_tf.model import build_meta_drn
-
-    config = MetaConfig(algorithm=cfg["algo"], inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
-                        meta_lr=cfg["meta_lr"], weight_decay=cfg["weight_decay"],
-                        precision=cfg["precision"], jit_compile=cfg.get("jit_compile", False))
-    strategy = strategy or tf.distribute.get_strategy()
-    keras.utils.set_random_seed(cfg["seed"])
-    with strategy.scope():
-        model = build_meta_drn(cfg["image_size"], cfg["width"], dtype=config.dtype_policy)
-        return MetaLearner(model, config, strategy=strategy)
-
-
-def restore_learner(model_dir: str, which: str = "best", **overrides):
-    """The learner of a training run in `model_dir`, with its best (or latest) checkpoint.
-
-    Returns (learner, cfg); `overrides` change settings that do not shape the
-    model (e.g. inner_steps for a test-time inner loop).
-    """
-    import tensorflow as tf
-
-    path = os.path.join(model_dir, FLAGS_FILE)
-    if not os.path.isfile(path):
-        raise app.UsageError(f"--model_dir {model_dir}: no training run there ({FLAGS_FILE} is missing)")
-    with open(path) as f:
-        cfg = {**json.load(f), **{k: v for k, v in overrides.items() if v is not None}}
-    directory = os.path.join(model_dir, "best" if which == "best" else "checkpoints")
-    checkpoint = tf.train.latest_checkpoint(directory)
-    if checkpoint is None:
-        raise app.UsageError(f"--model_dir {model_dir}: no checkpoint in {directory}")
-    learner = build_learner(cfg)
-    tf.train.Checkpoint(learner=learner).restore(checkpoint).expect_partial()
-    return learner, cfg
-
-
 def make_state():
     import tensorflow as tf
 
@@ -178,19 +139,6 @@ def make_state():
     state.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_wait")
     state.bad_batches = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_batches")
     return state
-
-
-def split_files(cfg: dict) -> dict[str, str] | None:
-    files = {k: cfg[f"{k}_classes_file"] for k in ("val", "test") if cfg.get(f"{k}_classes_file")}
-    return files or None
-
-
-def load(cfg: dict, split: str, progress: bool = True):
-    from meta_drn_tf.data import load_split
-
-    return load_split(split, cfg["data_dir"] or None, cfg["image_size"], min_images=cfg["shots"] + 1,
-                      seed=cfg["seed"], split_files=split_files(cfg), synthetic_classes=cfg["synthetic_classes"],
-                      synthetic_images=cfg["synthetic_images"], progress=progress)
 
 
 def linear_lr(cfg: dict, global_step: int, total_steps: int) -> float:
@@ -216,7 +164,6 @@ def validation_images(kept: list[dict], threshold: float = 0.5):
 def train(cfg: dict) -> dict:
     """Runs (or resumes) the training described by `cfg` (the flags); returns the final summary."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from meta_drn_tf import distribute, serving

@@ -20,3 +20,24 @@ def tiny_bank():
     from meta_drn_tf.data.synthetic import synthetic_bank
 
     return synthetic_bank(num_classes=6, images_per_class=6, image_size=32, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_session():
+    """Keeps Keras's global state (names, traced graphs) from growing over the suite."""
+    yield
+    import keras
+
+    keras.backend.clear_session()
+
+
+def tiny_segmenter(size: int, dtype: str | None = None):
+    """A two-conv segmentation network with per-image BatchNorm: cheap to trace, same mechanics."""
+    import keras
+
+    from meta_drn_tf.layers import ConvNormAct
+
+    inputs = keras.Input((size, size, 3))
+    x = ConvNormAct(4, dtype=dtype, name="conv1")(inputs)
+    logits = keras.layers.Conv2D(1, 3, padding="same", dtype=dtype, name="logits")(x)
+    return keras.Model(inputs, logits)

@@ -15,7 +15,8 @@ import tensorflow as tf  # noqa: E402
 
 from meta_drn_tf import distribute  # noqa: E402
 from meta_drn_tf.meta import MetaConfig, MetaLearner  # noqa: E402
-from meta_drn_tf.model import build_meta_drn  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import tiny_segmenter  # noqa: E402
 
 distribute.split_cpu(2)
 SIZE, B = 16, 4
@@ -33,7 +34,7 @@ def batches():
 def run(algo, strategy, initial):
     config = MetaConfig(algo, inner_lr=0.1, inner_steps=2 if algo == "reptile" else 1, meta_lr=1e-2)
     with strategy.scope():
-        learner = MetaLearner(build_meta_drn(SIZE, 0.0625), config, strategy=strategy)
+        learner = MetaLearner(tiny_segmenter(SIZE), config, strategy=strategy)
     for v, value in zip(learner.meta_variables, initial):
         v.assign(value)
     for batch in batches():
@@ -52,7 +53,7 @@ results = {}
 one_device, mirrored = tf.distribute.OneDeviceStrategy("/cpu:0"), distribute.make_strategy("mirrored")
 for algo in sys.argv[1:]:
     keras.utils.set_random_seed(0)
-    reference = MetaLearner(build_meta_drn(SIZE, 0.0625), MetaConfig(algo, inner_lr=0.1))
+    reference = MetaLearner(tiny_segmenter(SIZE), MetaConfig(algo, inner_lr=0.1))
     initial = [v.numpy() + (0.01 if "alpha" in v.name else 0.0) for v in reference.meta_variables]
     one = run(algo, one_device, initial)
     two = run(algo, mirrored, initial)

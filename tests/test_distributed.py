@@ -59,7 +59,8 @@ def _free_ports(n):
 
 def _worker_cmd(model_dir, epochs, timeout_s=30):
     flags = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
-                 meta_batch_size=2, tasks_per_epoch=4, epochs=epochs, val_episodes=2, inner_lr=0.01,
+                 meta_batch_size=2, tasks_per_epoch=4, epochs=epochs, val_episodes=1, inner_lr=0.01,
+                 save_every_steps=1,
                  test_at_end=False, export_at_end=False, strategy="multi_worker", model_dir=model_dir,
                  collective_timeout_s=timeout_s, deterministic=True)
     return [sys.executable, "-m", "meta_drn_tf.train"] + [f"--{k}={v}" for k, v in flags.items()]

@@ -9,6 +9,8 @@ from meta_drn_tf.data.episodes import meta_batches, training_tasks
 from meta_drn_tf.meta import MetaConfig, MetaLearner
 from meta_drn_tf.model import build_meta_drn
 
+from conftest import tiny_segmenter
+
 SIZE = 16
 
 
@@ -188,7 +190,7 @@ def test_xla_compiled_step_matches_the_plain_step(tiny_bank):
     results = []
     for jit in (False, True):
         keras.utils.set_random_seed(1)
-        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig("fomaml", inner_lr=1e-2, jit_compile=jit))
+        learner = MetaLearner(tiny_segmenter(32), MetaConfig("maml", inner_lr=1e-2, jit_compile=jit))
         learner.meta_train_step(batch)
         results.append([v.numpy() for v in learner.meta_variables])
     for a, b in zip(*results):

@@ -22,11 +22,11 @@ def main(argv):
     del argv
     import numpy as np
 
-    from meta_drn_tf import train, visualize
+    from meta_drn_tf import runs, visualize
     from meta_drn_tf.metrics import binary_iou
 
-    learner, cfg = train.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
-    bank = train.load(cfg, FLAGS.split, progress=False)
+    learner, cfg = runs.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
+    bank = runs.load(cfg, FLAGS.split, progress=False)
     rows = []
     for c in range(min(FLAGS.classes, bank.num_classes)):
         n = int(bank.counts[c])
