@@ -146,6 +146,16 @@ def linear_lr(cfg: dict, global_step: int, total_steps: int) -> float:
     return start + (end - start) * min(1.0, global_step / max(1, total_steps))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return True  # cannot tell: do not warn
+    return "avx512_bf16" in text or "amx_bf16" in text
+
+
 def all_finite(variables) -> bool:
     import numpy as np
 
@@ -182,6 +192,9 @@ def train(cfg: dict) -> dict:
     if chief:
         check_model_dir(model_dir, cfg)
 
+    if cfg["precision"] == "bfloat16" and not tf.config.list_physical_devices("GPU") and not cpu_has_bf16():
+        logging.warning("--precision=bfloat16 on a CPU without AVX512-BF16/AMX: TensorFlow emulates it, "
+                        "about 15x slower than float32 here (see README, Benchmarks). Use float32.")
     train_bank, val_bank = load(cfg, "train"), load(cfg, "val")
     tasks_per_epoch = cfg["tasks_per_epoch"] or int(train_bank.counts.sum())
     steps_per_epoch = max(1, tasks_per_epoch // cfg["meta_batch_size"])

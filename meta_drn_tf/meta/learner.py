@@ -112,6 +112,9 @@ class MetaLearner(tf.Module):
                 2.0**15 if config.precision == "float16" else 1.0, trainable=False, name="loss_scale"
             )
             self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
+            if self.alphas and hasattr(self.optimizer, "exclude_from_weight_decay"):
+                # Decay would pull Meta-SGD's learned rates towards zero.
+                self.optimizer.exclude_from_weight_decay(var_list=self.alphas)
             self.optimizer.build(self.meta_variables)
         self.trace_count = 0
         self._train_fn = tf.function(self._distributed_train_step, jit_compile=config.jit_compile)
