@@ -29,12 +29,12 @@ class EvalResult:
     inner_lr: float | str
 
     def per_class(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for name in dict.fromkeys(r["class"] for r in self.records):
-            rows = [r for r in self.records if r["class"] == name]
-            out[name] = {m: float(np.mean([r[m] for r in rows])) for m in METRICS + ("loss",)}
-            out[name]["queries"] = len(rows)
-        return out
+        groups: dict[str, list[dict]] = {}
+        for r in self.records:
+            groups.setdefault(r["class"], []).append(r)
+        return {name: {**{m: float(np.mean([r[m] for r in rows])) for m in METRICS + ("loss",)},
+                       "queries": len(rows)}
+                for name, rows in groups.items()}
 
     def summary(self) -> dict[str, float]:
         per_class = self.per_class()
@@ -96,11 +96,12 @@ def write_reports(result: EvalResult, baseline: EvalResult | None, out_dir: str,
     import os
 
     os.makedirs(out_dir, exist_ok=True)
-    rows = {title: result.summary()}
+    summary = result.summary()
+    rows = {title: summary}
     if baseline is not None:
         rows["same adaptation, random init"] = baseline.summary()
     text = table(rows)
-    note = (f"\n\n{result.summary()['classes']} classes, {result.summary()['queries']} queries; "
+    note = (f"\n\n{summary['classes']} classes, {summary['queries']} queries; "
             f"test-time inner loop: {result.inner_steps} step(s), rate {result.inner_lr}. "
             "mIoU = mean over classes of the class's mean query IoU; ± is the 95% confidence interval over classes.\n")
     with open(os.path.join(out_dir, "table.md"), "w") as f:

@@ -341,9 +341,11 @@ def train(cfg: dict) -> dict:
         if cfg["baseline_at_end"]:
             random_learner = build_learner({**cfg, "seed": cfg["seed"] + 1})
             baseline, _ = evaluate_bank(random_learner, test_bank, cfg["shots"], steps=cfg["eval_inner_steps"])
-            final["test_random_init"] = baseline.summary()
-        write_reports(result, baseline, os.path.join(model_dir, "test"), title=f"Meta-DRN, {cfg['algo']}")
-        final["test"] = result.summary()
+        title = f"Meta-DRN, {cfg['algo']}"
+        rows = write_reports(result, baseline, os.path.join(model_dir, "test"), title=title)
+        final["test"] = rows[title]
+        if baseline is not None:
+            final["test_random_init"] = rows["same adaptation, random init"]
         print(f"test: mIoU@0.5 {final['test']['iou@0.5']:.4f}  mIoU@0.35 {final['test']['iou@0.35']:.4f} "
               f"(reports in {os.path.join(model_dir, 'test')})")
     if cfg["export_at_end"]:

@@ -130,11 +130,11 @@ class MetaLearner(tf.Module):
         """θ as tensors (the meta-learned initialisation)."""
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
-    def inner_rates(self) -> list[tf.Tensor | float]:
-        """The inner-loop rate of each weight: α, or Meta-SGD's learned tensors."""
+    def inner_rates(self, inner_lr: float | None = None) -> list[tf.Tensor | float]:
+        """The inner-loop rate of each weight: α (or `inner_lr` if given), or Meta-SGD's learned tensors."""
         if self.alphas:
             return [tf.convert_to_tensor(a) for a in self.alphas]
-        return [self.config.inner_lr] * len(self.model.trainable_variables)
+        return [self.config.inner_lr if inner_lr is None else inner_lr] * len(self.model.trainable_variables)
 
     # ----- forward, loss, adaptation ---------------------------------------
     def logits(self, weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
@@ -193,11 +193,8 @@ class MetaLearner(tf.Module):
             steps: inner steps (default: the training setting).
             inner_lr: inner rate (default: α; Meta-SGD always uses its learned rates).
         """
-        rates = self.inner_rates()
-        if inner_lr is not None and not self.alphas:
-            rates = [inner_lr] * len(rates)
         return self.inner_loop(self.initial_weights(), support_images, support_masks,
-                               steps or self.config.steps, rates, second_order=False)[0]
+                               steps or self.config.steps, self.inner_rates(inner_lr), second_order=False)[0]
 
     def predict(self, fast_weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
         """Foreground probabilities `(n, H, W, 1)` of `images` under `fast_weights`."""
@@ -274,10 +271,7 @@ class MetaLearner(tf.Module):
         `iou@0.35` `(B, q)`, plus `probabilities` `(B, q, H, W, 1)`.
         """
         batch = {k: tf.convert_to_tensor(task_batch[k], tf.float32) for k in TASK_KEYS}
-        rates = self.inner_rates()
-        if inner_lr is not None and not self.alphas:
-            rates = [inner_lr] * len(rates)
-        return self._eval_fn(batch, tf.constant(steps or self.config.steps), rates)
+        return self._eval_fn(batch, tf.constant(steps or self.config.steps), self.inner_rates(inner_lr))
 
     def _evaluate_batch(self, batch, steps, rates):
         theta = self.initial_weights()
