@@ -75,6 +75,14 @@ def _normalization(kind: str, name: str, dtype) -> layers.Layer:
 class ConvNormAct(layers.Layer):
     """3x3 convolution (no bias), normalization, LeakyReLU.
 
+    A strided 1x1 convolution is computed as spatial subsampling followed by a
+    stride-1 1x1 convolution: the same function for "same" padding (a 1x1
+    window needs no padding, so output pixel (i, j) reads input pixel
+    (s*i, s*j)), the same weights, and no strided 1x1 convolution in the graph.
+    TensorFlow 2.21's oneDNN corrupts the heap in the filter gradient of a
+    strided 1x1 convolution with fewer than 16 input channels on AVX512-BF16
+    CPUs; this way that op is never emitted, at any width.
+
     Args:
         filters: output channels.
         strides: convolution stride.
@@ -103,10 +111,12 @@ class ConvNormAct(layers.Layer):
         self.activation = activation
         self.kernel_size = kernel_size
         self.normalization = normalization
+        # See the class docstring: strided 1x1 convs subsample first.
+        self.subsample = strides if kernel_size == 1 and strides > 1 else 1
         self.conv = layers.Conv2D(
             filters,
             kernel_size,
-            strides=strides,
+            strides=strides // self.subsample,
             dilation_rate=dilation_rate,
             padding="same",
             use_bias=False,
@@ -119,15 +129,18 @@ class ConvNormAct(layers.Layer):
 
     def build(self, input_shape):
         self.conv.build(input_shape)
-        out_shape = self.conv.compute_output_shape(input_shape)
-        self.norm.build(out_shape)
+        self.norm.build(self.compute_output_shape(input_shape))
 
     def call(self, inputs):
+        if self.subsample > 1:
+            inputs = inputs[:, :: self.subsample, :: self.subsample, :]
         x = self.norm(self.conv(inputs))
         return self.act(x) if self.act is not None else x
 
     def compute_output_shape(self, input_shape):
-        return self.conv.compute_output_shape(input_shape)
+        b, h, w, _ = input_shape
+        ceil = lambda d: None if d is None else -(-d // self.subsample)  # noqa: E731
+        return self.conv.compute_output_shape((b, ceil(h), ceil(w), input_shape[-1]))
 
     def get_config(self):
         return {

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,3 +91,52 @@ def test_mixed_bfloat16_policy_keeps_float32_variables_and_logits():
     model = build_meta_drn(32, 0.125, dtype="mixed_bfloat16")
     assert all(v.dtype == "float32" for v in model.trainable_variables)
     assert model(np.zeros((1, 32, 32, 3), "float32")).dtype == tf.float32
+
+
+LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy_0.1.0")
+
+
+def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
+    """Version 0.1.0 computed the strided 1x1 shortcut with a strided convolution;
+    its .keras files, checkpoints and SavedModels give the same outputs now
+    (width 0.03125, 16x16, Meta-SGD with learned rates; see test_native_ops.py)."""
+    import tarfile
+
+    from meta_drn_tf import serving
+    from meta_drn_tf.meta import MetaConfig, MetaLearner
+
+    expected = np.load(os.path.join(LEGACY, "io.npz"))
+    images, support_mask = expected["images"], expected["support_mask"]
+    loaded = keras.saving.load_model(os.path.join(LEGACY, "model.keras"), safe_mode=True)
+    np.testing.assert_array_equal(loaded(images).numpy(), expected["logits"])
+
+    learner = MetaLearner(build_meta_drn(16, 0.03125), MetaConfig("metasgd", inner_lr=0.3))
+    tf.train.Checkpoint(learner=learner).read(os.path.join(LEGACY, "checkpoint", "ckpt")).assert_existing_objects_matched()
+    np.testing.assert_array_equal(learner.model(images).numpy(), expected["logits"])
+    fast = learner.adapt(images[:1], support_mask)
+    np.testing.assert_allclose(learner.predict(fast, images[1:]).numpy(), expected["adapted_probabilities"], atol=1e-6)
+
+    def serve(path):
+        out = tf.saved_model.load(path).signatures["adapt_and_segment_float"](
+            support_images=tf.constant(images[:1]), support_masks=tf.constant(support_mask[..., 0]),
+            query_images=tf.constant(images[1:]), threshold=tf.constant([], tf.float32))
+        return out["probabilities"].numpy()
+
+    with tarfile.open(os.path.join(LEGACY, "saved_model.tgz")) as archive:
+        archive.extractall(tmp_path / "old", filter="data")
+    np.testing.assert_allclose(serve(str(tmp_path / "old" / "1")), expected["adapted_probabilities"][..., 0], atol=1e-6)
+    # An old run exported again today serves the same masks.
+    again = serving.export(learner, str(tmp_path / "new"), 16, 0.03125)
+    np.testing.assert_allclose(serve(again), expected["adapted_probabilities"][..., 0], atol=1e-6)
+
+
+def test_strided_1x1_projection_equals_a_strided_convolution():
+    from meta_drn_tf.layers import ConvNormAct
+
+    layer = ConvNormAct(8, strides=2, kernel_size=1, activation=False, normalization="none")
+    for size in (15, 16):  # odd and even sizes: "same" padding needs none for a 1x1 window
+        x = tf.random.uniform((2, size, size, 5), seed=size)
+        y = layer(x)
+        reference = tf.nn.conv2d(x, layer.conv.kernel, strides=2, padding="SAME")
+        assert y.shape == layer.compute_output_shape(x.shape) == reference.shape
+        np.testing.assert_allclose(y.numpy(), reference.numpy(), atol=1e-6)

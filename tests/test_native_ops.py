@@ -1,0 +1,84 @@
+"""Ops that crash TensorFlow natively on some CPUs are never emitted.
+
+TensorFlow 2.21's oneDNN corrupts the heap in `Conv2DBackpropFilter` of a 1x1
+convolution with stride > 1 and fewer than 16 input channels on AVX512-BF16
+CPUs. The network computes its strided 1x1 projection as subsampling plus a
+stride-1 convolution, so no meta-step graph contains such a convolution.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tensorflow as tf
+
+from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.model import build_meta_drn
+
+CONV_OPS = ("Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput")
+
+
+def _kernel_shape(op):
+    if op.type == "Conv2DBackpropFilter":
+        return op.outputs[0].shape.as_list()  # the filter's gradient has the filter's shape
+    return op.inputs[1].shape.as_list()
+
+
+def _convolutions(graph, seen=None):
+    """(op type, kernel shape, strides) of every convolution in `graph` and the functions it calls."""
+    seen = set() if seen is None else seen
+    found = []
+    for op in graph.get_operations():
+        if op.type in CONV_OPS:
+            found.append((op.type, _kernel_shape(op), op.get_attr("strides")))
+        for attr in op.node_def.attr.values():
+            names = [attr.func.name] if attr.HasField("func") else [f.name for f in attr.list.func]
+            for name in names:
+                if name and name not in seen:
+                    seen.add(name)
+                    found += _convolutions(graph._get_function(name).graph, seen)
+    return found
+
+
+@pytest.mark.parametrize("width", [0.125, 1.0])
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "reptile"])
+def test_meta_step_graph_has_no_strided_1x1_convolution(algo, width):
+    learner = MetaLearner(build_meta_drn(16, width), MetaConfig(algo))
+    spec = {k: tf.TensorSpec([1, 1, 16, 16, c], tf.float32)
+            for k, c in [("support_images", 3), ("support_masks", 1), ("query_images", 3), ("query_masks", 1)]}
+    convs = _convolutions(learner._train_fn.get_concrete_function(spec).graph)
+    assert {t for t, _, _ in convs} == set(CONV_OPS)
+    # The walk sees strides: the head's and resblock1's 3x3 stride-2 convs are there.
+    assert any(k[:2] == [3, 3] and s[1] == 2 for _, k, s in convs)
+    # ...and 1x1 convs (the projection shortcuts), all at stride 1.
+    ones = [(t, s) for t, k, s in convs if k and k[:2] == [1, 1]]
+    assert ones and all(s == [1, 1, 1, 1] for _, s in ones), ones
+
+
+def test_meta_step_and_evaluation_at_a_narrow_width_do_not_crash_natively():
+    # Width 0.125: resblock1's projection has 8 input channels, the case that
+    # crashed. A native crash would kill pytest, so it runs in a subprocess.
+    script = textwrap.dedent("""
+        import keras, numpy as np
+        from meta_drn_tf.data.synthetic import synthetic_bank
+        from meta_drn_tf.data.episodes import meta_batches, training_tasks
+        from meta_drn_tf.evaluation import evaluate_bank
+        from meta_drn_tf.meta import MetaConfig, MetaLearner
+        from meta_drn_tf.model import build_meta_drn
+        keras.utils.set_random_seed(0)
+        bank = synthetic_bank(num_classes=3, images_per_class=4, image_size=32, seed=1)
+        learner = MetaLearner(build_meta_drn(32, 0.125), MetaConfig("maml", inner_lr=0.05))
+        batch = next(iter(meta_batches(training_tasks(bank, 1, 2, seed=0), 2)))
+        for _ in range(2):
+            assert np.isfinite(float(learner.meta_train_step(batch)["loss"]))
+        summary = evaluate_bank(learner, bank, limit=3)[0].summary()
+        assert 0 <= summary["soft_iou"] <= 1
+        print("ok")
+    """)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (
+        f"a MAML meta-step + evaluation at width 0.125 ended with exit code {out.returncode} "
+        f"(negative: killed by a signal, i.e. a native crash):\n{out.stderr[-3000:]}")
