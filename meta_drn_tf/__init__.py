@@ -1,9 +1,19 @@
 """meta_drn_tf: meta-learned 1-shot image segmentation (Meta-DRN) in TensorFlow / Keras 3."""
 
 import os
+import sys
 
-# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines, CPU feature notes) would
-# bury the progress bars; a value the user set wins.
+# TensorFlow's C++ runtime messages (CPU feature notes, CUDA probing on CPU machines) would
+# bury the progress bars. A value the user set wins; `--verbosity=0` on a command brings them
+# back (meta_drn_tf.cli), which needs to know whether this default was applied.
+TF_LOG_LEVEL_DEFAULTED = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+if sys.argv and sys.argv[0] == "-m":
+    # `python -m meta_drn_tf.X` is starting an app (argv[0] is "-m" while the package is
+    # imported): start TensorFlow quietly before the app's module imports it.
+    from meta_drn_tf import cli
+
+    cli.start_tensorflow(cli.verbosity_in(sys.argv))

@@ -14,6 +14,8 @@ import os
 
 import tensorflow as tf
 
+from meta_drn_tf.errors import ConfigError
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -37,7 +39,7 @@ def make_strategy(name: str = "auto", collective_timeout_s: float = 300.0) -> tf
     fails the run instead of hanging it.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+        raise ConfigError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     if name == "auto" and sum(len(v) for v in cluster.values()) > 1:
         name = "multi_worker"
@@ -45,7 +47,7 @@ def make_strategy(name: str = "auto", collective_timeout_s: float = 300.0) -> tf
     # TensorFlow's devices, so this comes first.
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (see README)")
+            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable (see README)")
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_logical_devices("GPU")
@@ -77,7 +79,7 @@ def check_meta_batch(meta_batch_size: int, strategy: tf.distribute.Strategy) -> 
     """Tasks per replica; a meta-batch that does not split evenly is refused."""
     replicas = strategy.num_replicas_in_sync
     if meta_batch_size % replicas:
-        raise ValueError(
+        raise ConfigError(
             f"--meta_batch_size={meta_batch_size} does not divide over {replicas} replicas; "
             f"use a multiple of {replicas}"
         )

@@ -89,28 +89,59 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_reports(result: EvalResult, baseline: EvalResult | None, out_dir: str, title: str) -> dict:
-    """Writes `table.md`, `per_class.csv` and `summary.json` under `out_dir`; returns the summary."""
+def setting_title(algorithm: str, shots: int) -> str:
+    """The row title of a meta-learned network's results."""
+    return f"Meta-DRN, {algorithm}, {shots}-shot"
+
+
+def baseline_title(shots: int) -> str:
+    """The row title of the same adaptation from a random initialisation."""
+    return f"same adaptation, random init, {shots}-shot"
+
+
+def evaluate_settings(
+    learner: MetaLearner,
+    baseline: MetaLearner | None,
+    bank: ImageBank,
+    shots: list[int],
+    progress: bool = False,
+    **kwargs,
+) -> dict[str, EvalResult]:
+    """Table rows: `learner` at each k in `shots`, each followed by `baseline`'s row (if given).
+
+    `kwargs` go to `evaluate_bank` (limit, steps, inner_lr).
+    """
+    results = {}
+    for k in shots:
+        results[setting_title(learner.config.algorithm, k)] = evaluate_bank(learner, bank, k, progress=progress,
+                                                                            **kwargs)[0]
+        if baseline is not None:
+            results[baseline_title(k)] = evaluate_bank(baseline, bank, k, progress=progress, **kwargs)[0]
+    return results
+
+
+def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dict]:
+    """Writes `table.md`, `per_class.csv` and `summary.json` under `out_dir`; returns the rows' summaries."""
     import csv
     import json
     import os
 
     os.makedirs(out_dir, exist_ok=True)
-    summary = result.summary()
-    rows = {title: summary}
-    if baseline is not None:
-        rows["same adaptation, random init"] = baseline.summary()
+    rows = {title: r.summary() for title, r in results.items()}
+    first = next(iter(results.values()))
+    summary = rows[next(iter(rows))]
     text = table(rows)
-    note = (f"\n\n{summary['classes']} classes, {summary['queries']} queries; "
-            f"test-time inner loop: {result.inner_steps} step(s), rate {result.inner_lr}. "
+    note = (f"\n\n{summary['classes']} classes, {summary['queries']} queries (first row); "
+            f"test-time inner loop: {first.inner_steps} step(s), rate {first.inner_lr}. "
             "mIoU = mean over classes of the class's mean query IoU; ± is the 95% confidence interval over classes.\n")
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(text + note)
     with open(os.path.join(out_dir, "per_class.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["class", "queries", "loss", *METRICS])
-        for name, s in result.per_class().items():
-            w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS)])
+        w.writerow(["class", "queries", "loss", *METRICS, "setting"])
+        for title, result in results.items():
+            for name, s in result.per_class().items():
+                w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS), title])
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(text + note)

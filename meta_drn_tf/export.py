@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags
+
+from meta_drn_tf import cli
 
 flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
 flags.DEFINE_string("export_dir", None, "TF Serving model_base_path (default: saved_models/<run name>).")
@@ -24,7 +26,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
     from meta_drn_tf import runs, serving
 
     learner, cfg = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
@@ -36,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.layers import ConvNormAct, ResBlock, SubPixelUpsample
 
 PAPER_PARAMS = 9.56e6
@@ -50,9 +51,9 @@ def build_meta_drn(
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     if image_size is not None and any(s is not None and s % 4 for s in image_size):
-        raise ValueError(f"image_size must be a multiple of 4, got {image_size}")
+        raise ConfigError(f"image_size must be a multiple of 4, got {image_size}")
     if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
+        raise ConfigError(f"width must be positive, got {width}")
     h, w = image_size if image_size is not None else (None, None)
     policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
     kw = dict(normalization=normalization, dtype=policy)
@@ -143,8 +144,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from meta_drn_tf import cli
 
     flags.DEFINE_integer("image_size", 224, "Input height and width (multiple of 4).")
     flags.DEFINE_float("width", 1.0, "Filter-count multiplier; 1.0 is the paper's network.")
-    app.run(main)
+    cli.run(main)

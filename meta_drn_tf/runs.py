@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app
+from meta_drn_tf.errors import ConfigError
 
 FLAGS_FILE = "flags.json"
 
@@ -32,6 +32,11 @@ def build_learner(cfg: dict, strategy=None):
         return MetaLearner(model, config, strategy=strategy)
 
 
+def random_init_learner(cfg: dict):
+    """The baseline: the run's network and algorithm from a random initialisation (another seed)."""
+    return build_learner({**cfg, "seed": cfg["seed"] + 1})
+
+
 def restore_learner(model_dir: str, which: str = "best", **overrides):
     """The learner of a training run in `model_dir`, with its best (or latest) checkpoint.
 
@@ -42,13 +47,13 @@ def restore_learner(model_dir: str, which: str = "best", **overrides):
 
     path = os.path.join(model_dir, FLAGS_FILE)
     if not os.path.isfile(path):
-        raise app.UsageError(f"--model_dir {model_dir}: no training run there ({FLAGS_FILE} is missing)")
+        raise ConfigError(f"--model_dir {model_dir}: no training run there ({FLAGS_FILE} is missing)")
     with open(path) as f:
         cfg = {**json.load(f), **{k: v for k, v in overrides.items() if v is not None}}
     directory = os.path.join(model_dir, "best" if which == "best" else "checkpoints")
     checkpoint = tf.train.latest_checkpoint(directory)
     if checkpoint is None:
-        raise app.UsageError(f"--model_dir {model_dir}: no checkpoint in {directory}")
+        raise ConfigError(f"--model_dir {model_dir}: no checkpoint in {directory}")
     learner = build_learner(cfg)
     tf.train.Checkpoint(learner=learner).restore(checkpoint).expect_partial()
     return learner, cfg
@@ -59,9 +64,18 @@ def split_files(cfg: dict) -> dict[str, str] | None:
     return files or None
 
 
-def load(cfg: dict, split: str, progress: bool = True):
-    from meta_drn_tf.data import load_split
+def load(cfg: dict, split: str, progress: bool = True, classes_file: str | None = None, min_images: int | None = None):
+    """The run's dataset: `split` ("train", "val", "test", "all") or the classes listed in `classes_file`."""
+    return load_splits(cfg, (split,), progress, classes_file, min_images)[split]
 
-    return load_split(split, cfg["data_dir"] or None, cfg["image_size"], min_images=cfg["shots"] + 1,
-                      seed=cfg["seed"], split_files=split_files(cfg), synthetic_classes=cfg["synthetic_classes"],
-                      synthetic_images=cfg["synthetic_images"], progress=progress)
+
+def load_splits(cfg: dict, splits: tuple[str, ...], progress: bool = True, classes_file: str | None = None,
+                min_images: int | None = None) -> dict:
+    """The run's dataset, several splits decoded in one pass (every bad file reported at once)."""
+    from meta_drn_tf import data
+
+    return data.load_splits(splits, cfg["data_dir"] or None, cfg["image_size"],
+                            min_images=min_images or cfg["shots"] + 1, seed=cfg["seed"],
+                            split_files=split_files(cfg), synthetic_classes=cfg["synthetic_classes"],
+                            synthetic_images=cfg["synthetic_images"], progress=progress,
+                            skip_bad_files=cfg.get("skip_bad_files", False), classes_file=classes_file)

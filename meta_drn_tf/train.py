@@ -23,15 +23,20 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from meta_drn_tf.runs import FLAGS_FILE, build_learner, load
+from meta_drn_tf import cli
+from meta_drn_tf.errors import ConfigError, NonFiniteLoss, WorkerLost
+from meta_drn_tf.hardware import bfloat16_is_emulated
+from meta_drn_tf.runs import FLAGS_FILE, build_learner, load_splits, random_init_learner
 
 flags.DEFINE_string("model_dir", "runs/default", "Where checkpoints, TensorBoard logs, reports and exports go.")
 flags.DEFINE_string("data_dir", "", "FSS-1000 (or a folder in its layout: ROOT/<class>/<n>.jpg + <n>.png). "
                     "Empty: the embedded synthetic dataset.")
 flags.DEFINE_string("val_classes_file", "", "Optional class list (one a line) for validation; overrides the split.")
 flags.DEFINE_string("test_classes_file", "", "Optional class list (one a line) for testing; overrides the split.")
+flags.DEFINE_bool("skip_bad_files", False, "Train on the usable images when some image/mask files cannot be used "
+                  "(they are listed and counted); default: stop and list them.")
 flags.DEFINE_integer("synthetic_classes", 100, "Object families in the synthetic dataset (no --data_dir).")
 flags.DEFINE_integer("synthetic_images", 10, "Images per synthetic class.")
 flags.DEFINE_enum("algo", "maml", ["maml", "fomaml", "metasgd", "reptile"], "Meta-learning algorithm.")
@@ -73,15 +78,23 @@ flags.DEFINE_float("collective_timeout_s", 300.0, "multi_worker: fail when a col
 
 FLAGS = flags.FLAGS
 
+for _name in ("shots", "queries", "meta_batch_size", "epochs", "synthetic_images", "log_every_steps", "cpu_devices"):
+    flags.register_validator(_name, lambda v: v >= 1, message="must be at least 1")
+for _name in ("tasks_per_epoch", "val_episodes", "save_every_steps"):
+    flags.register_validator(_name, lambda v: v >= 0, message="must be 0 or more")
+for _name in ("width", "inner_lr", "meta_lr", "lr_factor", "collective_timeout_s"):
+    flags.register_validator(_name, lambda v: v > 0, message="must be positive")
+flags.register_validator("image_size", lambda v: v >= 4 and v % 4 == 0,
+                         message="must be a positive multiple of 4 (two stride-2 stages, then x4 upsampling)")
+flags.register_validator("inner_steps", lambda v: v is None or v >= 1, message="must be at least 1")
+flags.register_validator("eval_inner_steps", lambda v: v is None or v >= 1, message="must be at least 1")
+flags.register_validator("synthetic_classes", lambda v: v >= 3, message="must be at least 3 (train/val/test split)")
+
 # Flags that define the network and its weights: a run cannot resume under others.
 MODEL_FLAGS = ("algo", "image_size", "width")
 # Flags whose change makes a resumed run differ from an uninterrupted one.
 RUN_FLAGS = MODEL_FLAGS + ("data_dir", "shots", "queries", "meta_batch_size", "seed", "tasks_per_epoch",
                            "synthetic_classes", "synthetic_images", "inner_steps", "inner_lr")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def _own_flags():
@@ -110,7 +123,7 @@ def check_model_dir(model_dir: str, current: dict) -> None:
             saved = json.load(f)
         changed = [k for k in MODEL_FLAGS if saved.get(k) != current[k]]
         if changed:
-            raise app.UsageError(
+            raise ConfigError(
                 f"--model_dir {model_dir} holds a run with "
                 + ", ".join(f"--{k}={saved.get(k)}" for k in changed)
                 + " but this command has " + ", ".join(f"--{k}={current[k]}" for k in changed)
@@ -146,16 +159,6 @@ def linear_lr(cfg: dict, global_step: int, total_steps: int) -> float:
     return start + (end - start) * min(1.0, global_step / max(1, total_steps))
 
 
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return True  # cannot tell: do not warn
-    return "avx512_bf16" in text or "amx_bf16" in text
-
-
 def all_finite(variables) -> bool:
     import numpy as np
 
@@ -178,7 +181,7 @@ def train(cfg: dict) -> dict:
 
     from meta_drn_tf import distribute, serving
     from meta_drn_tf.data.episodes import BankTensors, training_tasks
-    from meta_drn_tf.evaluation import evaluate_bank, write_reports
+    from meta_drn_tf.evaluation import evaluate_bank, evaluate_settings, write_reports
 
     model_dir = cfg["model_dir"]
     if cfg["deterministic"]:
@@ -192,10 +195,12 @@ def train(cfg: dict) -> dict:
     if chief:
         check_model_dir(model_dir, cfg)
 
-    if cfg["precision"] == "bfloat16" and not tf.config.list_physical_devices("GPU") and not cpu_has_bf16():
+    if cfg["precision"] == "bfloat16" and bfloat16_is_emulated():
         logging.warning("--precision=bfloat16 on a CPU without AVX512-BF16/AMX: TensorFlow emulates it, "
                         "about 15x slower than float32 here (see README, Benchmarks). Use float32.")
-    train_bank, val_bank = load(cfg, "train"), load(cfg, "val")
+    # Every split the run will read, decoded now: a bad file stops the run before training, not after.
+    banks = load_splits(cfg, ("train", "val", "test") if cfg["test_at_end"] and chief else ("train", "val"))
+    train_bank, val_bank = banks["train"], banks["val"]
     tasks_per_epoch = cfg["tasks_per_epoch"] or int(train_bank.counts.sum())
     steps_per_epoch = max(1, tasks_per_epoch // cfg["meta_batch_size"])
     total_steps = steps_per_epoch * cfg["epochs"]
@@ -335,17 +340,14 @@ def train(cfg: dict) -> dict:
     checkpoint.restore(best.latest_checkpoint or latest.latest_checkpoint)
     keras.saving.save_model(learner.model, os.path.join(model_dir, "best_model.keras"))
     if cfg["test_at_end"]:
-        test_bank = load(cfg, "test")
-        result, _ = evaluate_bank(learner, test_bank, cfg["shots"], steps=cfg["eval_inner_steps"], progress=True)
-        baseline = None
-        if cfg["baseline_at_end"]:
-            random_learner = build_learner({**cfg, "seed": cfg["seed"] + 1})
-            baseline, _ = evaluate_bank(random_learner, test_bank, cfg["shots"], steps=cfg["eval_inner_steps"])
-        title = f"Meta-DRN, {cfg['algo']}"
-        rows = write_reports(result, baseline, os.path.join(model_dir, "test"), title=title)
-        final["test"] = rows[title]
+        test_bank = banks["test"]
+        baseline = random_init_learner(cfg) if cfg["baseline_at_end"] else None
+        results = evaluate_settings(learner, baseline, test_bank, [cfg["shots"]], progress=True,
+                                    steps=cfg["eval_inner_steps"])
+        rows = list(write_reports(results, os.path.join(model_dir, "test")).values())
+        final["test"] = rows[0]
         if baseline is not None:
-            final["test_random_init"] = rows["same adaptation, random init"]
+            final["test_random_init"] = rows[1]
         print(f"test: mIoU@0.5 {final['test']['iou@0.5']:.4f}  mIoU@0.35 {final['test']['iou@0.35']:.4f} "
               f"(reports in {os.path.join(model_dir, 'test')})")
     if cfg["export_at_end"]:
@@ -357,20 +359,16 @@ def train(cfg: dict) -> dict:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter would bury the progress bars
     import tensorflow as tf
 
     try:
         train(run_flags())
-    except NonFiniteLoss as e:
-        logging.error("%s", e)
-        sys.exit(3)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
-        logging.error("lost contact with another worker (%s: %s). Restart every worker with the same command "
-                      "to resume from the last checkpoint in %s.", type(e).__name__, e.message.splitlines()[0],
-                      os.path.join(FLAGS.model_dir, "checkpoints"))
-        sys.exit(4)
+        raise WorkerLost(
+            f"lost contact with another worker ({type(e).__name__}: {e.message.splitlines()[0]}). Restart every "
+            f"worker with the same command to resume from the last checkpoint in "
+            f"{os.path.join(FLAGS.model_dir, 'checkpoints')}.") from e
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -92,6 +92,43 @@ def test_bad_files_raise_errors_that_name_them(tmp_path, damage, message):
         load_bank(str(tmp_path), ["a"], 16, progress=False)
 
 
+def _damage_three(root):
+    _write_class(root, "a", 4)
+    _write_class(root, "b", 4)
+    open(os.path.join(root, "a", "2.jpg"), "wb").write(b"not a jpeg")
+    os.remove(os.path.join(root, "a", "3.png"))
+    cv2.imwrite(os.path.join(root, "b", "1.png"), np.zeros((7, 9), np.uint8))
+
+
+def test_every_bad_file_is_reported_at_once(tmp_path):
+    _damage_three(str(tmp_path))
+    with pytest.raises(DataError) as error:
+        load_bank(str(tmp_path), ["a", "b"], 16, progress=False)
+    message = str(error.value)
+    assert message.splitlines()[0].endswith("3 image/mask pair(s) cannot be used (fix or remove them, "
+                                            "or pass --skip_bad_files to use the rest):")
+    for name in ("2.jpg: cannot be decoded", "3.png: mask is missing", "1.png: mask is 9x7"):
+        assert name in message
+
+
+def test_reports_are_capped(tmp_path):
+    _write_class(str(tmp_path), "a", fss1000.MAX_REPORTED_FILES + 5)
+    for i in range(1, fss1000.MAX_REPORTED_FILES + 6):
+        os.remove(tmp_path / "a" / f"{i}.png")
+    with pytest.raises(DataError) as error:
+        load_bank(str(tmp_path), ["a"], 16, progress=False)
+    lines = str(error.value).splitlines()
+    assert len(lines) == fss1000.MAX_REPORTED_FILES + 2 and lines[-1].strip() == "... and 5 more"
+
+
+def test_skip_bad_files_keeps_the_rest_and_counts(tmp_path, caplog):
+    _damage_three(str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        bank = load_bank(str(tmp_path), ["a", "b"], 16, progress=False, skip_bad_files=True)
+    assert bank.class_names == ["a", "b"] and list(bank.counts) == [2, 3]
+    assert "3 image/mask pair(s) cannot be used (skipped, --skip_bad_files)" in caplog.text
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no such directory"):
         load_bank(str(tmp_path / "nope"), ["a"], 16, progress=False)

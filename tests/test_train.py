@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import app
 
 from meta_drn_tf import train
+from meta_drn_tf.errors import ConfigError
 
 TINY = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
             meta_batch_size=2, tasks_per_epoch=4, epochs=1, val_episodes=2, inner_lr=0.01,
@@ -73,7 +73,7 @@ def _copy(run, tmp_path):
 
 def test_resume_refuses_other_model_shaping_flags(finished_run, tmp_path):
     _copy(finished_run, tmp_path)
-    with pytest.raises(app.UsageError, match="--width=0.0625"):
+    with pytest.raises(ConfigError, match="--width=0.0625"):
         train.train(_cfg(tmp_path, width=0.125, epochs=2))
     # --fresh starts over instead.
     assert train.train(_cfg(tmp_path, width=0.125, fresh=True))["epochs"] == 1

@@ -27,7 +27,9 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from meta_drn_tf import cli
 
 sys.path.insert(0, os.path.dirname(__file__))
 from machine import describe  # noqa: E402
@@ -119,7 +121,14 @@ def main(argv):
     if FLAGS.one:
         print(json.dumps(run_one(FLAGS.one)))
         return
+    from meta_drn_tf.hardware import bfloat16_support
+
     print(describe())
+    support = bfloat16_support()
+    meaning = {"emulated": "this CPU has neither AVX512-BF16 nor AMX: TensorFlow emulates bfloat16, expect it "
+                           "slower than float32",
+               "gpu": "on the GPU"}.get(support, "bfloat16 runs natively: expect it faster than float32")
+    print(f"bfloat16: {support} ({meaning})")
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
     print(f"matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s")
     print(f"Meta-DRN {FLAGS.size}x{FLAGS.size}, width {FLAGS.width}, k=1, q=1, XLA {FLAGS.jit_compile}")
@@ -142,4 +151,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,7 +13,9 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+from meta_drn_tf import cli
 
 sys.path.insert(0, os.path.dirname(__file__))
 from machine import describe  # noqa: E402
@@ -61,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

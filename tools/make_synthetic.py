@@ -8,7 +8,9 @@ by seed, 70/6/24, like any folder that is not FSS-1000).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
+
+from meta_drn_tf import cli
 
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 
@@ -28,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 
 from meta_drn_tf.data.bank import ImageBank
-from meta_drn_tf.data.fss1000 import DataError, discover_classes, load_bank, split_classes
+from meta_drn_tf.data.fss1000 import discover_classes, load_bank, read_class_list, split_classes
+from meta_drn_tf.errors import DataError
 from meta_drn_tf.data.synthetic import synthetic_splits
 
-__all__ = ["DataError", "ImageBank", "load_split"]
+__all__ = ["DataError", "ImageBank", "load_split", "load_splits"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -16,8 +17,13 @@ def _synthetic(num_classes: int, seed: int, image_size: int, images_per_class: i
     return synthetic_splits(num_classes, seed, image_size, images_per_class)
 
 
-def load_split(
-    split: str,
+def load_split(split: str, data_dir: str | None, image_size: int, **kwargs) -> ImageBank:
+    """The classes of one split as an ImageBank; see `load_splits`."""
+    return load_splits((split,), data_dir, image_size, **kwargs)[split]
+
+
+def load_splits(
+    splits: tuple[str, ...],
     data_dir: str | None,
     image_size: int,
     min_images: int = 2,
@@ -26,16 +32,62 @@ def load_split(
     synthetic_classes: int = 64,
     synthetic_images: int = 10,
     progress: bool = True,
-) -> ImageBank:
-    """The classes of `split` as an ImageBank.
+    skip_bad_files: bool = False,
+    classes_file: str | None = None,
+) -> dict[str, ImageBank]:
+    """The classes of each of `splits` as an ImageBank, decoded in one pass.
 
     With no `data_dir`, the embedded synthetic dataset (`synthetic_classes`
     object families, split 70/6/24 like FSS-1000's 700/60/240); otherwise the
-    FSS-1000-layout folder with its official or seeded split.
+    FSS-1000-layout folder with its official or seeded split. One pass means
+    that every unusable file of every split is reported in one DataError.
+
+    Args:
+        splits: each "train", "val", "test" or "all" (every class).
+        classes_file: a class list (one name a line) to load instead of the
+            split (with one split only).
+        skip_bad_files: leave out (and count) unusable image/mask files
+            instead of raising DataError listing them.
     """
+    if classes_file and len(splits) != 1:
+        raise ValueError("classes_file replaces a single split")
     if not data_dir:
-        return _synthetic(synthetic_classes, seed, image_size, synthetic_images)[split]
-    names = split_classes(list(discover_classes(data_dir)), split, seed=seed, split_files=split_files)
+        banks = _synthetic(synthetic_classes, seed, image_size, synthetic_images)
+        everything = ImageBank.concatenate([banks[s] for s in ("train", "val", "test")])
+        if classes_file:
+            return {splits[0]: everything.subset(_listed(classes_file, everything.class_names, "the synthetic dataset"))}
+        return {s: everything if s == "all" else banks[s] for s in splits}
+    available = list(discover_classes(data_dir))
+    names = {}
+    for split in splits:
+        if classes_file:
+            names[split] = _listed(classes_file, available, f"--data_dir {data_dir}")
+        elif split == "all":
+            names[split] = sorted(available)
+        else:
+            names[split] = split_classes(available, split, seed=seed, split_files=split_files)
+        if not names[split]:
+            raise DataError(f"--data_dir {data_dir}: the {split} split has no classes")
+    wanted = sorted(set().union(*names.values()))
+    bank = load_bank(data_dir, wanted, image_size, min_images=min_images, progress=progress,
+                     skip_bad_files=skip_bad_files)
+    kept = set(bank.class_names)  # classes with too few usable images were reported and left out
+    banks = {}
+    for split, split_names in names.items():
+        usable = [n for n in split_names if n in kept]
+        if not usable:
+            raise DataError(f"--data_dir {data_dir}: no class of the {split} split has {min_images} usable images")
+        banks[split] = bank.subset(usable)
+    return banks
+
+
+def _listed(classes_file: str, available: list[str], where: str) -> list[str]:
+    """The classes named in `classes_file`; all must be in `available`."""
+    names = read_class_list(classes_file)
+    have = set(available)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise DataError(f"{classes_file}: {len(missing)} of its classes are not in {where}, e.g. {missing[:3]}")
     if not names:
-        raise DataError(f"--data_dir {data_dir}: the {split} split has no classes")
-    return load_bank(data_dir, names, image_size, min_images=min_images, progress=progress)
+        raise DataError(f"{classes_file}: lists no classes (one class name a line)")
+    return names

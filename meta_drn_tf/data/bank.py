@@ -74,3 +74,14 @@ class ImageBank:
             all_masks[i, : len(y)] = y
         counts = np.array([len(x) for x in images], np.int32)
         return cls(list(names), all_images, all_masks, counts)
+
+    @classmethod
+    def concatenate(cls, banks: list["ImageBank"]) -> "ImageBank":
+        """The classes of all `banks` (same image size) in one bank."""
+        names, images, masks = [], [], []
+        for bank in banks:
+            for c, n in enumerate(bank.counts):
+                names.append(bank.class_names[c])
+                images.append(bank.images[c, :n])
+                masks.append(bank.masks[c, :n])
+        return cls.from_lists(names, images, masks)

@@ -21,15 +21,14 @@ import numpy as np
 from absl import logging
 
 from meta_drn_tf.data.bank import ImageBank
+from meta_drn_tf.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
 SPLITS = ("train", "val", "test")
+# The most unusable files one error message lists.
+MAX_REPORTED_FILES = 20
 # The paper's proportions: 700 train / 60 val / 240 test of 1000 classes.
 SPLIT_FRACTIONS = {"val": 0.06, "test": 0.24}
-
-
-class DataError(ValueError):
-    """A file of the dataset cannot be used; the message names it."""
 
 
 def packaged_split(name: str) -> list[str]:
@@ -167,13 +166,16 @@ def load_bank(
     min_images: int = 2,
     num_workers: int | None = None,
     progress: bool = True,
+    skip_bad_files: bool = False,
 ) -> ImageBank:
     """Decodes `classes` of `root` into an ImageBank, in parallel.
 
     A class with fewer than `min_images` usable images (shots + 1) is reported
     and skipped; an empty mask is reported (the episode sampler never uses it
-    as a support). A corrupt image, a missing mask or a mask of another size
-    than its image raises DataError naming the file.
+    as a support). Images that cannot be used - corrupt, mask missing, mask of
+    another size than its image - are all collected: DataError lists them
+    (up to MAX_REPORTED_FILES), or with `skip_bad_files` they are left out and
+    counted in a warning.
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
@@ -184,8 +186,11 @@ def load_bank(
     paths = [p for c in classes for p in found[c]]
 
     def decode(path):
-        image, shape = read_image(path, image_size)
-        return image, read_mask(mask_path(path), shape, image_size)
+        try:
+            image, shape = read_image(path, image_size)
+            return image, read_mask(mask_path(path), shape, image_size)
+        except DataError as e:
+            return e
 
     bar = _progress(len(paths), f"Decoding {len(classes)} classes from {root}") if progress else None
     decoded = {}
@@ -194,10 +199,16 @@ def load_bank(
             decoded[path] = result
             if bar is not None:
                 bar.add(1)
+    bad = [str(r) for r in decoded.values() if isinstance(r, DataError)]
+    if bad and not skip_bad_files:
+        raise DataError(bad_files_message(root, bad, "fix or remove them, or pass --skip_bad_files to use the rest"))
+    if bad:
+        logging.warning("%s", bad_files_message(root, bad, "skipped, --skip_bad_files"))
     names, images, masks = [], [], []
     for c in classes:
-        pairs = [decoded[p] for p in found[c]]
-        empty = [p for p, (_, m) in zip(found[c], pairs) if not m.any()]
+        usable = [p for p in found[c] if not isinstance(decoded[p], DataError)]
+        pairs = [decoded[p] for p in usable]
+        empty = [p for p, (_, m) in zip(usable, pairs) if not m.any()]
         for p in empty:
             logging.warning("%s: mask is empty; the image is never used as a support", mask_path(p))
         if len(pairs) < min_images or len(pairs) - len(empty) < 1:
@@ -208,8 +219,17 @@ def load_bank(
         images.append(np.stack([x for x, _ in pairs]))
         masks.append(np.stack([y for _, y in pairs]))
     if not names:
-        raise DataError(f"--data_dir {root}: no class has at least {min_images} images")
+        raise DataError(f"--data_dir {root}: no class has at least {min_images} usable images")
     return ImageBank.from_lists(names, images, masks)
+
+
+def bad_files_message(root: str, problems: list[str], action: str) -> str:
+    """One summary line saying what to do, then one line per problem (at most MAX_REPORTED_FILES)."""
+    lines = [f"--data_dir {root}: {len(problems)} image/mask pair(s) cannot be used ({action}):"]
+    lines += [f"  {p}" for p in problems[:MAX_REPORTED_FILES]]
+    if len(problems) > MAX_REPORTED_FILES:
+        lines.append(f"  ... and {len(problems) - MAX_REPORTED_FILES} more")
+    return "\n".join(lines)
 
 
 def _progress(total: int, title: str):

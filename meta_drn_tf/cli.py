@@ -1,0 +1,139 @@
+"""What every command-line app shares: a quiet start-up, one-line errors, exit codes.
+
+    from meta_drn_tf import cli
+
+    if __name__ == "__main__":
+        cli.run(main)
+
+Errors a user causes (`meta_drn_tf.errors`, flag values) end the command with
+one line on stderr, `error: <what is wrong, naming the file or flag, and what
+to do>`, and these exit codes; anything else is a bug and keeps its traceback.
+
+    0    done
+    1    an unexpected error (a bug: please report the traceback)
+    2    usage: a bad flag value, a missing or incompatible run, an unusable path
+    3    training met a non-finite loss; the message names the last good checkpoint
+    4    lost contact with another worker; restart every worker to resume
+    5    data: dataset files or input images cannot be used (each one named)
+    130  interrupted (Ctrl-C); re-running the same training command resumes it
+
+TensorFlow's C++ start-up messages (CUDA probing on machines without a GPU,
+CPU feature notes) go to the terminal only with `--verbosity=0` or higher
+(`-v 0`); without it they are captured while TensorFlow starts and shown
+only if the start fails. Apps import TensorFlow after this has run: tools
+inside `main`; `python -m meta_drn_tf.X` apps when the package is imported
+(`meta_drn_tf/__init__.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Callable
+
+from absl import app, flags, logging
+
+from meta_drn_tf import TF_LOG_LEVEL_DEFAULTED, errors
+
+EXIT_USAGE = 2
+EXIT_NONFINITE = 3
+EXIT_WORKER_LOST = 4
+EXIT_DATA = 5
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: object, code: int) -> None:
+    """Ends the command: `error: message` on stderr and exit code `code`."""
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e} (see --helpfull for every flag)", EXIT_USAGE)
+
+
+def verbose() -> bool:
+    """Whether the user asked for INFO logging (`--verbosity=0` or higher)."""
+    return flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 0
+
+
+def verbosity_in(argv: list[str]) -> bool:
+    """`verbose()` read off raw arguments, for use before the flags are parsed."""
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in ("--verbosity", "-verbosity", "--v", "-v"):
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                return int(value) >= 0
+            except ValueError:
+                return False
+    return False
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Sends file descriptor 2 (where C++ logs go) to a temporary file; replays it on failure."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def start_tensorflow(loud: bool) -> None:
+    """Imports TensorFlow and Keras; quietly unless `loud` (the user asked for INFO logging)."""
+    if "tensorflow" in sys.modules:
+        return
+    if loud:
+        if TF_LOG_LEVEL_DEFAULTED:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+        return
+    with _native_stderr_captured():
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # device discovery logs too (CUDA probing)
+
+
+def run(main: Callable[[list[str]], object]) -> None:
+    """`absl.app.run(main)` with one-line errors, exit codes and a quiet TensorFlow start-up."""
+    app.run(lambda argv: _guarded(main, argv), flags_parser=_parse_flags)
+
+
+def _guarded(main: Callable[[list[str]], object], argv: list[str]) -> object:
+    if not verbose():
+        logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress bars
+    start_tensorflow(verbose())
+    try:
+        return main(argv)
+    except errors.NonFiniteLoss as e:
+        fail(e, EXIT_NONFINITE)
+    except errors.WorkerLost as e:
+        fail(e, EXIT_WORKER_LOST)
+    except errors.DataError as e:
+        fail(e, EXIT_DATA)
+    except (errors.ConfigError, app.UsageError) as e:
+        fail(e, EXIT_USAGE)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        fail(e, EXIT_USAGE)
+    except KeyboardInterrupt:
+        fail("interrupted. A training run resumes from its last checkpoint when the same command is run again.",
+             EXIT_INTERRUPTED)

@@ -1,0 +1,107 @@
+"""Command-line apps: one-line errors with documented exit codes, quiet start-up."""
+
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from meta_drn_tf import cli
+from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+TINY = ["--image_size=16", "--width=0.0625", "--queries=1", "--meta_batch_size=2", "--tasks_per_epoch=2",
+        "--epochs=1", "--val_episodes=1", "--inner_lr=0.01", "--test_at_end=false", "--export_at_end=false"]
+# Without TF_CPP_MIN_LOG_LEVEL: what a user's shell has.
+ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+CHATTER = ("I0000", "E0000", "W0000", "absl::InitializeLog", "cuda", "oneDNN", "cpu_feature_guard")
+
+
+def _run(args, timeout=300):
+    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _error_line(out):
+    """The one line a user error prints: stderr is exactly 'error: ...' (plus the files it lists)."""
+    lines = out.stderr.strip().splitlines()
+    assert lines and lines[0].startswith("error: "), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    return lines
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["-m", "meta_drn_tf.train", "--algo=foo"], "--algo=foo"),
+    (["-m", "meta_drn_tf.train", "--image_size=30"], "--image_size=30: must be a positive multiple of 4"),
+    (["-m", "meta_drn_tf.evaluate"], "--model_dir"),
+    (["-m", "meta_drn_tf.evaluate", "--model_dir=x", "--shots=one"], "give positive integers"),
+    ([os.path.join(TOOLS, "make_synthetic.py")], "--out"),
+])
+def test_bad_flags_name_the_flag_and_exit_2(args, flag):
+    out = _run(args)
+    assert out.returncode == cli.EXIT_USAGE
+    assert flag in _error_line(out)[0]
+
+
+def test_missing_run_names_the_directory(tmp_path):
+    for app in ("meta_drn_tf.evaluate", "meta_drn_tf.export", "meta_drn_tf.segment"):
+        extra = ["--support=a.jpg", "--support_mask=a.png", "--images=x", "--out=y"] if app.endswith("segment") else []
+        flag = "--model" if app.endswith("segment") else "--model_dir"
+        out = _run(["-m", app, f"{flag}={tmp_path / 'nope'}", *extra])
+        assert out.returncode == cli.EXIT_USAGE, (app, out.stderr[-2000:])
+        assert str(tmp_path / "nope") in _error_line(out)[0]
+
+
+@pytest.fixture(scope="module")
+def damaged_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damaged")
+    write_fss_layout(synthetic_bank(num_classes=12, images_per_class=4, image_size=16, seed=5), str(root))
+    classes = sorted(os.listdir(root))
+    open(root / classes[0] / "1.jpg", "wb").write(b"not a jpeg")
+    os.remove(root / classes[1] / "2.png")
+    cv2.imwrite(str(root / classes[2] / "3.png"), np.zeros((5, 5), np.uint8))
+    return root
+
+
+def test_train_lists_every_bad_file_then_skip_bad_files_trains_on_the_rest(damaged_dir, tmp_path):
+    # --test_at_end: the test split is read too, so its files are checked before training.
+    args = ["-m", "meta_drn_tf.train", f"--data_dir={damaged_dir}", f"--model_dir={tmp_path / 'run'}", *TINY,
+            "--test_at_end", "--baseline_at_end=false"]
+    out = _run(args)
+    assert out.returncode == cli.EXIT_DATA
+    lines = _error_line(out)
+    assert "3 image/mask pair(s) cannot be used" in lines[0] and "--skip_bad_files" in lines[0]
+    assert any("1.jpg: cannot be decoded" in x for x in lines)
+    assert any("2.png: mask is missing" in x for x in lines)
+    assert any("3.png: mask is 5x5" in x for x in lines)
+
+    out = _run(args + ["--skip_bad_files"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "3 image/mask pair(s) cannot be used (skipped, --skip_bad_files)" in out.stderr
+
+
+def test_non_finite_loss_exits_3_naming_the_checkpoint(tmp_path):
+    out = _run(["-m", "meta_drn_tf.train", f"--model_dir={tmp_path}", "--synthetic_classes=12",
+                "--synthetic_images=4", *TINY, "--inner_lr=1e30"])
+    assert out.returncode == cli.EXIT_NONFINITE
+    assert "non-finite loss" in _error_line(out)[0] and "Last good checkpoint" in out.stderr
+
+
+def test_tensorflow_start_up_chatter_only_with_verbosity():
+    raw = _run(["-c", "import tensorflow as tf; tf.config.list_physical_devices()"])
+    quiet = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625"])
+    assert quiet.returncode == 0 and "receptive field" in quiet.stdout
+    assert not any(c in quiet.stderr for c in CHATTER), quiet.stderr
+    if not any(c in raw.stderr for c in CHATTER):
+        pytest.skip("TensorFlow prints nothing at start-up on this machine")
+    loud = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625", "--verbosity=0"])
+    assert loud.returncode == 0 and any(c in loud.stderr for c in CHATTER)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["x"], False), (["x", "--verbosity=0"], True), (["x", "-v", "1"], True), (["x", "--verbosity=-1"], False),
+    (["x", "--v=2"], True),
+])
+def test_verbosity_is_read_off_raw_arguments(argv, expected):
+    assert cli.verbosity_in(argv) == expected
