@@ -11,6 +11,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # `meta_drn_tf.Segmenter` without importing TensorFlow with the package.
+    if name == "Segmenter":
+        from meta_drn_tf.segmenter import Segmenter
+
+        return Segmenter
+    raise AttributeError(f"module 'meta_drn_tf' has no attribute {name!r}")
+
 if sys.argv and sys.argv[0] == "-m":
     # `python -m meta_drn_tf.X` is starting an app (argv[0] is "-m" while the package is
     # imported): start TensorFlow quietly before the app's module imports it.

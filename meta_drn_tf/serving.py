@@ -12,6 +12,10 @@ Layout: `<export_base>/<version>/` with integer versions (TF Serving's
 - `adapt_and_segment_float`: the same with float32 images in [0, 1].
 - `segment_initial`: query_images uint8, threshold -> the same outputs from
   the meta-learned initialisation alone (no adaptation).
+- `adapt` (support_images uint8, support_masks) -> fast_weights float32 `[P]`
+  (the adapted weights, flattened) and `segment_adapted` (fast_weights,
+  query_images uint8, threshold) -> the outputs above: adapt once, then
+  segment any number of query batches (what `meta_drn_tf.Segmenter` does).
 
 Malformed requests (empty support, sizes that do not match, mask values
 outside [0, 1]) fail with an InvalidArgument error naming the problem; wrong
@@ -33,7 +37,7 @@ from meta_drn_tf.model import build_meta_drn
 DEFAULT_THRESHOLD = 0.5
 
 
-class Segmenter(tf.Module):
+class ServingModule(tf.Module):
     """The exported object: the network's weights, Meta-SGD's rates, the serving functions."""
 
     def __init__(self, learner: MetaLearner, image_size: int, inner_steps: int):
@@ -54,11 +58,11 @@ class Segmenter(tf.Module):
         probabilities = tf.sigmoid(tf.image.resize(logits, out_size, method="bilinear"))[..., 0]
         return {"probabilities": probabilities, "masks": tf.cast(probabilities > threshold, tf.uint8)}
 
-    def _adapt_and_segment(self, support_images, support_masks, query_images, threshold):
+    def _adapt(self, support_images, support_masks) -> list[tf.Tensor]:
+        """The fast weights adapted to a float support set (checked, resized to the training size)."""
         # Loaded signatures do not check ranks at run time; EnsureShape does.
         support_images = tf.ensure_shape(support_images, [None, None, None, 3], name="support_images_rank")
         support_masks = tf.ensure_shape(support_masks, [None, None, None], name="support_masks_rank")
-        query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
         k = tf.shape(support_images)[0]
         checks = [
             tf.debugging.assert_positive(k, message="the support set is empty: send at least one image and mask"),
@@ -68,16 +72,34 @@ class Segmenter(tf.Module):
                                               message="support_masks values must lie in [0, 1]"),
             tf.debugging.assert_less_equal(tf.reduce_max(support_masks), 1.0,
                                            message="support_masks values must lie in [0, 1]"),
-            tf.debugging.assert_positive(tf.shape(query_images)[0], message="no query images"),
         ]
         with tf.control_dependencies(checks):
             support = self._resize(support_images)
             masks = tf.cast(self._resize(support_masks[..., None]) > 0.5, tf.float32)
-            queries = self._resize(query_images)
         learner = self._learner
-        fast, _ = learner.inner_loop(learner.initial_weights(), support, masks, self._steps,
-                                     learner.inner_rates(), second_order=False)
-        return self._outputs(learner.logits(fast, queries), tf.shape(query_images)[1:3], threshold)
+        return learner.inner_loop(learner.initial_weights(), support, masks, self._steps,
+                                  learner.inner_rates(), second_order=False)[0]
+
+    def _segment(self, weights, query_images, threshold) -> dict:
+        """Outputs for float query images under `weights`, at the queries' own size."""
+        query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
+        check = tf.debugging.assert_positive(tf.shape(query_images)[0], message="no query images")
+        with tf.control_dependencies([check]):
+            queries = self._resize(query_images)
+        return self._outputs(self._learner.logits(weights, queries), tf.shape(query_images)[1:3], threshold)
+
+    def _adapt_and_segment(self, support_images, support_masks, query_images, threshold):
+        return self._segment(self._adapt(support_images, support_masks), query_images, threshold)
+
+    def _flatten(self, weights) -> tf.Tensor:
+        return tf.concat([tf.reshape(tf.cast(w, tf.float32), [-1]) for w in weights], 0)
+
+    def _unflatten(self, flat) -> list[tf.Tensor]:
+        variables = self.model.trainable_variables
+        size = sum(int(v.shape.num_elements()) for v in variables)
+        flat = tf.ensure_shape(flat, [size], name="fast_weights_size")
+        parts = tf.split(flat, [int(v.shape.num_elements()) for v in variables])
+        return [tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, variables)]
 
     def _images(self, uint8_images):
         return tf.cast(uint8_images, tf.float32) / 255.0
@@ -111,6 +133,25 @@ class Segmenter(tf.Module):
         return self._outputs(logits, tf.shape(query_images)[1:3], threshold)
 
 
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.uint8, name="support_images"),
+        tf.TensorSpec([None, None, None], tf.float32, name="support_masks"),
+    ])
+    def adapt(self, support_images, support_masks):
+        return {"fast_weights": self._flatten(self._adapt(self._images(support_images), support_masks))}
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.float32, name="fast_weights"),
+        tf.TensorSpec([None, None, None, 3], tf.uint8, name="query_images"),
+        tf.TensorSpec([None], tf.float32, name="threshold"),
+    ])
+    def segment_adapted(self, fast_weights, query_images, threshold):
+        return self._segment(self._unflatten(fast_weights), self._images(query_images), threshold)
+
+
+SIGNATURES = ("serving_default", "adapt_and_segment_float", "segment_initial", "adapt", "segment_adapted")
+
+
 def next_version(export_base: str) -> int:
     """The next free integer version under `export_base` (1 for a new model)."""
     if not os.path.isdir(export_base):
@@ -140,6 +181,24 @@ def export(
     Returns:
         The version directory written.
     """
+    module = serving_module(learner, image_size, width, inner_steps, precision)
+    version = next_version(export_base)
+    final = os.path.join(export_base, str(version))
+    partial = os.path.join(export_base, f".{version}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tf.saved_model.save(module, partial, signatures={name: getattr(module, name) for name in SIGNATURES})
+    os.replace(partial, final)  # TF Serving never sees a half-written version
+    return final
+
+
+def serving_module(
+    learner: MetaLearner,
+    image_size: int,
+    width: float,
+    inner_steps: int | None = None,
+    precision: str | None = None,
+) -> ServingModule:
+    """What `export` saves, in memory: a copy of `learner`'s network in the export precision."""
     precision = precision or learner.config.precision
     config = MetaConfig(algorithm=learner.config.algorithm, inner_lr=learner.config.inner_lr,
                         inner_steps=inner_steps or learner.config.steps, precision=precision)
@@ -149,15 +208,4 @@ def export(
     export_learner = MetaLearner(model, config, optimizer=keras.optimizers.SGD(0.0))
     for target, alpha in zip(export_learner.alphas, learner.alphas):
         target.assign(alpha)
-    module = Segmenter(export_learner, image_size, config.steps)
-    version = next_version(export_base)
-    final = os.path.join(export_base, str(version))
-    partial = os.path.join(export_base, f".{version}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    tf.saved_model.save(module, partial, signatures={
-        "serving_default": module.serving_default,
-        "adapt_and_segment_float": module.adapt_and_segment_float,
-        "segment_initial": module.segment_initial,
-    })
-    os.replace(partial, final)  # TF Serving never sees a half-written version
-    return final
+    return ServingModule(export_learner, image_size, config.steps)

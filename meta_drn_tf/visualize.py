@@ -77,5 +77,15 @@ def grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+    """Writes an RGB `(H, W, 3)` or grey `(H, W)` uint8 image."""
+    if not cv2.imwrite(path, image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
         raise OSError(f"{path}: cannot write the PNG")
+
+
+def side_by_side(tiles: list[np.ndarray]) -> np.ndarray:
+    """RGB tiles of any sizes in one row, each scaled to the first tile's height."""
+    height = tiles[0].shape[0]
+    scaled = [t if t.shape[0] == height else
+              cv2.resize(t, (max(1, round(t.shape[1] * height / t.shape[0])), height), interpolation=cv2.INTER_AREA)
+              for t in tiles]
+    return np.concatenate(scaled, axis=1)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from meta_drn_tf import cli
+from meta_drn_tf import cli, errors
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 
 TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
@@ -81,11 +81,32 @@ def test_train_lists_every_bad_file_then_skip_bad_files_trains_on_the_rest(damag
     assert "3 image/mask pair(s) cannot be used (skipped, --skip_bad_files)" in out.stderr
 
 
-def test_non_finite_loss_exits_3_naming_the_checkpoint(tmp_path):
-    out = _run(["-m", "meta_drn_tf.train", f"--model_dir={tmp_path}", "--synthetic_classes=12",
-                "--synthetic_images=4", *TINY, "--inner_lr=1e30"])
-    assert out.returncode == cli.EXIT_NONFINITE
-    assert "non-finite loss" in _error_line(out)[0] and "Last good checkpoint" in out.stderr
+@pytest.mark.parametrize("error,code", [
+    (errors.NonFiniteLoss("non-finite loss at epoch 1, step 1. Last good checkpoint: ckpt-3"), cli.EXIT_NONFINITE),
+    (errors.WorkerLost("lost contact with another worker"), cli.EXIT_WORKER_LOST),
+    (errors.DataError("a/1.png: mask is missing"), cli.EXIT_DATA),
+    (errors.ConfigError("--model_dir x: no training run there"), cli.EXIT_USAGE),
+    (FileNotFoundError(2, "No such file or directory", "x.txt"), cli.EXIT_USAGE),
+    (KeyboardInterrupt(), cli.EXIT_INTERRUPTED),
+])
+def test_user_errors_become_one_line_and_their_exit_code(error, code, capsys):
+    def main(argv):
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        cli._guarded(main, ["app"])
+    assert exit_.value.code == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(error) in err
+
+
+def test_a_bug_keeps_its_traceback():
+    def main(argv):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        cli._guarded(main, ["app"])
 
 
 def test_tensorflow_start_up_chatter_only_with_verbosity():

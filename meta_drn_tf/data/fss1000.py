@@ -46,14 +46,19 @@ def read_class_list(path: str) -> list[str]:
         raise DataError(f"{path}: cannot read the class list ({e.strerror})") from e
 
 
-def read_image(path: str, image_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decodes an image as RGB uint8 resized to `image_size`; returns it and its original (H, W)."""
+def read_rgb(path: str) -> np.ndarray:
+    """Decodes an image file (any format OpenCV reads) as RGB uint8 `(H, W, 3)` at its own size."""
     data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
     if image is None:
         raise DataError(f"{path}: cannot be decoded as an image (missing, corrupt or not an image file)")
-    original = image.shape[:2]
-    return cv2.cvtColor(_resize(image, image_size, cv2.INTER_AREA), cv2.COLOR_BGR2RGB), original
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str, image_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decodes an image as RGB uint8 resized to `image_size`; returns it and its original (H, W)."""
+    image = read_rgb(path)
+    return _resize(image, image_size, cv2.INTER_AREA), image.shape[:2]
 
 
 def decode_mask(raw: np.ndarray) -> np.ndarray:
@@ -76,8 +81,8 @@ def decode_mask(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.float32) > peak / 2).astype(np.uint8)
 
 
-def read_mask(path: str, expected_shape: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
-    """Decodes a mask, checks it matches its image's size, resizes to `image_size`."""
+def read_binary_mask(path: str, expected_shape: tuple[int, int]) -> np.ndarray:
+    """Decodes a mask in any encoding `decode_mask` knows, at its own size, checking it matches its image."""
     data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
     if data is None:
         raise DataError(f"{path}: mask is missing (each <n>.jpg needs a <n>.png mask beside it)")
@@ -89,7 +94,12 @@ def read_mask(path: str, expected_shape: tuple[int, int], image_size: tuple[int,
             f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
             f"{expected_shape[1]}x{expected_shape[0]}; a mask must have its image's size"
         )
-    mask = decode_mask(raw).astype(np.float32)
+    return decode_mask(raw)
+
+
+def read_mask(path: str, expected_shape: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """Decodes a mask, checks it matches its image's size, resizes to `image_size`."""
+    mask = read_binary_mask(path, expected_shape).astype(np.float32)
     return (_resize(mask, image_size, cv2.INTER_LINEAR) >= 0.5).astype(np.uint8)
 
 

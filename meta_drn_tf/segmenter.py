@@ -1,0 +1,121 @@
+"""`Segmenter`: one labelled example of a new class in, masks for more images out (NumPy in, NumPy out).
+
+    from meta_drn_tf import Segmenter
+
+    segmenter = Segmenter.load("runs/quickstart")      # a training run, or a SavedModel ("saved_models/meta_drn")
+    segmenter.adapt(support_images, support_masks)     # uint8 (k, H, W, 3) RGB; (k, H, W) masks in {0, 1}
+    probabilities = segmenter.segment(images)          # uint8 (n, H', W', 3) -> float32 (n, H', W')
+    masks = probabilities > 0.5
+
+Both sources run the exported graph functions (`serving.ServingModule`): a
+run's in memory, a SavedModel's as TF Serving loads them, so this is also a
+tested client of the served model. `adapt` runs the inner loop once;
+`segment` then applies the adapted weights to any number of batches. Images
+of any size are resized to the training size inside the graph and the
+probabilities come back at each image's own size. A SavedModel exported
+before the `adapt` signature existed re-adapts inside every `segment` call
+(`serving_default`): the same result, more work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.runs import FLAGS_FILE
+
+
+def saved_model_version(path: str) -> str:
+    """`path` if it is a SavedModel, else the newest integer version under it (TF Serving's layout)."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted((int(d) for d in os.listdir(path) if re.fullmatch(r"\d+", d)) if os.path.isdir(path) else [])
+    for version in reversed(versions):
+        candidate = os.path.join(path, str(version))
+        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    raise ConfigError(f"--model {path}: neither a training run ({FLAGS_FILE}) nor a SavedModel "
+                      "(saved_model.pb, or integer version folders holding one)")
+
+
+class Segmenter:
+    """Adapts a meta-learned Meta-DRN to a support set once, then segments images.
+
+    Args:
+        module: the graph functions - a `serving.ServingModule` or a loaded SavedModel.
+        description: where they came from (shown by the command-line app).
+    """
+
+    def __init__(self, module, description: str):
+        self._module = module
+        self.description = description
+        self._support: tuple | None = None
+        self._fast_weights = None
+
+    @classmethod
+    def from_run(cls, model_dir: str, checkpoint: str = "best", inner_steps: int | None = None) -> "Segmenter":
+        """A training run's network (its best or latest checkpoint) and test-time inner loop."""
+        from meta_drn_tf import runs, serving
+
+        learner, cfg = runs.restore_learner(model_dir, checkpoint)
+        module = serving.serving_module(learner, cfg["image_size"], cfg["width"],
+                                        inner_steps=inner_steps or cfg.get("eval_inner_steps"))
+        return cls(module, f"run {model_dir} ({cfg['algo']}, {checkpoint} checkpoint, {cfg['image_size']}px)")
+
+    @classmethod
+    def from_saved_model(cls, path: str) -> "Segmenter":
+        """An exported SavedModel: a version folder, or a model_base_path (its newest version)."""
+        import tensorflow as tf
+
+        version = saved_model_version(path)
+        return cls(tf.saved_model.load(version), f"SavedModel {version}")
+
+    @classmethod
+    def load(cls, path: str, checkpoint: str = "best") -> "Segmenter":
+        """A training run if `path` holds one, else a SavedModel."""
+        if os.path.isfile(os.path.join(path, FLAGS_FILE)):
+            return cls.from_run(path, checkpoint)
+        if not os.path.exists(path):
+            raise ConfigError(f"--model {path}: no such file or directory")
+        return cls.from_saved_model(path)
+
+    def adapt(self, images: np.ndarray, masks: np.ndarray) -> "Segmenter":
+        """Adapts to labelled examples: uint8 RGB `(k, H, W, 3)` and masks `(k, H, W)` in [0, 1].
+
+        One example may be passed without the leading k axis. Returns self.
+        """
+        images, masks = np.asarray(images), np.asarray(masks, np.float32)
+        if images.ndim == 3:
+            images, masks = images[None], masks[None]
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"support images must be uint8 (k, H, W, 3), got {images.dtype} {images.shape}")
+        if masks.shape != images.shape[:3]:
+            raise ValueError(f"support masks must be (k, H, W) = {images.shape[:3]}, got {masks.shape}")
+        if masks.min() < 0 or masks.max() > 1:
+            raise ValueError("support mask values must lie in [0, 1]")
+        import tensorflow as tf
+
+        self._support = (tf.constant(images), tf.constant(masks))
+        has_adapt = hasattr(self._module, "adapt")
+        self._fast_weights = self._module.adapt(*self._support)["fast_weights"] if has_adapt else None
+        return self
+
+    def segment(self, images: np.ndarray) -> np.ndarray:
+        """Foreground probabilities float32 `(n, H, W)` of uint8 RGB images `(n, H, W, 3)` of one size."""
+        if self._support is None:
+            raise RuntimeError("call adapt() with at least one labelled example first")
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (n, H, W, 3), got {images.dtype} {images.shape}")
+        import tensorflow as tf
+
+        queries, threshold = tf.constant(images), tf.constant([], tf.float32)
+        if self._fast_weights is not None:
+            out = self._module.segment_adapted(self._fast_weights, queries, threshold)
+        else:
+            out = self._module.serving_default(*self._support, queries, threshold)
+        return out["probabilities"].numpy()
+

@@ -1,0 +1,150 @@
+"""`python -m meta_drn_tf.segment` and the `Segmenter` API: one labelled example -> mask files."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from meta_drn_tf import Segmenter, cli, serving, train
+from meta_drn_tf.data.synthetic import synthetic_bank
+from meta_drn_tf.runs import build_learner, restore_learner
+
+SIZE = 32
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory as training leaves it (flags.json, best/ checkpoint), without the training."""
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    cfg = train.default_config(model_dir=model_dir, image_size=SIZE, width=0.0625, inner_lr=0.5, seed=2)
+    train.check_model_dir(model_dir, cfg)
+    learner = build_learner(cfg)
+    tf.train.CheckpointManager(tf.train.Checkpoint(learner=learner), os.path.join(model_dir, "best"), 1).save()
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """One class of generated images written as PNG files: support 0, queries 1-4, one of another size."""
+    root = tmp_path_factory.mktemp("photos")
+    bank = synthetic_bank(num_classes=3, images_per_class=5, image_size=SIZE, seed=9)
+    for i in range(5):
+        cv2.imwrite(str(root / f"img{i}.png"), cv2.cvtColor(bank.images[0, i], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(root / "mask0.png"), bank.masks[0, 0] * 255)
+    big = cv2.resize(bank.images[0, 4], (48, 40))
+    os.makedirs(root / "other")
+    cv2.imwrite(str(root / "other" / "wide.png"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    return root, bank
+
+
+def _segment(model, root, out, *extra):
+    args = [sys.executable, "-m", "meta_drn_tf.segment", f"--model={model}", f"--support={root / 'img0.png'}",
+            f"--support_mask={root / 'mask0.png'}", f"--images={root / 'img[1-4].png'}",
+            f"--images={root / 'other'}", f"--out={out}", *extra]
+    return subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_command_writes_one_binary_mask_per_image_that_agrees_with_evaluate(run_dir, photos, tmp_path):
+    root, bank = photos
+    out = _segment(run_dir, root, tmp_path / "masks", "--overlay", "--batch_size=3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    names = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "masks" / "*.png")))
+    assert names == sorted([f"img{i}.png" for i in range(1, 5)] + [f"img{i}_overlay.png" for i in range(1, 5)]
+                           + ["wide.png", "wide_overlay.png"])
+    masks = np.stack([cv2.imread(str(tmp_path / "masks" / f"img{i}.png"), cv2.IMREAD_UNCHANGED) for i in range(1, 5)])
+    assert masks.shape == (4, SIZE, SIZE) and set(np.unique(masks)) <= {0, 255}
+    wide = cv2.imread(str(tmp_path / "masks" / "wide.png"), cv2.IMREAD_UNCHANGED)
+    assert wide.shape == (40, 48) and set(np.unique(wide)) <= {0, 255}
+    assert cv2.imread(str(tmp_path / "masks" / "img1_overlay.png")).shape[0] == SIZE
+
+    # The same episode through the evaluation path: support 0, queries 1-4.
+    learner, _ = restore_learner(run_dir)
+    task = {"support_images": bank.images[0, [0]] / 255.0, "support_masks": bank.masks[0, [0], ..., None],
+            "query_images": bank.images[0, 1:5] / 255.0, "query_masks": bank.masks[0, 1:5, ..., None]}
+    logs = learner.evaluate_step({k: v[None] for k, v in task.items()})
+    expected = logs["probabilities"].numpy()[0, ..., 0] > 0.5
+    assert np.mean((masks > 0) != expected) < 1e-3
+    ious = [np.logical_and(m > 0, t).sum() / max(1, np.logical_or(m > 0, t).sum())
+            for m, t in zip(masks, bank.masks[0, 1:5])]
+    np.testing.assert_allclose(ious, logs["iou@0.5"].numpy()[0], atol=0.02)
+
+
+def test_saved_model_gives_the_masks_of_its_run(run_dir, photos, tmp_path):
+    root, _ = photos
+    learner, cfg = restore_learner(run_dir)
+    base = tmp_path / "saved_models" / "tiny"
+    serving.export(learner, str(base), SIZE, cfg["width"])
+    assert _segment(base, root, tmp_path / "from_export").returncode == 0
+    assert _segment(run_dir, root, tmp_path / "from_run").returncode == 0
+    for path in glob.glob(str(tmp_path / "from_run" / "*.png")):
+        a = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "from_export" / os.path.basename(path)), cv2.IMREAD_UNCHANGED)
+        assert np.mean(a != b) < 1e-3, path
+
+
+@pytest.mark.parametrize("damage,args,code,message", [
+    (lambda r: open(r / "img2.png", "wb").write(b"not a png"), [], cli.EXIT_DATA, "img2.png: cannot be decoded"),
+    (lambda r: cv2.imwrite(str(r / "mask0.png"), np.zeros((5, 7), np.uint8)), [], cli.EXIT_DATA,
+     "mask0.png: mask is 7x5 but its image is 32x32"),
+    (lambda r: cv2.imwrite(str(r / "mask0.png"), np.zeros((SIZE, SIZE), np.uint8)), [], cli.EXIT_DATA,
+     "mask0.png: the mask is empty"),
+    (None, ["--support_mask=extra.png"], cli.EXIT_USAGE, "2 --support_mask(s)"),
+    (None, ["--images=nothing/*.jpg"], cli.EXIT_USAGE, "--images=nothing/*.jpg: matches no image file"),
+])
+def test_bad_inputs_give_one_line_naming_the_file(run_dir, photos, tmp_path, damage, args, code, message):
+    root = tmp_path / "photos"
+    shutil.copytree(photos[0], root)
+    if damage is not None:
+        damage(root)
+    out = _segment(run_dir, root, tmp_path / "masks", *args)
+    assert out.returncode == code, out.stderr[-3000:]
+    assert out.stderr.startswith("error: ") and message in out.stderr.splitlines()[0], out.stderr[-3000:]
+
+
+def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
+    legacy = os.path.join(os.path.dirname(__file__), "data", "legacy_0.1.0")
+    with tarfile.open(os.path.join(legacy, "saved_model.tgz")) as archive:
+        archive.extractall(tmp_path / "old", filter="data")
+    old = Segmenter.from_saved_model(str(tmp_path / "old"))  # no adapt signature: re-adapts per call
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    mask = np.zeros((16, 16), np.float32)
+    mask[4:12, 3:9] = 1
+    with pytest.raises(RuntimeError, match="adapt"):
+        old.segment(images[1:])
+    expected = old.adapt(images[0], mask).segment(images[1:])
+    assert expected.shape == (2, 16, 16) and expected.dtype == np.float32
+
+    # The same weights exported today: adapt once, then segment.
+    from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.model import build_meta_drn
+
+    learner = MetaLearner(build_meta_drn(16, 0.03125), MetaConfig("metasgd", inner_lr=0.3))
+    tf.train.Checkpoint(learner=learner).read(os.path.join(legacy, "checkpoint", "ckpt")).expect_partial()
+    new = Segmenter.from_saved_model(serving.export(learner, str(tmp_path / "new"), 16, 0.03125))
+    new.adapt(images[0], mask)
+    np.testing.assert_allclose(new.segment(images[1:]), expected, atol=1e-5)
+    np.testing.assert_allclose(new.segment(images[2:]), expected[1:], atol=1e-5)  # queries are independent
+    with pytest.raises(ValueError, match="uint8"):
+        new.segment(images.astype(np.float32))
+
+
+def test_command_on_real_photos(real_fewshot_dir, run_dir, tmp_path):
+    folder = os.path.join(real_fewshot_dir, "cat")
+    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.segment", f"--model={run_dir}",
+                          f"--support={folder}/1.jpg", f"--support_mask={folder}/1.png",
+                          f"--images={folder}/[23].jpg", f"--out={tmp_path}"],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for n in (2, 3):
+        mask = cv2.imread(str(tmp_path / f"{n}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == cv2.imread(f"{folder}/{n}.jpg").shape[:2]
+        assert set(np.unique(mask)) <= {0, 255}
