@@ -45,8 +45,14 @@ def test_bad_flags_name_the_flag_and_exit_2(args, flag):
 
 
 def test_missing_run_names_the_directory(tmp_path):
+    image = np.zeros((8, 8, 3), np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 255
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "a_mask.png"), mask)
     for app in ("meta_drn_tf.evaluate", "meta_drn_tf.export", "meta_drn_tf.segment"):
-        extra = ["--support=a.jpg", "--support_mask=a.png", "--images=x", "--out=y"] if app.endswith("segment") else []
+        extra = [f"--support={tmp_path / 'a.png'}", f"--support_mask={tmp_path / 'a_mask.png'}",
+                 f"--images={tmp_path / 'a.png'}", f"--out={tmp_path / 'out'}"] if app.endswith("segment") else []
         flag = "--model" if app.endswith("segment") else "--model_dir"
         out = _run(["-m", app, f"{flag}={tmp_path / 'nope'}", *extra])
         assert out.returncode == cli.EXIT_USAGE, (app, out.stderr[-2000:])

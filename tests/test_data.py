@@ -250,3 +250,20 @@ def test_evaluation_episodes_use_each_image_once_as_support(tiny_bank):
         assert len(queries) == 5 and support[0] not in queries
     tasks = list(evaluation_tasks(tiny_bank, 1, limit=7))
     assert len(tasks) == 7 and tasks[0]["query_images"].shape == (5, 32, 32, 3)
+
+
+def test_all_split_and_class_lists_of_a_folder(tmp_path):
+    from meta_drn_tf.data import load_split, load_splits
+
+    for name in ("a", "b", "c", "d"):
+        _write_class(str(tmp_path), name, 3)
+    everything = load_split("all", str(tmp_path), 16, progress=False)
+    assert everything.class_names == ["a", "b", "c", "d"]
+    listed = tmp_path / "classes.txt"
+    listed.write_text("d\nb\n")
+    assert load_split("test", str(tmp_path), 16, classes_file=str(listed), progress=False).class_names == ["d", "b"]
+    splits = load_splits(("train", "val", "test"), str(tmp_path), 16, progress=False)
+    assert sorted(sum((b.class_names for b in splits.values()), [])) == ["a", "b", "c", "d"]
+    listed.write_text("b\nzebra\n")
+    with pytest.raises(DataError, match="classes.txt: 1 of its classes are not in --data_dir .*zebra"):
+        load_split("all", str(tmp_path), 16, classes_file=str(listed), progress=False)

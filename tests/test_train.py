@@ -146,8 +146,17 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     table = (run / "eval_test" / "table.md").read_text()
     assert "mIoU (thresh = 0.5)" in table and "random init" in table and "1 step(s)" in table
     summary = json.loads((run / "eval_test" / "summary.json").read_text())
-    assert set(summary) == {"Meta-DRN, maml", "same adaptation, random init"}
+    assert set(summary) == {"Meta-DRN, maml, 1-shot", "same adaptation, random init, 1-shot"}
     assert (run / "eval_test" / "per_class.csv").read_text().startswith("class,queries,loss,soft_iou")
+
+    # Every class of the dataset, 1-shot and 2-shot rows in one invocation.
+    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}", "--split=all",
+                          "--shots=1,2", "--episodes=3"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((run / "eval_all" / "summary.json").read_text())
+    assert list(summary) == ["Meta-DRN, maml, 1-shot", "same adaptation, random init, 1-shot",
+                             "Meta-DRN, maml, 2-shot", "same adaptation, random init, 2-shot"]
+    assert "12 classes" in out.stdout  # TINY's synthetic_classes: train, val and test together
 
     export_dir = tmp_path / "saved_models" / "tiny"
     out = subprocess.run([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}", f"--export_dir={export_dir}"],
@@ -157,9 +166,15 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
 
     png = tmp_path / "fig4.png"
     tool = os.path.join(os.path.dirname(__file__), "..", "tools", "visualize.py")
-    out = subprocess.run([sys.executable, tool, f"--model_dir={run}", f"--out={png}", "--classes=2", "--queries=2"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    listed = tmp_path / "classes.txt"
+    from meta_drn_tf.runs import load
+
+    names = load(json.loads((run / "flags.json").read_text()), "all", progress=False).class_names
+    listed.write_text("\n".join(names[:3]) + "\n")
+    out = subprocess.run([sys.executable, tool, f"--model_dir={run}", f"--out={png}", f"--classes_file={listed}",
+                          "--classes=5", "--queries=2"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     import cv2
 
-    assert cv2.imread(str(png)).shape[1] == 16 * 3
+    picture = cv2.imread(str(png))
+    assert picture.shape[1] == 16 * 3 and picture.shape[0] == 3 * 16 + 2 * 2  # the 3 listed classes
