@@ -81,11 +81,12 @@ def evaluate_bank(
 
 def table(rows: dict[str, dict]) -> str:
     """A Table I-shaped text table: setting | mIoU@0.5 | mIoU@0.35 | soft IoU (each ± 95% CI)."""
-    head = f"| {'Setting':<34} | {'mIoU (thresh = 0.5)':>20} | {'mIoU (thresh = 0.35)':>20} | {'soft IoU':>16} |"
+    width = max(34, *(len(name) for name in rows))
+    head = f"| {'Setting':<{width}} | {'mIoU (thresh = 0.5)':>20} | {'mIoU (thresh = 0.35)':>20} | {'soft IoU':>16} |"
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for name, s in rows.items():
         cells = [f"{100 * s[m]:.2f} ± {100 * s[m + '_ci95']:.2f}" for m in ("iou@0.5", "iou@0.35", "soft_iou")]
-        lines.append(f"| {name:<34} | {cells[0]:>20} | {cells[1]:>20} | {cells[2]:>16} |")
+        lines.append(f"| {name:<{width}} | {cells[0]:>20} | {cells[1]:>20} | {cells[2]:>16} |")
     return "\n".join(lines)
 
 
