@@ -31,7 +31,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from absl import app, flags, logging
 

@@ -42,15 +42,15 @@ def main(argv):
     from meta_drn_tf import runs
     from meta_drn_tf.evaluation import evaluate_settings, write_reports
 
-    learner, cfg = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir)
-    shots = [int(k) for k in FLAGS.shots] if FLAGS.shots else [cfg["shots"]]
-    bank = runs.load(cfg, FLAGS.split, classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
+    learner, config = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir)
+    shots = [int(k) for k in FLAGS.shots] if FLAGS.shots else [config.shots]
+    bank = runs.load(config, FLAGS.split, classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
     which = os.path.splitext(os.path.basename(FLAGS.classes_file))[0] if FLAGS.classes_file else FLAGS.split
-    print(f"Evaluating {cfg['algo']} on {bank.num_classes} classes ({which}), "
+    print(f"Evaluating {config.algo} on {bank.num_classes} classes ({which}), "
           + ", ".join(f"{k}-shot" for k in shots))
-    baseline = runs.random_init_learner(cfg) if FLAGS.baseline else None
+    baseline = runs.random_init_learner(config) if FLAGS.baseline else None
     results = evaluate_settings(learner, baseline, bank, shots, progress=True, limit=FLAGS.episodes or None,
-                                steps=FLAGS.inner_steps or cfg.get("eval_inner_steps"), inner_lr=FLAGS.inner_lr)
+                                inner_steps=FLAGS.inner_steps or config.eval_inner_steps, inner_lr=FLAGS.inner_lr)
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, f"eval_{which}")
     write_reports(results, out_dir)
     print(f"Reports in {out_dir}")

@@ -51,32 +51,34 @@ def evaluate_bank(
     bank: ImageBank,
     shots: int = 1,
     limit: int | None = None,
-    steps: int | None = None,
+    inner_steps: int | None = None,
     inner_lr: float | None = None,
     progress: bool = False,
     keep_predictions: int = 0,
+    episodes_per_class: int | None = None,
 ) -> tuple[EvalResult, list[dict]]:
-    """Runs the evaluation episodes of `bank` (at most `limit`, evenly spread).
+    """Runs the evaluation episodes of `bank` (at most `limit`, evenly spread;
+    at most `episodes_per_class` of each class).
 
     Returns the result and, for the first `keep_predictions` episodes, the
     task with its predictions (for pictures).
     """
-    total = count_evaluation_tasks(bank, shots, limit)
+    total = count_evaluation_tasks(bank, shots, limit, episodes_per_class)
     bar = keras.utils.Progbar(total, unit_name="episode") if progress else None
     records, kept = [], []
-    for e, task in enumerate(evaluation_tasks(bank, shots, limit)):
+    for e, task in enumerate(evaluation_tasks(bank, shots, limit, episodes_per_class)):
         batch = {k: v[None] for k, v in task.items() if k != "class_name"}
-        logs = learner.evaluate_step(batch, steps=steps, inner_lr=inner_lr)
+        logs = learner.evaluate_step(batch, inner_steps=inner_steps, inner_lr=inner_lr)
         scores = {m: logs[m].numpy()[0] for m in METRICS}
         for q in range(task["query_images"].shape[0]):
             records.append({"class": task["class_name"], "episode": e, "query": q,
                             "loss": float(logs["loss"][0]), **{m: float(scores[m][q]) for m in METRICS}})
         if e < keep_predictions:
-            kept.append({**task, "probabilities": logs["probabilities"].numpy()[0], "iou": scores["iou@0.5"]})
+            kept.append({**task, "probabilities": logs["probabilities"].numpy()[0]})
         if bar is not None:
             bar.add(1, [("soft_iou", float(np.mean(scores["soft_iou"])))])
     used_lr = "learned (Meta-SGD)" if learner.alphas else (inner_lr or learner.config.inner_lr)
-    return EvalResult(bank.class_names, records, steps or learner.config.steps, used_lr), kept
+    return EvalResult(bank.class_names, records, inner_steps or learner.config.inner_steps, used_lr), kept
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -110,7 +112,7 @@ def evaluate_settings(
 ) -> dict[str, EvalResult]:
     """Table rows: `learner` at each k in `shots`, each followed by `baseline`'s row (if given).
 
-    `kwargs` go to `evaluate_bank` (limit, steps, inner_lr).
+    `kwargs` go to `evaluate_bank` (limit, inner_steps, inner_lr).
     """
     results = {}
     for k in shots:

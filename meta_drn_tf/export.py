@@ -28,11 +28,11 @@ def main(argv):
     del argv
     from meta_drn_tf import runs, serving
 
-    learner, cfg = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
+    learner, config = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
     name = os.path.basename(os.path.normpath(FLAGS.model_dir))
     export_dir = FLAGS.export_dir or os.path.join("saved_models", name)
-    path = serving.export(learner, export_dir, cfg["image_size"], cfg["width"],
-                          inner_steps=FLAGS.inner_steps or cfg.get("eval_inner_steps"), precision=FLAGS.precision)
+    path = serving.export(learner, export_dir, config.image_size, config.width,
+                          inner_steps=FLAGS.inner_steps or config.eval_inner_steps, precision=FLAGS.precision)
     print(f"SavedModel written to {path}")
 
 

@@ -1,6 +1,9 @@
-"""What the machine computes natively: decides whether bfloat16 pays off."""
+"""The machine: what it computes natively (whether bfloat16 pays off), and a one-line description."""
 
 from __future__ import annotations
+
+import os
+import platform
 
 # CPU flags (as /proc/cpuinfo spells them) with native bfloat16 arithmetic.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -34,3 +37,23 @@ def bfloat16_support() -> str:
 def bfloat16_is_emulated() -> bool:
     """True on a CPU-only machine whose CPU lacks AVX512-BF16 and AMX: bfloat16 is then much slower."""
     return bfloat16_support() == "emulated"
+
+
+def describe() -> str:
+    """The machine in one line (printed by every benchmark with its figures)."""
+    import tensorflow as tf
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        memory = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        memory = "RAM unknown"
+    gpus = tf.config.list_physical_devices("GPU")
+    return (f"{cpu}, {os.cpu_count()} cores, {memory}, {len(gpus)} GPU(s), bfloat16 {bfloat16_support()}; "
+            f"TensorFlow {tf.__version__}, Python {platform.python_version()}")

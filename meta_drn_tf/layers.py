@@ -14,14 +14,14 @@ LEAKY_SLOPE = 0.1
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class PerImageBatchNorm(layers.Layer):
-    """BatchNorm whose statistics come from each image on its own.
+class InstanceNorm(layers.Layer):
+    """Instance normalization: BatchNorm with the statistics of each image on its own.
 
     The paper follows each convolution with BatchNorm. In meta-learning the
     batch is a handful of support or query images, and ordinary BatchNorm
     makes one query's mask depend on which other images share its batch (and
     its moving averages cannot follow fast weights). Here the mean and
-    variance are taken over the spatial axes of each image separately - the
+    variance are taken over the spatial axes of each image and channel - the
     statistics BatchNorm would compute for a batch of one image - and the
     layer behaves identically in training, adaptation and serving. Learnable
     per-channel `gamma` and `beta` are meta-learned like any other weight.
@@ -63,12 +63,17 @@ class PerImageBatchNorm(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE, name="PerImageBatchNorm")
+class PerImageBatchNorm(InstanceNorm):
+    """The name `InstanceNorm` had in version 0.1.0, kept so that its .keras files load."""
+
+
 def _normalization(kind: str, name: str, dtype) -> layers.Layer:
-    if kind == "image":
-        return PerImageBatchNorm(name=name, dtype=dtype)
+    if kind in ("instance", "image"):  # "image": its name in version 0.1.0
+        return InstanceNorm(name=name, dtype=dtype)
     if kind == "none":
         return layers.Identity(name=name, dtype=dtype)
-    raise ValueError(f"normalization must be 'image' or 'none', got {kind!r}")
+    raise ValueError(f"normalization must be 'instance' or 'none', got {kind!r}")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -87,9 +92,9 @@ class ConvNormAct(layers.Layer):
         filters: output channels.
         strides: convolution stride.
         dilation_rate: convolution dilation.
-        activation: apply LeakyReLU after the normalization.
+        use_activation: apply LeakyReLU after the normalization.
         kernel_size: convolution kernel size.
-        normalization: "image" (PerImageBatchNorm) or "none".
+        normalization: "instance" (InstanceNorm) or "none".
 
     Input shape: `(batch, H, W, C)`. Output shape: `(batch, H/strides, W/strides, filters)`.
     """
@@ -99,16 +104,16 @@ class ConvNormAct(layers.Layer):
         filters: int,
         strides: int = 1,
         dilation_rate: int = 1,
-        activation: bool = True,
+        use_activation: bool = True,
         kernel_size: int = 3,
-        normalization: str = "image",
+        normalization: str = "instance",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
         self.dilation_rate = dilation_rate
-        self.activation = activation
+        self.use_activation = use_activation
         self.kernel_size = kernel_size
         self.normalization = normalization
         # See the class docstring: strided 1x1 convs subsample first.
@@ -125,7 +130,7 @@ class ConvNormAct(layers.Layer):
             name="conv",
         )
         self.norm = _normalization(normalization, "norm", self.dtype_policy)
-        self.act = layers.LeakyReLU(LEAKY_SLOPE, dtype=self.dtype_policy, name="act") if activation else None
+        self.act = layers.LeakyReLU(LEAKY_SLOPE, dtype=self.dtype_policy, name="act") if use_activation else None
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -148,10 +153,17 @@ class ConvNormAct(layers.Layer):
             "filters": self.filters,
             "strides": self.strides,
             "dilation_rate": self.dilation_rate,
-            "activation": self.activation,
+            "use_activation": self.use_activation,
             "kernel_size": self.kernel_size,
             "normalization": self.normalization,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "activation" in config:  # its name in version 0.1.0
+            config["use_activation"] = config.pop("activation")
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -166,7 +178,7 @@ class ResBlock(layers.Layer):
         filters: output channels of both convolutions.
         strides: stride of the first convolution.
         dilations: (first, second) dilation rates.
-        normalization: "image" or "none".
+        normalization: "instance" or "none".
 
     Input shape: `(batch, H, W, C)`. Output shape: `(batch, H/strides, W/strides, filters)`.
     """
@@ -176,7 +188,7 @@ class ResBlock(layers.Layer):
         filters: int,
         strides: int = 1,
         dilations: tuple[int, int] = (1, 1),
-        normalization: str = "image",
+        normalization: str = "instance",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -187,7 +199,7 @@ class ResBlock(layers.Layer):
         policy = self.dtype_policy
         self.conv1 = ConvNormAct(filters, strides, self.dilations[0],
                                  normalization=normalization, dtype=policy, name="conv1")
-        self.conv2 = ConvNormAct(filters, 1, self.dilations[1], activation=False,
+        self.conv2 = ConvNormAct(filters, 1, self.dilations[1], use_activation=False,
                                  normalization=normalization, dtype=policy, name="conv2")
         self.shortcut = None
         self.act = layers.LeakyReLU(LEAKY_SLOPE, dtype=policy, name="act")
@@ -195,7 +207,7 @@ class ResBlock(layers.Layer):
     def build(self, input_shape):
         if self.strides != 1 or input_shape[-1] != self.filters:
             self.shortcut = ConvNormAct(
-                self.filters, self.strides, activation=False, kernel_size=1,
+                self.filters, self.strides, use_activation=False, kernel_size=1,
                 normalization=self.normalization, dtype=self.dtype_policy, name="shortcut",
             )
             self.shortcut.build(input_shape)

@@ -25,7 +25,7 @@ def scaled(filters: int, width: float) -> int:
 def build_meta_drn(
     image_size: int | tuple[int, int] | None = 224,
     width: float = 1.0,
-    normalization: str = "image",
+    normalization: str = "instance",
     dtype: str | None = None,
     name: str = "meta_drn",
 ) -> keras.Model:
@@ -37,8 +37,8 @@ def build_meta_drn(
             x4 sub-pixel upsampling back to the input size).
         width: multiplies every filter count; 1.0 is the paper's network
             (about 9.6M parameters), small widths make CPU runs fast.
-        normalization: "image" (BatchNorm with per-image statistics, see
-            `PerImageBatchNorm`) or "none" (for receptive-field analysis).
+        normalization: "instance" (BatchNorm with per-image statistics, see
+            `InstanceNorm`) or "none" (for receptive-field analysis).
         dtype: a Keras dtype policy name ("float32", "mixed_bfloat16",
             "mixed_float16"); None uses the global policy.
         name: model name.

@@ -24,8 +24,8 @@ import re
 
 import numpy as np
 
+from meta_drn_tf.config import FLAGS_FILE
 from meta_drn_tf.errors import ConfigError
-from meta_drn_tf.runs import FLAGS_FILE
 
 
 def saved_model_version(path: str) -> str:
@@ -56,17 +56,17 @@ class Segmenter:
         self._fast_weights = None
 
     @classmethod
-    def from_run(cls, model_dir: str, checkpoint: str = "best", inner_steps: int | None = None) -> "Segmenter":
+    def from_run(cls, model_dir: str, checkpoint: str = "best", inner_steps: int | None = None) -> Segmenter:
         """A training run's network (its best or latest checkpoint) and test-time inner loop."""
         from meta_drn_tf import runs, serving
 
-        learner, cfg = runs.restore_learner(model_dir, checkpoint)
-        module = serving.serving_module(learner, cfg["image_size"], cfg["width"],
-                                        inner_steps=inner_steps or cfg.get("eval_inner_steps"))
-        return cls(module, f"run {model_dir} ({cfg['algo']}, {checkpoint} checkpoint, {cfg['image_size']}px)")
+        learner, config = runs.restore_learner(model_dir, checkpoint)
+        module = serving.serving_module(learner, config.image_size, config.width,
+                                        inner_steps=inner_steps or config.eval_inner_steps)
+        return cls(module, f"run {model_dir} ({config.algo}, {checkpoint} checkpoint, {config.image_size}px)")
 
     @classmethod
-    def from_saved_model(cls, path: str) -> "Segmenter":
+    def from_saved_model(cls, path: str) -> Segmenter:
         """An exported SavedModel: a version folder, or a model_base_path (its newest version)."""
         import tensorflow as tf
 
@@ -74,7 +74,7 @@ class Segmenter:
         return cls(tf.saved_model.load(version), f"SavedModel {version}")
 
     @classmethod
-    def load(cls, path: str, checkpoint: str = "best") -> "Segmenter":
+    def load(cls, path: str, checkpoint: str = "best") -> Segmenter:
         """A training run if `path` holds one, else a SavedModel."""
         if os.path.isfile(os.path.join(path, FLAGS_FILE)):
             return cls.from_run(path, checkpoint)
@@ -82,7 +82,7 @@ class Segmenter:
             raise ConfigError(f"--model {path}: no such file or directory")
         return cls.from_saved_model(path)
 
-    def adapt(self, images: np.ndarray, masks: np.ndarray) -> "Segmenter":
+    def adapt(self, images: np.ndarray, masks: np.ndarray) -> Segmenter:
         """Adapts to labelled examples: uint8 RGB `(k, H, W, 3)` and masks `(k, H, W)` in [0, 1].
 
         One example may be passed without the leading k axis. Returns self.

@@ -24,14 +24,14 @@ ranks and dtypes are refused by the signature itself.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
 
-import keras
 import tensorflow as tf
 
-from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.meta import Adapter
 from meta_drn_tf.model import build_meta_drn
 
 DEFAULT_THRESHOLD = 0.5
@@ -40,15 +40,10 @@ DEFAULT_THRESHOLD = 0.5
 class ServingModule(tf.Module):
     """The exported object: the network's weights, Meta-SGD's rates, the serving functions."""
 
-    def __init__(self, learner: MetaLearner, image_size: int, inner_steps: int):
+    def __init__(self, adapter: Adapter, image_size: int):
         super().__init__(name="meta_drn_segmenter")
-        self.model = learner.model
-        self.alphas = list(learner.alphas)
-        self._setattr_tracking = False  # the learner's optimizer does not belong in the export
-        self._learner = learner
-        self._setattr_tracking = True
+        self.adapter = adapter
         self._size = image_size
-        self._steps = inner_steps
 
     def _resize(self, images: tf.Tensor) -> tf.Tensor:
         return tf.image.resize(images, [self._size, self._size], method="bilinear")
@@ -76,9 +71,7 @@ class ServingModule(tf.Module):
         with tf.control_dependencies(checks):
             support = self._resize(support_images)
             masks = tf.cast(self._resize(support_masks[..., None]) > 0.5, tf.float32)
-        learner = self._learner
-        return learner.inner_loop(learner.initial_weights(), support, masks, self._steps,
-                                  learner.inner_rates(), second_order=False)[0]
+        return self.adapter.adapt(support, masks)
 
     def _segment(self, weights, query_images, threshold) -> dict:
         """Outputs for float query images under `weights`, at the queries' own size."""
@@ -86,7 +79,7 @@ class ServingModule(tf.Module):
         check = tf.debugging.assert_positive(tf.shape(query_images)[0], message="no query images")
         with tf.control_dependencies([check]):
             queries = self._resize(query_images)
-        return self._outputs(self._learner.logits(weights, queries), tf.shape(query_images)[1:3], threshold)
+        return self._outputs(self.adapter.logits(weights, queries), tf.shape(query_images)[1:3], threshold)
 
     def _adapt_and_segment(self, support_images, support_masks, query_images, threshold):
         return self._segment(self._adapt(support_images, support_masks), query_images, threshold)
@@ -95,7 +88,7 @@ class ServingModule(tf.Module):
         return tf.concat([tf.reshape(tf.cast(w, tf.float32), [-1]) for w in weights], 0)
 
     def _unflatten(self, flat) -> list[tf.Tensor]:
-        variables = self.model.trainable_variables
+        variables = self.adapter.model.trainable_variables
         size = sum(int(v.shape.num_elements()) for v in variables)
         flat = tf.ensure_shape(flat, [size], name="fast_weights_size")
         parts = tf.split(flat, [int(v.shape.num_elements()) for v in variables])
@@ -129,7 +122,7 @@ class ServingModule(tf.Module):
     ])
     def segment_initial(self, query_images, threshold):
         query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
-        logits = self._learner.logits(self._learner.initial_weights(), self._resize(self._images(query_images)))
+        logits = self.adapter.logits(self.adapter.initial_weights(), self._resize(self._images(query_images)))
         return self._outputs(logits, tf.shape(query_images)[1:3], threshold)
 
 
@@ -161,7 +154,7 @@ def next_version(export_base: str) -> int:
 
 
 def export(
-    learner: MetaLearner,
+    learner: Adapter,
     export_base: str,
     image_size: int,
     width: float,
@@ -192,20 +185,19 @@ def export(
 
 
 def serving_module(
-    learner: MetaLearner,
+    learner: Adapter,
     image_size: int,
     width: float,
     inner_steps: int | None = None,
     precision: str | None = None,
 ) -> ServingModule:
-    """What `export` saves, in memory: a copy of `learner`'s network in the export precision."""
+    """What `export` saves, in memory: the adaptation side of `learner` in the export precision."""
     precision = precision or learner.config.precision
-    config = MetaConfig(algorithm=learner.config.algorithm, inner_lr=learner.config.inner_lr,
-                        inner_steps=inner_steps or learner.config.steps, precision=precision)
+    config = dataclasses.replace(learner.config, inner_steps=inner_steps or learner.config.inner_steps,
+                                 precision=precision)
     # A fresh copy in the export precision (the source may be distributed or float16).
-    model = build_meta_drn(image_size, width, dtype=config.dtype_policy)
-    model.set_weights(learner.model.get_weights())
-    export_learner = MetaLearner(model, config, optimizer=keras.optimizers.SGD(0.0))
-    for target, alpha in zip(export_learner.alphas, learner.alphas):
+    adapter = Adapter(build_meta_drn(image_size, width, dtype=config.dtype_policy), config)
+    adapter.model.set_weights(learner.model.get_weights())
+    for target, alpha in zip(adapter.alphas, learner.alphas):
         target.assign(alpha)
-    return ServingModule(export_learner, image_size, config.steps)
+    return ServingModule(adapter, image_size)

@@ -66,6 +66,21 @@ def task_row(
     return np.concatenate(tiles, axis=1)
 
 
+def episode_grid(episodes: list[dict], queries: int = 3, truth: bool = True, threshold: float = 0.5) -> np.ndarray:
+    """One `task_row` per evaluated episode (a task dict with its "probabilities" and "class_name"),
+    showing its first `queries` queries, each with its IoU at `threshold` (and the truth)."""
+    rows = []
+    for e in episodes:
+        predicted = np.squeeze(e["probabilities"][:queries], -1) > threshold
+        target = np.squeeze(e["query_masks"][:queries], -1) > 0.5
+        union = np.logical_or(predicted, target).sum(axis=(1, 2))
+        ious = np.where(union > 0, np.logical_and(predicted, target).sum(axis=(1, 2)) / np.maximum(union, 1), 1.0)
+        rows.append(task_row(e["support_images"][0], e["support_masks"][0], e["query_images"][:queries],
+                             e["probabilities"][:queries], ious, e["query_masks"][:queries] if truth else None,
+                             title=e["class_name"], threshold=threshold))
+    return grid(rows)
+
+
 def grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
     """Stacks rows of possibly different widths on a white canvas."""
     width = max(r.shape[1] for r in rows)

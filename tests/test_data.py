@@ -83,7 +83,8 @@ def test_empty_masks_are_reported_and_never_supports(tmp_path, caplog):
 @pytest.mark.parametrize("damage,message", [
     (lambda d: open(os.path.join(d, "2.jpg"), "wb").write(b"not a jpeg"), "2.jpg: cannot be decoded"),
     (lambda d: os.remove(os.path.join(d, "3.png")), "3.png: mask is missing"),
-    (lambda d: cv2.imwrite(os.path.join(d, "1.png"), np.zeros((7, 9), np.uint8)), "1.png: mask is 9x7 but its image is 30x40"),
+    (lambda d: cv2.imwrite(os.path.join(d, "1.png"), np.zeros((7, 9), np.uint8)),
+     "1.png: mask is 9x7 but its image is 30x40"),
 ])
 def test_bad_files_raise_errors_that_name_them(tmp_path, damage, message):
     _write_class(str(tmp_path), "a", 3)
@@ -246,7 +247,7 @@ def test_augmentation_moves_image_and_mask_together_and_keeps_masks_binary():
 def test_evaluation_episodes_use_each_image_once_as_support(tiny_bank):
     episodes = evaluation_episodes(tiny_bank, 1)
     assert len(episodes) == tiny_bank.num_classes * 6
-    for c, support, queries in episodes:
+    for _, support, queries in episodes:
         assert len(queries) == 5 and support[0] not in queries
     tasks = list(evaluation_tasks(tiny_bank, 1, limit=7))
     assert len(tasks) == 7 and tasks[0]["query_images"].shape == (5, 32, 32, 3)

@@ -4,12 +4,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_segmenter
 
 from meta_drn_tf.data.episodes import meta_batches, training_tasks
 from meta_drn_tf.meta import MetaConfig, MetaLearner
 from meta_drn_tf.model import build_meta_drn
-
-from conftest import tiny_segmenter
 
 SIZE = 16
 
@@ -33,7 +32,7 @@ def _meta_objective(learner, theta, alphas=None, second_order=True):
     task = _task()
     rates = alphas if alphas is not None else learner.inner_rates()
     fast, _ = learner.inner_loop(theta, task["support_images"], task["support_masks"],
-                                 learner.config.steps, rates, second_order)
+                                 learner.config.inner_steps, rates, second_order)
     return learner.loss(fast, task["query_images"], task["query_masks"])
 
 

@@ -1,12 +1,15 @@
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from meta_drn_tf.model import (
-    PAPER_PARAMS, build_meta_drn, parameter_breakdown, receptive_field,
+    PAPER_PARAMS,
+    build_meta_drn,
+    parameter_breakdown,
+    receptive_field,
 )
 
 
@@ -111,7 +114,8 @@ def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
     np.testing.assert_array_equal(loaded(images).numpy(), expected["logits"])
 
     learner = MetaLearner(build_meta_drn(16, 0.03125), MetaConfig("metasgd", inner_lr=0.3))
-    tf.train.Checkpoint(learner=learner).read(os.path.join(LEGACY, "checkpoint", "ckpt")).assert_existing_objects_matched()
+    status = tf.train.Checkpoint(learner=learner).read(os.path.join(LEGACY, "checkpoint", "ckpt"))
+    status.assert_existing_objects_matched()
     np.testing.assert_array_equal(learner.model(images).numpy(), expected["logits"])
     fast = learner.adapt(images[:1], support_mask)
     np.testing.assert_allclose(learner.predict(fast, images[1:]).numpy(), expected["adapted_probabilities"], atol=1e-6)
@@ -133,10 +137,23 @@ def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
 def test_strided_1x1_projection_equals_a_strided_convolution():
     from meta_drn_tf.layers import ConvNormAct
 
-    layer = ConvNormAct(8, strides=2, kernel_size=1, activation=False, normalization="none")
+    layer = ConvNormAct(8, strides=2, kernel_size=1, use_activation=False, normalization="none")
     for size in (15, 16):  # odd and even sizes: "same" padding needs none for a 1x1 window
         x = tf.random.uniform((2, size, size, 5), seed=size)
         y = layer(x)
         reference = tf.nn.conv2d(x, layer.conv.kernel, strides=2, padding="SAME")
         assert y.shape == layer.compute_output_shape(x.shape) == reference.shape
         np.testing.assert_allclose(y.numpy(), reference.numpy(), atol=1e-6)
+
+
+def test_old_layer_names_and_arguments_still_load():
+    from meta_drn_tf.layers import ConvNormAct, InstanceNorm, PerImageBatchNorm
+
+    old = keras.saving.deserialize_keras_object(
+        {"module": None, "class_name": "PerImageBatchNorm", "registered_name": "meta_drn_tf>PerImageBatchNorm",
+         "config": {"name": "norm", "epsilon": 1e-3}})
+    assert isinstance(old, InstanceNorm) and isinstance(old, PerImageBatchNorm)
+    layer = ConvNormAct.from_config({"filters": 4, "activation": False, "normalization": "image", "name": "c"})
+    assert layer.use_activation is False and isinstance(layer.norm, InstanceNorm)
+    assert "use_activation" in layer.get_config() and "activation" not in layer.get_config()
+    assert keras.saving.get_registered_name(InstanceNorm) == "meta_drn_tf>InstanceNorm"

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf import Segmenter, cli, serving, train
+from meta_drn_tf import Segmenter, cli, serving
+from meta_drn_tf.config import RunConfig
 from meta_drn_tf.data.synthetic import synthetic_bank
 from meta_drn_tf.runs import build_learner, restore_learner
+from meta_drn_tf.training import RunDirectory
 
 SIZE = 32
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -24,9 +26,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 def run_dir(tmp_path_factory):
     """A run directory as training leaves it (flags.json, best/ checkpoint), without the training."""
     model_dir = str(tmp_path_factory.mktemp("run"))
-    cfg = train.default_config(model_dir=model_dir, image_size=SIZE, width=0.0625, inner_lr=0.5, seed=2)
-    train.check_model_dir(model_dir, cfg)
-    learner = build_learner(cfg)
+    config = RunConfig(model_dir=model_dir, image_size=SIZE, width=0.0625, inner_lr=0.5, seed=2)
+    RunDirectory(model_dir).claim(config)
+    learner = build_learner(config)
     tf.train.CheckpointManager(tf.train.Checkpoint(learner=learner), os.path.join(model_dir, "best"), 1).save()
     return model_dir
 
@@ -79,9 +81,9 @@ def test_command_writes_one_binary_mask_per_image_that_agrees_with_evaluate(run_
 
 def test_saved_model_gives_the_masks_of_its_run(run_dir, photos, tmp_path):
     root, _ = photos
-    learner, cfg = restore_learner(run_dir)
+    learner, config = restore_learner(run_dir)
     base = tmp_path / "saved_models" / "tiny"
-    serving.export(learner, str(base), SIZE, cfg["width"])
+    serving.export(learner, str(base), SIZE, config.width)
     assert _segment(base, root, tmp_path / "from_export").returncode == 0
     assert _segment(run_dir, root, tmp_path / "from_run").returncode == 0
     for path in glob.glob(str(tmp_path / "from_run" / "*.png")):

@@ -159,7 +159,8 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     assert "12 classes" in out.stdout  # TINY's synthetic_classes: train, val and test together
 
     export_dir = tmp_path / "saved_models" / "tiny"
-    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}", f"--export_dir={export_dir}"],
+    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}",
+                          f"--export_dir={export_dir}"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (export_dir / "1" / "saved_model.pb").is_file()

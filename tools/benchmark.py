@@ -30,9 +30,7 @@ import time
 from absl import flags
 
 from meta_drn_tf import cli
-
-sys.path.insert(0, os.path.dirname(__file__))
-from machine import describe  # noqa: E402
+from meta_drn_tf.hardware import describe
 
 flags.DEFINE_integer("size", 224, "Image size.")
 flags.DEFINE_float("width", 1.0, "Network width.")
@@ -78,8 +76,8 @@ def matmul_peak(dtype: str, n: int = 2048, repeats: int = 10) -> float:
 
 
 def run_one(spec: str) -> dict:
-    import numpy as np
     import keras
+    import numpy as np
 
     from meta_drn_tf.meta import MetaConfig, MetaLearner
     from meta_drn_tf.model import build_meta_drn

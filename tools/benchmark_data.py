@@ -8,17 +8,13 @@ Measures the synthetic (in-memory) source and an FSS-layout folder on disk
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
 
 from absl import flags
 
 from meta_drn_tf import cli
-
-sys.path.insert(0, os.path.dirname(__file__))
-from machine import describe  # noqa: E402
+from meta_drn_tf.hardware import describe
 
 flags.DEFINE_integer("size", 224, "Image size.")
 flags.DEFINE_integer("shots", 1, "k.")

@@ -8,16 +8,12 @@ the replica machinery, not a speed-up; real scaling needs GPUs.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 from absl import flags
 
 from meta_drn_tf import cli
-
-sys.path.insert(0, os.path.dirname(__file__))
-from machine import describe  # noqa: E402
+from meta_drn_tf.hardware import describe
 
 flags.DEFINE_integer("size", 64, "Image size.")
 flags.DEFINE_float("width", 0.25, "Network width.")

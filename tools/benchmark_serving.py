@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 from absl import flags
 
 from meta_drn_tf import cli
-
-sys.path.insert(0, os.path.dirname(__file__))
-from machine import describe  # noqa: E402
+from meta_drn_tf.hardware import describe
 
 flags.DEFINE_integer("size", 224, "Image size.")
 flags.DEFINE_float("width", 1.0, "Network width.")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from absl import flags
 
 from meta_drn_tf import cli
-
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 
 flags.DEFINE_string("out", None, "Output directory.", required=True)

@@ -24,26 +24,17 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    import numpy as np
-
     from meta_drn_tf import runs, visualize
-    from meta_drn_tf.metrics import binary_iou
+    from meta_drn_tf.evaluation import evaluate_bank
 
-    learner, cfg = runs.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
-    bank = runs.load(cfg, FLAGS.split, progress=False, classes_file=FLAGS.classes_file)
-    rows = []
-    for c in range(min(FLAGS.classes, bank.num_classes)):
-        n = int(bank.counts[c])
-        support = int(np.flatnonzero(bank.nonempty[c])[0])
-        queries = [i for i in range(n) if i != support][: FLAGS.queries]
-        images = bank.images[c].astype(np.float32) / 255.0
-        masks = bank.masks[c, ..., None].astype(np.float32)
-        fast = learner.adapt(images[[support]], masks[[support]], steps=cfg.get("eval_inner_steps"))
-        probabilities = learner.predict(fast, images[queries]).numpy()
-        ious = binary_iou(probabilities, masks[queries], FLAGS.threshold).numpy()
-        rows.append(visualize.task_row(images[support], masks[support], images[queries], probabilities, ious,
-                                       title=bank.class_names[c], threshold=FLAGS.threshold))
-    visualize.save_png(FLAGS.out, visualize.grid(rows))
+    learner, config = runs.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
+    bank = runs.load(config, FLAGS.split, progress=False, classes_file=FLAGS.classes_file)
+    bank = bank.subset(bank.class_names[: FLAGS.classes])
+    # The first evaluation episode of each class: its first labelled image is the support.
+    _, episodes = evaluate_bank(learner, bank, config.shots, inner_steps=config.eval_inner_steps,
+                                episodes_per_class=1, keep_predictions=FLAGS.classes)
+    visualize.save_png(FLAGS.out, visualize.episode_grid(episodes, FLAGS.queries, truth=False,
+                                                         threshold=FLAGS.threshold))
     print(f"wrote {FLAGS.out}")
 
 

@@ -6,8 +6,8 @@ import functools
 
 from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.data.fss1000 import discover_classes, load_bank, read_class_list, split_classes
-from meta_drn_tf.errors import DataError
 from meta_drn_tf.data.synthetic import synthetic_splits
+from meta_drn_tf.errors import DataError
 
 __all__ = ["DataError", "ImageBank", "load_split", "load_splits"]
 
@@ -55,7 +55,8 @@ def load_splits(
         banks = _synthetic(synthetic_classes, seed, image_size, synthetic_images)
         everything = ImageBank.concatenate([banks[s] for s in ("train", "val", "test")])
         if classes_file:
-            return {splits[0]: everything.subset(_listed(classes_file, everything.class_names, "the synthetic dataset"))}
+            listed = _listed(classes_file, everything.class_names, "the synthetic dataset")
+            return {splits[0]: everything.subset(listed)}
         return {s: everything if s == "all" else banks[s] for s in splits}
     available = list(discover_classes(data_dir))
     names = {}

@@ -51,7 +51,7 @@ class ImageBank:
         real = np.arange(self.images.shape[1])[None, :] < self.counts[:, None]
         return real & (self.masks.reshape(self.masks.shape[:2] + (-1,)).max(-1) > 0)
 
-    def subset(self, names: list[str]) -> "ImageBank":
+    def subset(self, names: list[str]) -> ImageBank:
         """The bank restricted to `names`, in that order."""
         index = {n: i for i, n in enumerate(self.class_names)}
         missing = [n for n in names if n not in index]
@@ -61,7 +61,7 @@ class ImageBank:
         return ImageBank(list(names), self.images[rows], self.masks[rows], self.counts[rows])
 
     @classmethod
-    def from_lists(cls, names: list[str], images: list[np.ndarray], masks: list[np.ndarray]) -> "ImageBank":
+    def from_lists(cls, names: list[str], images: list[np.ndarray], masks: list[np.ndarray]) -> ImageBank:
         """Pads per-class arrays `(n_c, H, W, 3)` / `(n_c, H, W)` into one bank."""
         if not names:
             raise ValueError("no classes to put in the bank")
@@ -76,7 +76,7 @@ class ImageBank:
         return cls(list(names), all_images, all_masks, counts)
 
     @classmethod
-    def concatenate(cls, banks: list["ImageBank"]) -> "ImageBank":
+    def concatenate(cls, banks: list[ImageBank]) -> ImageBank:
         """The classes of all `banks` (same image size) in one bank."""
         names, images, masks = [], [], []
         for bank in banks:

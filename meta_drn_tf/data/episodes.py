@@ -15,7 +15,7 @@ images i with a non-empty mask, the support is images i, i+1, ..., i+k-1
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -105,29 +105,30 @@ def meta_batches(tasks: tf.data.Dataset, meta_batch_size: int) -> tf.data.Datase
     return tasks.batch(meta_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def evaluation_episodes(bank: ImageBank, shots: int = 1) -> list[tuple[int, list[int], list[int]]]:
-    """All evaluation episodes as (class index, support indices, query indices)."""
+def evaluation_episodes(bank: ImageBank, shots: int = 1,
+                        per_class: int | None = None) -> list[tuple[int, list[int], list[int]]]:
+    """All evaluation episodes (the first `per_class` of each class) as (class index, supports, queries)."""
     episodes = []
     nonempty = bank.nonempty
     for c in range(bank.num_classes):
         n = int(bank.counts[c])
         if n < shots + 1:
             continue
-        for i in range(n):
-            support = [(i + j) % n for j in range(shots)]
-            if not all(nonempty[c, s] for s in support):
-                continue
-            episodes.append((c, support, [j for j in range(n) if j not in support]))
+        supports = [[(i + j) % n for j in range(shots)] for i in range(n)]
+        supports = [s for s in supports if all(nonempty[c, i] for i in s)][:per_class]
+        episodes += [(c, s, [j for j in range(n) if j not in s]) for s in supports]
     return episodes
 
 
-def evaluation_tasks(bank: ImageBank, shots: int = 1, limit: int | None = None) -> Iterator[dict]:
+def evaluation_tasks(bank: ImageBank, shots: int = 1, limit: int | None = None,
+                     per_class: int | None = None) -> Iterator[dict]:
     """Evaluation episodes as numpy task dicts (unbatched, variable query count).
 
     `limit` keeps an evenly spread subset of at most that many episodes
-    (deterministic), for quick validation during training.
+    (deterministic), for quick validation during training; `per_class` keeps
+    the first episodes of each class.
     """
-    episodes = evaluation_episodes(bank, shots)
+    episodes = evaluation_episodes(bank, shots, per_class)
     if limit is not None and limit < len(episodes):
         step = len(episodes) / limit
         episodes = [episodes[math.floor(i * step)] for i in range(limit)]
@@ -141,6 +142,7 @@ def evaluation_tasks(bank: ImageBank, shots: int = 1, limit: int | None = None) 
         }
 
 
-def count_evaluation_tasks(bank: ImageBank, shots: int = 1, limit: int | None = None) -> int:
-    n = len(evaluation_episodes(bank, shots))
+def count_evaluation_tasks(bank: ImageBank, shots: int = 1, limit: int | None = None,
+                           per_class: int | None = None) -> int:
+    n = len(evaluation_episodes(bank, shots, per_class))
     return n if limit is None else min(n, limit)

@@ -127,7 +127,8 @@ def discover_classes(root: str) -> dict[str, list[str]]:
         if files:
             classes[name] = [os.path.join(folder, f) for f in files]
     if not classes:
-        raise DataError(f"--data_dir {root}: no class folders with .jpg images (expected ROOT/<class>/<n>.jpg + <n>.png)")
+        raise DataError(f"--data_dir {root}: no class folders with .jpg images "
+                        "(expected ROOT/<class>/<n>.jpg + <n>.png)")
     return classes
 
 

@@ -142,7 +142,9 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     return canvas
 
 
-def synthetic_image(seed: int, class_id: int, image_id: int, size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_image(
+    seed: int, class_id: int, image_id: int, size: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One RGB uint8 image `(size, size, 3)` of class `class_id` and its {0,1} mask."""
     rng = np.random.default_rng([seed, class_id, image_id + 1])
     canvas = _background(size, rng)
@@ -180,7 +182,8 @@ def synthetic_bank(
     for c in range(first_class, total):
         pairs = [synthetic_image(seed, c, i, image_size, total) for i in range(images_per_class)]
         # An object fully occluded by distractors leaves an empty mask: draw again.
-        pairs = [p if p[1].any() else synthetic_image(seed, c, i + 1000, image_size, total) for i, p in enumerate(pairs)]
+        pairs = [p if p[1].any() else synthetic_image(seed, c, i + 1000, image_size, total)
+                 for i, p in enumerate(pairs)]
         names.append(f"synthetic_{c:04d}")
         images.append(np.stack([x for x, _ in pairs]))
         masks.append(np.stack([y for _, y in pairs]))

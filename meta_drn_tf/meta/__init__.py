@@ -1,6 +1,6 @@
 """Gradient-based meta-learning: MAML, FOMAML, Meta-SGD, Reptile."""
 
-from meta_drn_tf.meta.algorithms import ALGORITHMS
-from meta_drn_tf.meta.learner import MetaConfig, MetaLearner
+from meta_drn_tf.meta.algorithms import ALGORITHMS, Algorithm
+from meta_drn_tf.meta.learner import Adapter, MetaConfig, MetaLearner
 
-__all__ = ["ALGORITHMS", "MetaConfig", "MetaLearner"]
+__all__ = ["ALGORITHMS", "Adapter", "Algorithm", "MetaConfig", "MetaLearner"]

@@ -15,24 +15,42 @@ aligned with `learner.meta_variables`:
 
 from __future__ import annotations
 
+import abc
+from typing import TYPE_CHECKING
+
 import keras
 import tensorflow as tf
 
+if TYPE_CHECKING:
+    from meta_drn_tf.meta.learner import MetaConfig, MetaLearner
 
-class MAML:
+Task = dict[str, tf.Tensor]  # support_images, support_masks, query_images, query_masks
+
+
+class Algorithm(abc.ABC):
+    """A meta-learning algorithm: one task in, the gradient for the meta-optimizer out."""
+
+    default_inner_steps: int = 1
+
+    def create_extra_variables(self, model: keras.Model, config: MetaConfig) -> list[tf.Variable]:
+        """Meta-learned variables besides the model's (Meta-SGD's rates); checkpointed and exported."""
+        return []
+
+    @abc.abstractmethod
+    def task_gradients(self, learner: MetaLearner, task: Task) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """Gradients aligned with `learner.meta_variables`, and the task's loss."""
+
+
+class MAML(Algorithm):
     """Second-order MAML."""
 
     second_order = True
-    default_inner_steps = 1
 
-    def create_extra_variables(self, model: keras.Model, config) -> list[tf.Variable]:
-        return []
-
-    def task_gradients(self, learner, task) -> tuple[list[tf.Tensor], tf.Tensor]:
+    def task_gradients(self, learner, task):
         with tf.GradientTape() as tape:
             theta = learner.initial_weights()
             fast, _ = learner.inner_loop(theta, task["support_images"], task["support_masks"],
-                                      learner.config.steps, learner.inner_rates(), second_order=self.second_order)
+                                      learner.config.inner_steps, learner.inner_rates(), second_order=self.second_order)
             loss = learner.loss(fast, task["query_images"], task["query_masks"])
         return learner.gradients(tape, loss, learner.meta_variables), loss
 
@@ -44,7 +62,7 @@ class FOMAML(MAML):
 
     def task_gradients(self, learner, task):
         fast, _ = learner.inner_loop(learner.initial_weights(), task["support_images"], task["support_masks"],
-                                  learner.config.steps, learner.inner_rates(), second_order=False)
+                                  learner.config.inner_steps, learner.inner_rates(), second_order=False)
         # d fast / d theta is the identity once the inner gradients are constants.
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(fast)
@@ -63,22 +81,19 @@ class MetaSGD(MAML):
         ]
 
 
-class Reptile:
+class Reptile(Algorithm):
     """Reptile: θ - θ' after k inner steps is the meta-gradient."""
 
     default_inner_steps = 5
-
-    def create_extra_variables(self, model, config):
-        return []
 
     def task_gradients(self, learner, task):
         images = tf.concat([task["support_images"], task["query_images"]], 0)
         masks = tf.concat([task["support_masks"], task["query_masks"]], 0)
         theta = learner.initial_weights()
         # The loss logged is the last inner step's: no extra forward pass.
-        fast, loss = learner.inner_loop(theta, images, masks, learner.config.steps,
+        fast, loss = learner.inner_loop(theta, images, masks, learner.config.inner_steps,
                                         learner.inner_rates(), second_order=False)
         return [t - f for t, f in zip(theta, fast)], loss
 
 
-ALGORITHMS = {"maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "reptile": Reptile}
+ALGORITHMS: dict[str, type[Algorithm]] = {"maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "reptile": Reptile}

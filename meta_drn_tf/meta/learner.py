@@ -1,9 +1,13 @@
-"""`MetaLearner`: adapt a Keras model to a support set, predict, meta-train.
+"""`Adapter` and `MetaLearner`: adapt a Keras model to a support set, predict; meta-train it.
 
     learner = MetaLearner(build_meta_drn(224), MetaConfig(algorithm="maml"))
     fast = learner.adapt(support_images, support_masks)
     probabilities = learner.predict(fast, query_images)
     logs = learner.meta_train_step(task_batch)
+
+`Adapter` is the adaptation side alone - θ, Meta-SGD's learned rates α and
+the inner loop, no optimizer - which is what an export serves; `MetaLearner`
+adds the meta-optimizer and the compiled meta-train step.
 
 Fast weights are plain tensors passed through Keras 3 `stateless_call`; the
 model's variables are never assigned during adaptation, so second-order
@@ -17,14 +21,14 @@ gradients are divided by the *global* meta-batch size and summed across
 replicas by the optimizer, which gives the same update as one device.
 
 BatchNorm: the network normalises with per-image statistics
-(`PerImageBatchNorm`), so adaptation, meta-training and serving behave the same
+(`InstanceNorm`), so adaptation, meta-training and serving behave the same
 and a query's mask never depends on the other images of its batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -44,7 +48,8 @@ class MetaConfig:
         algorithm: "maml", "fomaml", "metasgd" or "reptile".
         inner_lr: α, the inner-loop SGD rate (Meta-SGD: the initial value of
             its learned per-weight rates).
-        inner_steps: inner SGD steps; None means the paper's (1; Reptile 5).
+        inner_steps: inner SGD steps; None means the algorithm's default (the
+            paper's: 1; Reptile 5) and reads back as that number.
         meta_lr: β, the meta-optimizer's (AdamW) learning rate.
         weight_decay: AdamW's decoupled weight decay.
         precision: "float32", "bfloat16" or "float16" (with dynamic loss
@@ -65,67 +70,39 @@ class MetaConfig:
             raise ValueError(f"algorithm must be one of {sorted(algorithms.ALGORITHMS)}, got {self.algorithm!r}")
         if self.precision not in PRECISION_POLICIES:
             raise ValueError(f"precision must be one of {sorted(PRECISION_POLICIES)}, got {self.precision!r}")
-        if self.inner_steps is not None and self.inner_steps < 1:
+        if self.inner_steps is None:
+            object.__setattr__(self, "inner_steps", algorithms.ALGORITHMS[self.algorithm].default_inner_steps)
+        if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
-
-    @property
-    def steps(self) -> int:
-        if self.inner_steps is not None:
-            return self.inner_steps
-        return algorithms.ALGORITHMS[self.algorithm].default_inner_steps
 
     @property
     def dtype_policy(self) -> str:
         return PRECISION_POLICIES[self.precision]
 
 
-class MetaLearner(tf.Module):
-    """A Keras segmentation model plus a gradient-based meta-learning algorithm.
+class Adapter(tf.Module):
+    """A Keras segmentation model and its inner loop: adapt to a support set, predict, evaluate.
+
+    Holds θ (the model's weights) and Meta-SGD's learned rates α; no optimizer.
 
     Args:
         model: maps images `(n, H, W, 3)` to foreground logits `(n, H, W, 1)`;
             build it with `dtype=config.dtype_policy` for mixed precision.
         config: the algorithm settings.
-        optimizer: the meta-optimizer; default AdamW(config.meta_lr).
-        strategy: a tf.distribute strategy whose scope holds the model's
-            variables (default: the current one).
     """
 
-    def __init__(
-        self,
-        model: keras.Model,
-        config: MetaConfig = MetaConfig(),
-        optimizer: keras.optimizers.Optimizer | None = None,
-        strategy: tf.distribute.Strategy | None = None,
-    ):
+    def __init__(self, model: keras.Model, config: MetaConfig = MetaConfig()):
         super().__init__(name="meta_learner")
         self.model = model
         self.config = config
         self.algorithm = algorithms.ALGORITHMS[config.algorithm]()
-        self.strategy = strategy or tf.distribute.get_strategy()
-        with self.strategy.scope():
-            self.optimizer = optimizer or keras.optimizers.AdamW(
-                learning_rate=config.meta_lr, weight_decay=config.weight_decay
-            )
-            self.alphas = self.algorithm.create_extra_variables(model, config)
-            self.loss_scale = tf.Variable(
-                2.0**15 if config.precision == "float16" else 1.0, trainable=False, name="loss_scale"
-            )
-            self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
-            if self.alphas and hasattr(self.optimizer, "exclude_from_weight_decay"):
-                # Decay would pull Meta-SGD's learned rates towards zero.
-                self.optimizer.exclude_from_weight_decay(var_list=self.alphas)
-            self.optimizer.build(self.meta_variables)
-        self.trace_count = 0
-        self._train_fn = tf.function(self._distributed_train_step, jit_compile=config.jit_compile)
+        self.alphas = self.algorithm.create_extra_variables(model, config)
+        self.loss_scale = tf.Variable(
+            2.0**15 if config.precision == "float16" else 1.0, trainable=False, name="loss_scale"
+        )
         self._eval_fn = tf.function(self._evaluate_batch, reduce_retracing=True)
 
     # ----- weights -------------------------------------------------------
-    @property
-    def meta_variables(self) -> list[tf.Variable]:
-        """What the meta-optimizer updates: θ (and Meta-SGD's α)."""
-        return list(self.model.trainable_variables) + list(self.alphas)
-
     def initial_weights(self) -> list[tf.Tensor]:
         """θ as tensors (the meta-learned initialisation)."""
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
@@ -159,18 +136,18 @@ class MetaLearner(tf.Module):
         weights: Sequence[tf.Tensor],
         images: tf.Tensor,
         masks: tf.Tensor,
-        steps: int,
+        inner_steps: int,
         rates: Sequence[tf.Tensor | float],
         second_order: bool,
     ) -> tuple[list[tf.Tensor], tf.Tensor]:
-        """`steps` SGD steps from `weights` on (images, masks): w <- w - rate * dL/dw.
+        """`inner_steps` SGD steps from `weights` on (images, masks): w <- w - rate * dL/dw.
 
         With `second_order` the inner gradients stay differentiable (for an
         enclosing tape); otherwise they are constants (first-order methods).
         Returns the adapted weights and the loss of the last step (before it).
         """
         weights = list(weights)
-        for _ in range(steps):
+        for _ in range(inner_steps):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(weights)
                 loss = self.loss(weights, images, masks)
@@ -184,21 +161,100 @@ class MetaLearner(tf.Module):
         self,
         support_images: tf.Tensor,
         support_masks: tf.Tensor,
-        steps: int | None = None,
+        inner_steps: int | None = None,
         inner_lr: float | None = None,
     ) -> list[tf.Tensor]:
         """Fast weights adapted to a support set `(k, H, W, 3)`, `(k, H, W, 1)`.
 
         Args:
-            steps: inner steps (default: the training setting).
+            inner_steps: inner steps (default: the training setting).
             inner_lr: inner rate (default: α; Meta-SGD always uses its learned rates).
         """
         return self.inner_loop(self.initial_weights(), support_images, support_masks,
-                               steps or self.config.steps, self.inner_rates(inner_lr), second_order=False)[0]
+                               inner_steps or self.config.inner_steps, self.inner_rates(inner_lr),
+                               second_order=False)[0]
 
     def predict(self, fast_weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
         """Foreground probabilities `(n, H, W, 1)` of `images` under `fast_weights`."""
         return tf.sigmoid(self.logits(fast_weights, images))
+
+    # ----- evaluation ----------------------------------------------------
+    def evaluate_step(self, task_batch, inner_steps: int | None = None,
+                      inner_lr: float | None = None) -> dict[str, tf.Tensor]:
+        """Adapts to each task's support and scores its queries.
+
+        Returns per-task `loss` `(B,)` and per-query `soft_iou`, `iou@0.5`,
+        `iou@0.35` `(B, q)`, plus `probabilities` `(B, q, H, W, 1)`.
+        """
+        batch = {k: tf.convert_to_tensor(task_batch[k], tf.float32) for k in TASK_KEYS}
+        return self._eval_fn(batch, tf.constant(inner_steps or self.config.inner_steps), self.inner_rates(inner_lr))
+
+    def _evaluate_batch(self, batch, inner_steps, rates):
+        theta = self.initial_weights()
+
+        def one_task(task):
+            support_images, support_masks, query_images, query_masks = task
+            # The inner-step count is a tensor so one trace serves any count.
+            fast = tf.while_loop(
+                lambda i, w: i < inner_steps,
+                lambda i, w: (i + 1, self.inner_loop(w, support_images, support_masks, 1, rates, False)[0]),
+                (tf.constant(0), theta),
+            )[1]
+            logits = self.logits(fast, query_images)
+            probabilities = tf.sigmoid(logits)
+            scores = [soft_iou(probabilities, query_masks)]
+            scores += [binary_iou(probabilities, query_masks, t) for t in THRESHOLDS]
+            return bce_loss(logits, query_masks), tf.stack(scores), probabilities
+
+        loss, scores, probabilities = tf.map_fn(
+            one_task,
+            tuple(batch[k] for k in TASK_KEYS),
+            fn_output_signature=(tf.float32, tf.float32, tf.float32),
+            parallel_iterations=1,
+        )
+        logs = {"loss": loss, "soft_iou": scores[:, 0], "probabilities": probabilities}
+        for j, t in enumerate(THRESHOLDS):
+            logs[f"iou@{t}"] = scores[:, j + 1]
+        return logs
+
+
+class MetaLearner(Adapter):
+    """An `Adapter` plus a meta-optimizer and the compiled meta-train step.
+
+    Args:
+        model: as for `Adapter`.
+        config: the algorithm settings.
+        optimizer: the meta-optimizer; default AdamW(config.meta_lr).
+        strategy: a tf.distribute strategy whose scope holds the model's
+            variables (default: the current one).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        config: MetaConfig = MetaConfig(),
+        optimizer: keras.optimizers.Optimizer | None = None,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        strategy = strategy or tf.distribute.get_strategy()
+        with strategy.scope():
+            super().__init__(model, config)
+            self.strategy = strategy
+            self.optimizer = optimizer or keras.optimizers.AdamW(
+                learning_rate=config.meta_lr, weight_decay=config.weight_decay
+            )
+            self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
+            if self.alphas and hasattr(self.optimizer, "exclude_from_weight_decay"):
+                # Decay would pull Meta-SGD's learned rates towards zero.
+                self.optimizer.exclude_from_weight_decay(var_list=self.alphas)
+            self.optimizer.build(self.meta_variables)
+        self.trace_count = 0
+        self._train_fn = tf.function(self._distributed_train_step, jit_compile=config.jit_compile)
+
+    @property
+    def meta_variables(self) -> list[tf.Variable]:
+        """What the meta-optimizer updates: θ (and Meta-SGD's α)."""
+        return list(self.model.trainable_variables) + list(self.alphas)
 
     # ----- meta-training -------------------------------------------------
     def meta_train_step(self, task_batch) -> dict[str, tf.Tensor]:
@@ -262,41 +318,3 @@ class MetaLearner(tf.Module):
             self.loss_scale.assign(tf.maximum(self.loss_scale / 2.0, 1.0))
             self.good_steps.assign(0)
         return tf.constant(False)
-
-    # ----- evaluation ----------------------------------------------------
-    def evaluate_step(self, task_batch, steps: int | None = None, inner_lr: float | None = None) -> dict[str, tf.Tensor]:
-        """Adapts to each task's support and scores its queries.
-
-        Returns per-task `loss` `(B,)` and per-query `soft_iou`, `iou@0.5`,
-        `iou@0.35` `(B, q)`, plus `probabilities` `(B, q, H, W, 1)`.
-        """
-        batch = {k: tf.convert_to_tensor(task_batch[k], tf.float32) for k in TASK_KEYS}
-        return self._eval_fn(batch, tf.constant(steps or self.config.steps), self.inner_rates(inner_lr))
-
-    def _evaluate_batch(self, batch, steps, rates):
-        theta = self.initial_weights()
-
-        def one_task(task):
-            support_images, support_masks, query_images, query_masks = task
-            # The inner-step count is a tensor so one trace serves any count.
-            fast = tf.while_loop(
-                lambda i, w: i < steps,
-                lambda i, w: (i + 1, self.inner_loop(w, support_images, support_masks, 1, rates, False)[0]),
-                (tf.constant(0), theta),
-            )[1]
-            logits = self.logits(fast, query_images)
-            probabilities = tf.sigmoid(logits)
-            scores = [soft_iou(probabilities, query_masks)]
-            scores += [binary_iou(probabilities, query_masks, t) for t in THRESHOLDS]
-            return bce_loss(logits, query_masks), tf.stack(scores), probabilities
-
-        loss, scores, probabilities = tf.map_fn(
-            one_task,
-            tuple(batch[k] for k in TASK_KEYS),
-            fn_output_signature=(tf.float32, tf.float32, tf.float32),
-            parallel_iterations=1,
-        )
-        logs = {"loss": loss, "soft_iou": scores[:, 0], "probabilities": probabilities}
-        for j, t in enumerate(THRESHOLDS):
-            logs[f"iou@{t}"] = scores[:, j + 1]
-        return logs

@@ -1,0 +1,165 @@
+"""`RunConfig`: everything that defines a training run, validated, frozen, saved as `flags.json`.
+
+    from meta_drn_tf.config import RunConfig
+    from meta_drn_tf.training import train
+
+    train(RunConfig(model_dir="runs/x", image_size=64, width=0.25, epochs=2))
+
+The fields are the flags of `python -m meta_drn_tf.train` (defined from them:
+one source for names, defaults and help). A run directory's `flags.json`
+loads back with `RunConfig.load`; settings older runs did not have take their
+defaults, so old runs keep loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from meta_drn_tf.errors import ConfigError
+
+FLAGS_FILE = "flags.json"
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+LR_SCHEDULES = ("plateau", "linear", "cosine", "constant")
+PRECISIONS = ("float32", "bfloat16", "float16")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None):
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A training run. Field docs are the `--help` of `python -m meta_drn_tf.train`."""
+
+    model_dir: str = _setting("runs/default", "Where checkpoints, TensorBoard logs, reports and exports go.")
+    data_dir: str = _setting("", "FSS-1000 (or a folder in its layout: ROOT/<class>/<n>.jpg + <n>.png). "
+                                 "Empty: the embedded synthetic dataset.")
+    val_classes_file: str = _setting("", "Optional class list (one a line) for validation; overrides the split.")
+    test_classes_file: str = _setting("", "Optional class list (one a line) for testing; overrides the split.")
+    skip_bad_files: bool = _setting(False, "Train on the usable images when some image/mask files cannot be used "
+                                           "(they are listed and counted); default: stop and list them.")
+    synthetic_classes: int = _setting(100, "Object families in the synthetic dataset (no --data_dir).")
+    synthetic_images: int = _setting(10, "Images per synthetic class.")
+    algo: str = _setting("maml", "Meta-learning algorithm.", ALGORITHMS)
+    image_size: int = _setting(224, "Input height and width (multiple of 4).")
+    width: float = _setting(1.0, "Filter-count multiplier; 1.0 is the paper's network.")
+    shots: int = _setting(1, "Support images per task (k).")
+    queries: int = _setting(5, "Query images per training task (q).")
+    meta_batch_size: int = _setting(5, "Tasks per meta-update (global, over all replicas).")
+    inner_lr: float = _setting(1e-3, "Inner-loop learning rate α (Meta-SGD: initial value).")
+    inner_steps: int | None = _setting(None, "Inner-loop steps (default: 1; Reptile 5).")
+    meta_lr: float = _setting(1e-3, "Initial meta learning rate β (AdamW).")
+    weight_decay: float = _setting(1e-2, "AdamW weight decay.")
+    lr_schedule: str = _setting("plateau", "plateau: multiply by --lr_factor when validation soft IoU has not "
+                                           "improved for --lr_patience epochs; linear: decay to --final_meta_lr "
+                                           "over all epochs; cosine: cosine-anneal to --final_meta_lr.",
+                                LR_SCHEDULES)
+    lr_patience: int = _setting(8, "Epochs without improvement before a plateau decay.")
+    lr_factor: float = _setting(0.5, "Plateau decay factor.")
+    final_meta_lr: float = _setting(3e-5, "End of the linear and cosine schedules.")
+    epochs: int = _setting(200, "Epochs to train.")
+    tasks_per_epoch: int = _setting(0, "Training tasks per epoch; 0: the number of training images.")
+    val_episodes: int = _setting(0, "Validation episodes per epoch (evenly spread); 0: all.")
+    eval_inner_steps: int | None = _setting(None, "Inner steps at validation/test time (default: training's).")
+    seed: int = _setting(0, "Seeds the initial weights and the task stream.")
+    precision: str = _setting("float32", "Compute precision.", PRECISIONS)
+    jit_compile: bool = _setting(False, "Compile the meta-train step with XLA.")
+    deterministic: bool = _setting(False, "Enable TensorFlow op determinism (bit-exact resumes on GPUs).")
+    save_every_minutes: float = _setting(10.0, "Also checkpoint mid-epoch this often.")
+    save_every_steps: int = _setting(0, "Also checkpoint every N meta-steps (0: off).")
+    log_every_steps: int = _setting(10, "TensorBoard scalars every N meta-steps.")
+    skip_nonfinite: bool = _setting(False, "Skip (and count) a meta-batch with a non-finite loss instead of stopping.")
+    fresh: bool = _setting(False, "Delete the run in --model_dir and start afresh (default: resume).")
+    test_at_end: bool = _setting(True, "Evaluate the best checkpoint on the test classes at the end.")
+    baseline_at_end: bool = _setting(True, "At the end, also evaluate the same adaptation from a random "
+                                           "initialisation.")
+    export_at_end: bool = _setting(True, "Export a TF Serving SavedModel of the best checkpoint at the end.")
+    strategy: str = _setting("auto", "tf.distribute strategy (multi_worker reads TF_CONFIG).", STRATEGIES)
+    cpu_devices: int = _setting(1, "Split the CPU into N logical devices (testing replicas without GPUs).")
+    collective_timeout_s: float = _setting(300.0, "multi_worker: fail when a collective waits longer (dead worker).")
+
+    def __post_init__(self):
+        problems = [f"--{name}={getattr(self, name)}: {why}" for name, why in self._problems()]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def _problems(self):
+        for f in dataclasses.fields(self):
+            value, choices = getattr(self, f.name), f.metadata["choices"]
+            if choices and value not in choices:
+                yield f.name, f"must be one of {', '.join(choices)}"
+        for name in ("shots", "queries", "meta_batch_size", "epochs", "synthetic_images", "log_every_steps",
+                     "cpu_devices", "lr_patience"):
+            if getattr(self, name) < 1:
+                yield name, "must be at least 1"
+        for name in ("tasks_per_epoch", "val_episodes", "save_every_steps"):
+            if getattr(self, name) < 0:
+                yield name, "must be 0 or more"
+        for name in ("width", "inner_lr", "meta_lr", "lr_factor", "final_meta_lr", "collective_timeout_s",
+                     "save_every_minutes"):
+            if not getattr(self, name) > 0:
+                yield name, "must be positive"
+        for name in ("inner_steps", "eval_inner_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                yield name, "must be at least 1"
+        if self.image_size < 4 or self.image_size % 4:
+            yield "image_size", "must be a positive multiple of 4 (two stride-2 stages, then x4 upsampling)"
+        if self.synthetic_classes < 3:
+            yield "synthetic_classes", "must be at least 3 (train/val/test split)"
+
+    def replace(self, **changes) -> RunConfig:
+        """A copy with `changes` (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """From saved settings; unknown keys (from a newer version) are refused, missing ones take defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown training settings: {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, model_dir: str) -> RunConfig:
+        """The configuration saved in a run directory."""
+        path = os.path.join(model_dir, FLAGS_FILE)
+        if not os.path.isfile(path):
+            raise ConfigError(f"--model_dir {model_dir}: no training run there ({FLAGS_FILE} is missing)")
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def save(self, model_dir: str) -> None:
+        """Writes flags.json (atomically) and flags.txt (reusable as --flagfile) into `model_dir`."""
+        os.makedirs(model_dir, exist_ok=True)
+        path = os.path.join(model_dir, FLAGS_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.to_dict(), f, indent=1, sort_keys=True)
+        os.replace(path + ".tmp", path)
+        with open(os.path.join(model_dir, "flags.txt"), "w") as f:
+            f.writelines(f"--{k}={v}\n" for k, v in sorted(self.to_dict().items()) if v is not None)
+
+
+def define_flags() -> None:
+    """Defines one absl flag per RunConfig field (for `python -m meta_drn_tf.train`)."""
+    from absl import flags
+
+    for f in dataclasses.fields(RunConfig):
+        helptext, choices = f.metadata["help"], f.metadata["choices"]
+        if choices:
+            flags.DEFINE_enum(f.name, f.default, list(choices), helptext)
+        elif f.type in ("bool",):
+            flags.DEFINE_bool(f.name, f.default, helptext)
+        elif f.type in ("int", "int | None"):
+            flags.DEFINE_integer(f.name, f.default, helptext)
+        elif f.type == "float":
+            flags.DEFINE_float(f.name, f.default, helptext)
+        else:
+            flags.DEFINE_string(f.name, f.default, helptext)

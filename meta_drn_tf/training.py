@@ -1,0 +1,374 @@
+"""The training core, free of flags: `train(RunConfig(...))`.
+
+    from meta_drn_tf.config import RunConfig
+    from meta_drn_tf.training import train
+
+    summary = train(RunConfig(model_dir="runs/x", image_size=64, width=0.25, epochs=2))
+
+`Trainer` reads top to bottom: `__init__` sets up the strategy, the data, the
+learner and its checkpoints (resuming the latest one); `run` alternates
+`train_epoch` and `validate` until the last epoch, then `finish` evaluates the
+best checkpoint on the test classes beside a random-initialisation baseline
+and exports it. The learning-rate schedules are small objects with two hooks.
+
+Resume: task t of the stream is a pure function of (seed, t), so the data
+position is the global step, which the checkpoint holds with the weights, the
+optimizer and the schedule state; a run killed at any moment and started again
+ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from meta_drn_tf import distribute, serving, visualize
+from meta_drn_tf.config import FLAGS_FILE, RunConfig
+from meta_drn_tf.data.episodes import BankTensors, training_tasks
+from meta_drn_tf.errors import ConfigError, NonFiniteLoss
+from meta_drn_tf.evaluation import METRICS, evaluate_bank, evaluate_settings, write_reports
+from meta_drn_tf.hardware import bfloat16_is_emulated
+from meta_drn_tf.runs import build_learner, load_splits, random_init_learner
+
+# Settings that define the network and its weights: a run cannot resume under others.
+MODEL_SETTINGS = ("algo", "image_size", "width")
+# Settings whose change makes a resumed run differ from an uninterrupted one.
+RUN_SETTINGS = MODEL_SETTINGS + ("data_dir", "shots", "queries", "meta_batch_size", "seed", "tasks_per_epoch",
+                                 "synthetic_classes", "synthetic_images", "inner_steps", "inner_lr")
+
+
+class RunDirectory:
+    """Every path of a training run, spelled once."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.config = os.path.join(root, FLAGS_FILE)
+        self.checkpoints = os.path.join(root, "checkpoints")
+        self.best = os.path.join(root, "best")
+        self.test = os.path.join(root, "test")
+        self.export = os.path.join(root, "export")
+        self.best_model = os.path.join(root, "best_model.keras")
+
+    def logs(self, name: str) -> str:
+        """TensorBoard event folder `name` ("train", "validation")."""
+        return os.path.join(self.root, "logs", name)
+
+    def claim(self, config: RunConfig) -> None:
+        """Saves `config` here; refuses one whose model-shaping settings differ from the saved run's."""
+        if os.path.exists(self.config):
+            saved = RunConfig.load(self.root)
+            changed = [k for k in MODEL_SETTINGS if getattr(saved, k) != getattr(config, k)]
+            if changed:
+                raise ConfigError(
+                    f"--model_dir {self.root} holds a run with "
+                    + ", ".join(f"--{k}={getattr(saved, k)}" for k in changed)
+                    + " but this command has " + ", ".join(f"--{k}={getattr(config, k)}" for k in changed)
+                    + ". Use another --model_dir, the run's flags, or --fresh to delete it and start afresh.")
+            for k in RUN_SETTINGS:
+                if getattr(saved, k) != getattr(config, k) and k not in MODEL_SETTINGS:
+                    logging.warning("--%s changed from %r to %r: the resumed run will differ from the original",
+                                    k, getattr(saved, k), getattr(config, k))
+        config.save(self.root)
+
+
+class TrainState(tf.Module):
+    """Where training stands; checkpointed with the learner."""
+
+    def __init__(self):
+        super().__init__(name="train_state")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_val_soft_iou")
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_wait")
+        self.bad_batches = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_batches")
+
+
+# ----- learning-rate schedules ---------------------------------------------------------------
+class Schedule:
+    """The meta learning rate over training: `before_step` and `after_validation` hooks."""
+
+    def before_step(self, learning_rate: tf.Variable, global_step: int) -> None:
+        """Called before every meta-step."""
+
+    def after_validation(self, learning_rate: tf.Variable, epochs_without_improvement: int) -> bool:
+        """Called after every validation; True when it changed the rate (the wait count restarts)."""
+        return False
+
+
+class Plateau(Schedule):
+    """Multiply by `factor` when validation has not improved for more than `patience` epochs."""
+
+    def __init__(self, patience: int, factor: float):
+        self.patience, self.factor = patience, factor
+
+    def after_validation(self, learning_rate, epochs_without_improvement):
+        if epochs_without_improvement <= self.patience:
+            return False
+        learning_rate.assign(float(learning_rate.numpy()) * self.factor)
+        print(f"  validation soft IoU has not improved for {self.patience} epochs: "
+              f"meta_lr -> {float(learning_rate.numpy()):.3g}")
+        return True
+
+
+class Linear(Schedule):
+    """From `start` to `end` linearly over `total_steps` meta-steps (Reptile's schedule in the paper)."""
+
+    def __init__(self, start: float, end: float, total_steps: int):
+        self.start, self.end, self.total_steps = start, end, max(1, total_steps)
+
+    def before_step(self, learning_rate, global_step):
+        learning_rate.assign(self.start + (self.end - self.start) * min(1.0, global_step / self.total_steps))
+
+
+class Cosine(Linear):
+    """From `start` to `end` along a half cosine over `total_steps` meta-steps (MAML++)."""
+
+    def before_step(self, learning_rate, global_step):
+        progress = min(1.0, global_step / self.total_steps)
+        learning_rate.assign(self.end + 0.5 * (self.start - self.end) * (1 + math.cos(math.pi * progress)))
+
+
+def make_schedule(config: RunConfig, total_steps: int) -> Schedule:
+    """The schedule `config.lr_schedule` names."""
+    if config.lr_schedule == "plateau":
+        return Plateau(config.lr_patience, config.lr_factor)
+    if config.lr_schedule == "linear":
+        return Linear(config.meta_lr, config.final_meta_lr, total_steps)
+    if config.lr_schedule == "cosine":
+        return Cosine(config.meta_lr, config.final_meta_lr, total_steps)
+    return Schedule()
+
+
+def tensorboard_tag(metric: str) -> str:
+    """TensorBoard's name of an evaluation metric: IoU means over classes are mIoU."""
+    return "m" + metric if metric.startswith("iou@") else metric
+
+
+# ----- the trainer ---------------------------------------------------------------------------
+class Trainer:
+    """Meta-trains, validates, checkpoints and finally tests and exports one run."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.dirs = RunDirectory(config.model_dir)
+        self._start_strategy()
+        self._load_data()
+        self.learner = build_learner(config, self.strategy)
+        self.schedule = make_schedule(config, self.steps_per_epoch * config.epochs)
+        self._start_checkpoints()
+        self.writer, self.val_writer = self._summary_writer("train"), self._summary_writer("validation")
+        self.bank_tensors = BankTensors(self.train_bank)
+        self.last_save = time.time()
+
+    def _start_strategy(self) -> None:
+        config = self.config
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        distribute.split_cpu(config.cpu_devices)
+        self.strategy = distribute.make_strategy(config.strategy, config.collective_timeout_s)
+        self.chief = distribute.is_chief(self.strategy)
+        self.per_replica = distribute.check_meta_batch(config.meta_batch_size, self.strategy)
+        if self.chief and config.fresh and os.path.isdir(self.dirs.root):
+            shutil.rmtree(self.dirs.root)
+        if self.chief:
+            self.dirs.claim(config)
+        if config.precision == "bfloat16" and bfloat16_is_emulated():
+            logging.warning("--precision=bfloat16 on a CPU without AVX512-BF16/AMX: TensorFlow emulates it, "
+                            "about 15x slower than float32 here (see README, Benchmarks). Use float32.")
+
+    def _load_data(self) -> None:
+        config = self.config
+        # Every split the run will read, decoded now: a bad file stops the run before training, not after.
+        self.banks = load_splits(config, ("train", "val", "test") if config.test_at_end and self.chief
+                                 else ("train", "val"))
+        self.train_bank, self.val_bank = self.banks["train"], self.banks["val"]
+        tasks_per_epoch = config.tasks_per_epoch or int(self.train_bank.counts.sum())
+        self.steps_per_epoch = max(1, tasks_per_epoch // config.meta_batch_size)
+        print(f"train: {self.train_bank.num_classes} classes, validation: {self.val_bank.num_classes} classes; "
+              f"{self.steps_per_epoch} meta-steps of {config.meta_batch_size} tasks per epoch "
+              f"on {self.strategy.num_replicas_in_sync} replica(s)")
+
+    def _start_checkpoints(self) -> None:
+        self.state = TrainState()
+        self.checkpoint = tf.train.Checkpoint(learner=self.learner, state=self.state)
+        # Non-chief workers write their (required) share of a save to a scratch dir.
+        self.scratch = None if self.chief else tempfile.mkdtemp(prefix="worker_ckpt_")
+        latest_dir = self.dirs.checkpoints if self.chief else self.scratch
+        best_dir = self.dirs.best if self.chief else self.scratch + "_best"
+        self.latest = tf.train.CheckpointManager(self.checkpoint, latest_dir, max_to_keep=2)
+        self.best = tf.train.CheckpointManager(self.checkpoint, best_dir, max_to_keep=1, checkpoint_name="best")
+        # Every worker resumes from the chief's checkpoint (shared storage across machines).
+        resume_from = tf.train.latest_checkpoint(self.dirs.checkpoints)
+        if resume_from:
+            self.checkpoint.restore(resume_from).assert_existing_objects_matched()
+            print(f"Resuming {resume_from}: epoch {int(self.state.epoch) + 1}, "
+                  f"step {int(self.state.step)} of {self.steps_per_epoch}")
+
+    def _summary_writer(self, name: str):
+        if not self.chief:
+            return tf.summary.create_noop_writer()
+        return tf.summary.create_file_writer(self.dirs.logs(name))
+
+    def save(self, manager: tf.train.CheckpointManager, why: str) -> str:
+        """A checkpoint of the current state; never of non-finite weights."""
+        if not all(np.isfinite(v.numpy()).all() for v in self.learner.meta_variables):
+            raise NonFiniteLoss(f"weights are not finite; not saving ({why}). "
+                                f"Last good checkpoint: {self.latest.latest_checkpoint}")
+        return manager.save(checkpoint_number=int(self.state.global_step))
+
+    # ----- training ------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Trains the remaining epochs, then `finish`; returns the final summary (empty on workers)."""
+        while int(self.state.epoch) < self.config.epochs:
+            self.train_epoch()
+            self.end_epoch(self.validate())
+        if not self.chief:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            shutil.rmtree(self.scratch + "_best", ignore_errors=True)
+            return {}
+        return self.finish()
+
+    def _batches(self):
+        """The distributed meta-batches of the rest of this epoch."""
+        config, per_replica = self.config, self.per_replica
+        start_step, remaining = int(self.state.global_step), self.steps_per_epoch - int(self.state.step)
+
+        def dataset_fn(context: tf.distribute.InputContext):
+            per_pipeline = per_replica * (context.num_replicas_in_sync // context.num_input_pipelines)
+            ids = distribute.replica_task_ids(start_step, remaining, config.meta_batch_size,
+                                              per_pipeline, context.input_pipeline_id)
+            tasks = training_tasks(self.bank_tensors, config.shots, config.queries, seed=config.seed, task_ids=ids)
+            return tasks.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def train_epoch(self) -> None:
+        """The meta-steps left in the current epoch, with a progress bar and mid-epoch checkpoints."""
+        print(f"Epoch {int(self.state.epoch) + 1}/{self.config.epochs}")
+        bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["tasks/s", "meta_lr"], unit_name="step")
+        if int(self.state.step):
+            bar.update(int(self.state.step))
+        tick = time.time()
+        for batch in self._batches():
+            self.schedule.before_step(self.learner.optimizer.learning_rate, int(self.state.global_step))
+            logs = self.learner.meta_train_step(batch)
+            loss = float(logs["loss"])
+            now = time.time()
+            step_time, tick = now - tick, now
+            if not bool(logs["finite"]):
+                self._non_finite()
+            self.state.step.assign_add(1)
+            self.state.global_step.assign_add(1)
+            lr = float(self.learner.optimizer.learning_rate.numpy())
+            tasks_per_s = self.config.meta_batch_size / step_time
+            bar.update(int(self.state.step), [("loss", loss), ("tasks/s", tasks_per_s), ("meta_lr", lr)])
+            self._log_step(loss, float(logs["grad_norm"]), lr, step_time)
+            self._maybe_save_mid_epoch()
+
+    def _non_finite(self) -> None:
+        self.state.bad_batches.assign_add(1)
+        if not self.config.skip_nonfinite:
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {int(self.state.epoch) + 1}, step {int(self.state.step) + 1}; the update "
+                f"was not applied and nothing was saved. Last good checkpoint: {self.latest.latest_checkpoint}. "
+                "Lower --meta_lr/--inner_lr, or pass --skip_nonfinite to skip such batches.")
+        logging.warning("skipped a meta-batch with a non-finite loss (%d so far)", int(self.state.bad_batches))
+
+    def _log_step(self, loss: float, grad_norm: float, lr: float, step_time: float) -> None:
+        step = int(self.state.global_step)
+        if step % self.config.log_every_steps and int(self.state.step) != self.steps_per_epoch:
+            return
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("loss", loss)
+            tf.summary.scalar("grad_norm", grad_norm)
+            tf.summary.scalar("meta_lr", lr)
+            tf.summary.scalar("step_time_s", step_time)
+            tf.summary.scalar("tasks_per_s", self.config.meta_batch_size / step_time)
+            tf.summary.scalar("bad_batches", int(self.state.bad_batches))
+            if self.learner.alphas:
+                alpha = tf.concat([tf.reshape(a, [-1]) for a in self.learner.alphas], 0)
+                tf.summary.scalar("alpha/mean", float(tf.reduce_mean(alpha)))
+                tf.summary.scalar("alpha/abs_mean", float(tf.reduce_mean(tf.abs(alpha))))
+                tf.summary.scalar("alpha/min", float(tf.reduce_min(alpha)))
+                tf.summary.scalar("alpha/max", float(tf.reduce_max(alpha)))
+                tf.summary.histogram("alpha/values", alpha)
+
+    def _maybe_save_mid_epoch(self) -> None:
+        every = self.config.save_every_steps
+        due = (every and int(self.state.global_step) % every == 0) or \
+            time.time() - self.last_save > 60 * self.config.save_every_minutes
+        if due and int(self.state.step) < self.steps_per_epoch:
+            self.save(self.latest, "mid-epoch")
+            self.last_save = time.time()
+
+    # ----- validation ----------------------------------------------------------------------
+    def validate(self) -> dict:
+        """The evaluation protocol on the validation classes; TensorBoard scalars and a picture."""
+        result, kept = evaluate_bank(self.learner, self.val_bank, self.config.shots, self.config.val_episodes or None,
+                                     inner_steps=self.config.eval_inner_steps, keep_predictions=4)
+        summary = result.summary()
+        print("  validation: " + "  ".join(f"{tensorboard_tag(m)} {summary[m]:.4f}" for m in ("loss",) + METRICS))
+        with self.val_writer.as_default(step=int(self.state.global_step)):
+            for metric in ("loss",) + METRICS:
+                tf.summary.scalar(tensorboard_tag(metric), summary[metric])
+            tf.summary.scalar("epoch", int(self.state.epoch) + 1)
+            tf.summary.image("tasks", visualize.episode_grid(kept)[None], max_outputs=1,
+                             description="support (green mask) | queries: prediction (red, IoU) and truth (blue)")
+        self.writer.flush(), self.val_writer.flush()
+        return summary
+
+    def end_epoch(self, summary: dict) -> None:
+        """Tracks the best validation soft IoU (the paper's monitor), steps the schedule, checkpoints."""
+        soft = summary["soft_iou"]
+        improved = soft > float(self.state.best) + 1e-6
+        if improved:
+            self.state.best.assign(soft)
+            self.state.wait.assign(0)
+        else:
+            self.state.wait.assign_add(1)
+            if self.schedule.after_validation(self.learner.optimizer.learning_rate, int(self.state.wait)):
+                self.state.wait.assign(0)
+        self.state.epoch.assign_add(1)
+        self.state.step.assign(0)
+        if improved:
+            self.save(self.best, "best")
+        self.save(self.latest, "end of epoch")
+        self.last_save = time.time()
+
+    # ----- the end -------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """The best checkpoint: saved as .keras, tested beside a random-init baseline, exported."""
+        config = self.config
+        final = {"best_val_soft_iou": float(self.state.best), "epochs": int(self.state.epoch),
+                 "checkpoint": self.best.latest_checkpoint}
+        self.checkpoint.restore(self.best.latest_checkpoint or self.latest.latest_checkpoint)
+        keras.saving.save_model(self.learner.model, self.dirs.best_model)
+        if config.test_at_end:
+            baseline = random_init_learner(config) if config.baseline_at_end else None
+            results = evaluate_settings(self.learner, baseline, self.banks["test"], [config.shots], progress=True,
+                                        inner_steps=config.eval_inner_steps)
+            rows = list(write_reports(results, self.dirs.test).values())
+            final["test"] = rows[0]
+            if baseline is not None:
+                final["test_random_init"] = rows[1]
+            print(f"test: mIoU@0.5 {final['test']['iou@0.5']:.4f}  mIoU@0.35 {final['test']['iou@0.35']:.4f} "
+                  f"(reports in {self.dirs.test})")
+        if config.export_at_end:
+            final["export"] = serving.export(self.learner, self.dirs.export, config.image_size, config.width,
+                                             inner_steps=config.eval_inner_steps)
+            print(f"SavedModel: {final['export']}")
+        return final
+
+
+def train(config: RunConfig) -> dict:
+    """Runs (or resumes) the training `config` describes; returns the final summary."""
+    return Trainer(config).run()
