@@ -147,19 +147,20 @@ class RunConfig:
             f.writelines(f"--{k}={v}\n" for k, v in sorted(self.to_dict().items()) if v is not None)
 
 
-def define_flags() -> None:
+def define_flags(flag_values=None) -> None:
     """Defines one absl flag per RunConfig field (for `python -m meta_drn_tf.train`)."""
     from absl import flags
 
+    flag_values = flags.FLAGS if flag_values is None else flag_values  # an empty FlagValues is falsy
     for f in dataclasses.fields(RunConfig):
-        helptext, choices = f.metadata["help"], f.metadata["choices"]
+        name, default, helptext, choices = f.name, f.default, f.metadata["help"], f.metadata["choices"]
         if choices:
-            flags.DEFINE_enum(f.name, f.default, list(choices), helptext)
-        elif f.type in ("bool",):
-            flags.DEFINE_bool(f.name, f.default, helptext)
+            flags.DEFINE_enum(name, default, list(choices), helptext, flag_values=flag_values)
+        elif f.type == "bool":
+            flags.DEFINE_bool(name, default, helptext, flag_values=flag_values)
         elif f.type in ("int", "int | None"):
-            flags.DEFINE_integer(f.name, f.default, helptext)
+            flags.DEFINE_integer(name, default, helptext, flag_values=flag_values)
         elif f.type == "float":
-            flags.DEFINE_float(f.name, f.default, helptext)
+            flags.DEFINE_float(name, default, helptext, flag_values=flag_values)
         else:
-            flags.DEFINE_string(f.name, f.default, helptext)
+            flags.DEFINE_string(name, default, helptext, flag_values=flag_values)

@@ -15,11 +15,12 @@ import os
 
 from absl import flags
 
-from meta_drn_tf import cli
+from meta_drn_tf import cli, config
 from meta_drn_tf.config import RunConfig, define_flags
 from meta_drn_tf.errors import NonFiniteLoss, WorkerLost  # noqa: F401  (NonFiniteLoss: part of this API)
 
 define_flags()
+flags.adopt_module_key_flags(config)  # --helpshort lists them as this app's flags
 FLAGS = flags.FLAGS
 
 
@@ -39,14 +40,14 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    config = RunConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)})
+    run = RunConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)})
     try:
-        train(config)
+        train(run)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
         raise WorkerLost(
             f"lost contact with another worker ({type(e).__name__}: {e.message.splitlines()[0]}). Restart every "
             f"worker with the same command to resume from the last checkpoint in "
-            f"{os.path.join(config.model_dir, 'checkpoints')}.") from e
+            f"{os.path.join(run.model_dir, 'checkpoints')}.") from e
 
 
 if __name__ == "__main__":

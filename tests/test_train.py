@@ -168,9 +168,10 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     png = tmp_path / "fig4.png"
     tool = os.path.join(os.path.dirname(__file__), "..", "tools", "visualize.py")
     listed = tmp_path / "classes.txt"
+    from meta_drn_tf.config import RunConfig
     from meta_drn_tf.runs import load
 
-    names = load(json.loads((run / "flags.json").read_text()), "all", progress=False).class_names
+    names = load(RunConfig.load(str(run)), "all", progress=False).class_names
     listed.write_text("\n".join(names[:3]) + "\n")
     out = subprocess.run([sys.executable, tool, f"--model_dir={run}", f"--out={png}", f"--classes_file={listed}",
                           "--classes=5", "--queries=2"], env=env, capture_output=True, text=True, timeout=300)
