@@ -15,6 +15,17 @@ the layer shapes). A backward pass costs about 2F, so a meta-step costs about
   FOMAML                                          6F
   Reptile (5 steps on support + query = 2 images) 30F
 and achieved GFLOP/s = multiple x F x tasks / seconds.
+
+Also, per configuration: the working set (peak RSS minus the RSS after
+building the model and one forward pass), the number of operations in the
+traced meta-step graph (loop bodies included: what a GPU launches), and
+TensorFlow's peak tensor memory where the device reports it (GPUs).
+
+    python tools/benchmark.py --peer=/path/to/venv-with-torch/bin/python [--algos maml,fomaml]
+
+also runs the PyTorch peer (`--peer_script`, default ../shared/bench/torch_peer.py:
+the same network with torch.func) alternately with each configuration and
+prints a ratio table (this project / peer; below 1 is better).
 """
 
 from __future__ import annotations
@@ -40,6 +51,9 @@ flags.DEFINE_integer("repeats", 3, "Timed steps (median) at meta-batch 1.")
 flags.DEFINE_list("memory_precisions", ["float32"], "Precisions whose meta-batch-5 peak memory is measured too.")
 flags.DEFINE_string("one", None, "Internal: run one configuration 'algo,precision,meta_batch' and print JSON.")
 flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
+flags.DEFINE_string("peer", None, "A Python interpreter with torch: also run the PyTorch peer and print ratios.")
+flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
+                                                "torch_peer.py"), "The PyTorch peer benchmark script.")
 FLAGS = flags.FLAGS
 
 FLOP_MULTIPLE = {"maml": 10, "metasgd": 10, "fomaml": 6, "reptile": 30}
@@ -75,10 +89,19 @@ def matmul_peak(dtype: str, n: int = 2048, repeats: int = 10) -> float:
     return best / 1e9
 
 
+def rss_gib() -> float:
+    """This process's resident memory now."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib / 2**20
+
+
 def run_one(spec: str) -> dict:
     import keras
     import numpy as np
+    import tensorflow as tf
 
+    from meta_drn_tf.graphs import meta_step_graph, operations
     from meta_drn_tf.meta import MetaConfig, MetaLearner
     from meta_drn_tf.model import build_meta_drn
 
@@ -94,6 +117,8 @@ def run_one(spec: str) -> dict:
              "support_masks": (rng.uniform(size=(meta_batch, 1, s, s, 1)) > 0.7).astype("float32"),
              "query_images": rng.uniform(size=(meta_batch, 1, s, s, 3)).astype("float32"),
              "query_masks": (rng.uniform(size=(meta_batch, 1, s, s, 1)) > 0.7).astype("float32")}
+    model(batch["support_images"][0]).numpy()
+    baseline_rss = rss_gib()
     start = time.perf_counter()
     learner.meta_train_step(batch)["loss"].numpy()
     first = time.perf_counter() - start
@@ -102,8 +127,12 @@ def run_one(spec: str) -> dict:
         start = time.perf_counter()
         learner.meta_train_step(batch)["loss"].numpy()
         times.append(time.perf_counter() - start)
-    return {"first_step_s": first, "times": times, "flops": conv_flops(model, s),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    gpus = tf.config.list_logical_devices("GPU")
+    tensor_peak = tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**30 if gpus else None
+    graph_ops = sum(1 for _ in operations(meta_step_graph(learner, meta_batch, 1, 1, s)))
+    return {"first_step_s": first, "times": times, "flops": conv_flops(model, s), "peak_rss_gib": peak,
+            "working_set_gib": peak - baseline_rss, "graph_ops": graph_ops, "tensor_peak_gib": tensor_peak}
 
 
 def child(spec: str) -> dict:
@@ -112,6 +141,33 @@ def child(spec: str) -> dict:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+PEER_MODES = {"maml": "second", "fomaml": "first"}
+
+
+def peer(precision: str, algo: str) -> dict:
+    """The PyTorch peer's median step time and peak RSS for one row."""
+    cmd = [FLAGS.peer, FLAGS.peer_script, str(FLAGS.size), precision, PEER_MODES[algo]]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
+    return {"seconds": float(out[out.index("median") + 1]), "peak_rss_gib": float(out[out.index("peak_rss_gib") + 1])}
+
+
+def peer_table() -> None:
+    """This project and the peer alternately, row by row, and their ratios."""
+    if FLAGS.width != 1.0:
+        print(f"note: the peer is always the full-width network; this run uses --width={FLAGS.width}")
+    print("| row | this project (s, peak RSS GiB, working set GiB) | peer (s, peak RSS GiB) "
+          "| time ratio | peak RSS ratio |")
+    print("|---|---|---|---|---|")
+    for algo in [a for a in FLAGS.algos if a in PEER_MODES]:
+        for precision in FLAGS.precisions:
+            ours = child(f"{algo},{precision},1")
+            theirs = peer(precision, algo)
+            seconds = statistics.median(ours["times"])
+            print(f"| {algo} {precision} | {seconds:.2f}, {ours['peak_rss_gib']:.2f}, {ours['working_set_gib']:.2f} "
+                  f"| {theirs['seconds']:.2f}, {theirs['peak_rss_gib']:.2f} | {seconds / theirs['seconds']:.2f} "
+                  f"| {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f} |", flush=True)
 
 
 def main(argv):
@@ -130,10 +186,14 @@ def main(argv):
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
     print(f"matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s")
     print(f"Meta-DRN {FLAGS.size}x{FLAGS.size}, width {FLAGS.width}, k=1, q=1, XLA {FLAGS.jit_compile}")
+    if FLAGS.peer:
+        peer_table()
+        return
     header = ("| algorithm | precision | s/meta-step (MB 1) | tasks/s | peak RSS MB 1 (GiB) | peak RSS MB 5 (GiB) "
-              "| MB5/MB1 | FLOPs/step | GFLOP/s | % of f32 peak |")
+              "| MB5/MB1 | working set MB 1 (GiB) | graph ops | TF peak tensor memory (GiB) | FLOPs/step | GFLOP/s "
+              "| % of f32 peak |")
     print(header)
-    print("|" + "---|" * 10)
+    print("|" + "---|" * 13)
     for algo in FLAGS.algos:
         for precision in FLAGS.precisions:
             one = child(f"{algo},{precision},1")
@@ -142,7 +202,9 @@ def main(argv):
             f = one["flops"]
             gflops = FLOP_MULTIPLE[algo] * f / seconds / 1e9
             mb5 = f"{five['peak_rss_gib']:.2f} | {five['peak_rss_gib'] / one['peak_rss_gib']:.2f}" if five else "- | -"
+            tensor_peak = "n/a (CPU)" if one["tensor_peak_gib"] is None else f"{one['tensor_peak_gib']:.2f}"
             print(f"| {algo} | {precision} | {seconds:.2f} | {1 / seconds:.2f} | {one['peak_rss_gib']:.2f} | {mb5} | "
+                  f"{one['working_set_gib']:.2f} | {one['graph_ops']} | {tensor_peak} | "
                   f"{FLOP_MULTIPLE[algo]}F = {FLOP_MULTIPLE[algo] * f / 1e9:.0f} G | {gflops:.0f} | "
                   f"{100 * gflops / peak32:.0f}% |", flush=True)
     print(f"F (one forward pass, one image) = {one['flops'] / 1e9:.1f} GFLOP")
