@@ -52,12 +52,13 @@ def load_splits(
     if classes_file and len(splits) != 1:
         raise ValueError("classes_file replaces a single split")
     if not data_dir:
-        banks = _synthetic(synthetic_classes, seed, image_size, synthetic_images)
-        everything = ImageBank.concatenate([banks[s] for s in ("train", "val", "test")])
+        banks = dict(_synthetic(synthetic_classes, seed, image_size, synthetic_images))
+        if classes_file or "all" in splits:  # a copy of every class: only when asked for
+            banks["all"] = ImageBank.concatenate([banks[s] for s in ("train", "val", "test")])
         if classes_file:
-            listed = _listed(classes_file, everything.class_names, "the synthetic dataset")
-            return {splits[0]: everything.subset(listed)}
-        return {s: everything if s == "all" else banks[s] for s in splits}
+            listed = _listed(classes_file, banks["all"].class_names, "the synthetic dataset")
+            return {splits[0]: banks["all"].subset(listed)}
+        return {s: banks[s] for s in splits}
     available = list(discover_classes(data_dir))
     names = {}
     for split in splits:
