@@ -131,8 +131,7 @@ def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dic
 
     os.makedirs(out_dir, exist_ok=True)
     rows = {title: r.summary() for title, r in results.items()}
-    first = next(iter(results.values()))
-    summary = rows[next(iter(rows))]
+    first, summary = next(iter(results.values())), next(iter(rows.values()))
     text = table(rows)
     note = (f"\n\n{summary['classes']} classes, {summary['queries']} queries (first row); "
             f"test-time inner loop: {first.inner_steps} step(s), rate {first.inner_lr}. "

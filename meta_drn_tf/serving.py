@@ -89,9 +89,8 @@ class ServingModule(tf.Module):
 
     def _unflatten(self, flat) -> list[tf.Tensor]:
         variables = self.adapter.model.trainable_variables
-        size = sum(int(v.shape.num_elements()) for v in variables)
-        flat = tf.ensure_shape(flat, [size], name="fast_weights_size")
-        parts = tf.split(flat, [int(v.shape.num_elements()) for v in variables])
+        sizes = [int(v.shape.num_elements()) for v in variables]
+        parts = tf.split(tf.ensure_shape(flat, [sum(sizes)], name="fast_weights_size"), sizes)
         return [tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, variables)]
 
     def _images(self, uint8_images):
