@@ -25,6 +25,30 @@ ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 LR_SCHEDULES = ("plateau", "linear", "cosine", "constant")
 PRECISIONS = ("float32", "bfloat16", "float16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+ADAPT_LAYERS = ("all", "head", "upsample")
+# Settings renamed since an older version: flags.json files that use the old name still load.
+RENAMED = {"final_meta_lr": "min_meta_lr"}
+
+
+def algorithm_problems(algo: str, lslr: bool = False, multi_step_loss_epochs: int = 0, first_order_epochs: int = 0,
+                       per_step_norm: bool = False, adapt_layers: str = "all"):
+    """(setting, why) for each MAML++/ANIL option that does not combine with `algo` (shared with MetaConfig)."""
+    if multi_step_loss_epochs < 0:
+        yield "multi_step_loss_epochs", "must be 0 or more"
+    if first_order_epochs < 0:
+        yield "first_order_epochs", "must be 0 or more"
+    if lslr and algo in ("metasgd", "reptile"):
+        why = ("Meta-SGD already learns a rate for every weight" if algo == "metasgd" else
+               "Reptile's update does not differentiate through the inner rates")
+        yield "lslr", why + "; use --algo=maml or fomaml"
+    if first_order_epochs and algo not in ("maml", "metasgd"):
+        yield "first_order_epochs", f"{algo} has no second-order phase to anneal to; use --algo=maml or metasgd"
+    if algo == "reptile":
+        # Reptile's meta-gradient is θ - θ': what its inner loop does not update would never be learned.
+        changed = {"multi_step_loss_epochs": multi_step_loss_epochs > 0, "per_step_norm": per_step_norm,
+                   "adapt_layers": adapt_layers != "all"}
+        for name in (k for k, v in changed.items() if v):
+            yield name, "needs a query-loss meta-gradient; Reptile only learns what its inner loop updates"
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -55,12 +79,24 @@ class RunConfig:
     meta_lr: float = _setting(1e-3, "Initial meta learning rate β (AdamW).")
     weight_decay: float = _setting(1e-2, "AdamW weight decay.")
     lr_schedule: str = _setting("plateau", "plateau: multiply by --lr_factor when validation soft IoU has not "
-                                           "improved for --lr_patience epochs; linear: decay to --final_meta_lr "
-                                           "over all epochs; cosine: cosine-anneal to --final_meta_lr.",
+                                           "improved for --lr_patience epochs; linear: decay to --min_meta_lr "
+                                           "over all epochs; cosine: cosine-anneal to --min_meta_lr (MAML++).",
                                 LR_SCHEDULES)
     lr_patience: int = _setting(8, "Epochs without improvement before a plateau decay.")
     lr_factor: float = _setting(0.5, "Plateau decay factor.")
-    final_meta_lr: float = _setting(3e-5, "End of the linear and cosine schedules.")
+    min_meta_lr: float = _setting(3e-5, "End of the linear and cosine schedules (alias: --final_meta_lr).")
+    lslr: bool = _setting(False, "MAML++ LSLR: learn an inner rate per weight tensor and inner step "
+                                 "(initialised to --inner_lr).")
+    multi_step_loss_epochs: int = _setting(0, "MAML++ multi-step loss: for the first E epochs the meta-loss "
+                                              "weighs the query loss after every inner step, annealed towards "
+                                              "the last step's (needs --inner_steps > 1).")
+    first_order_epochs: int = _setting(0, "MAML++ derivative-order annealing: first-order meta-gradients for "
+                                          "the first E epochs, second order after.")
+    per_step_norm: bool = _setting(False, "MAML++: normalization scales/offsets per inner step, meta-learned "
+                                          "(not adapted in the inner loop).")
+    adapt_layers: str = _setting("all", "Which layers the inner loop adapts (ANIL-style; the rest are only "
+                                        "meta-learned): all; head: the dilated head at the input; upsample: "
+                                        "the sub-pixel output layer (ANIL).", ADAPT_LAYERS)
     epochs: int = _setting(200, "Epochs to train.")
     tasks_per_epoch: int = _setting(0, "Training tasks per epoch; 0: the number of training images.")
     val_episodes: int = _setting(0, "Validation episodes per epoch (evenly spread); 0: all.")
@@ -99,7 +135,7 @@ class RunConfig:
         for name in ("tasks_per_epoch", "val_episodes", "save_every_steps"):
             if getattr(self, name) < 0:
                 yield name, "must be 0 or more"
-        for name in ("width", "inner_lr", "meta_lr", "lr_factor", "final_meta_lr", "collective_timeout_s",
+        for name in ("width", "inner_lr", "meta_lr", "lr_factor", "min_meta_lr", "collective_timeout_s",
                      "save_every_minutes"):
             if not getattr(self, name) > 0:
                 yield name, "must be positive"
@@ -110,6 +146,8 @@ class RunConfig:
             yield "image_size", "must be a positive multiple of 4 (two stride-2 stages, then x4 upsampling)"
         if self.synthetic_classes < 3:
             yield "synthetic_classes", "must be at least 3 (train/val/test split)"
+        yield from algorithm_problems(self.algo, self.lslr, self.multi_step_loss_epochs, self.first_order_epochs,
+                                      self.per_step_norm, self.adapt_layers)
 
     def replace(self, **changes) -> RunConfig:
         """A copy with `changes` (validated)."""
@@ -122,6 +160,7 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """From saved settings; unknown keys (from a newer version) are refused, missing ones take defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
+        values = {RENAMED.get(k, k): v for k, v in values.items()}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown training settings: {unknown}")
@@ -164,3 +203,5 @@ def define_flags(flag_values=None) -> None:
             flags.DEFINE_float(name, default, helptext, flag_values=flag_values)
         else:
             flags.DEFINE_string(name, default, helptext, flag_values=flag_values)
+    for old, new in RENAMED.items():
+        flags.DEFINE_alias(old, new, flag_values=flag_values)

@@ -77,7 +77,7 @@ def evaluate_bank(
             kept.append({**task, "probabilities": logs["probabilities"].numpy()[0]})
         if bar is not None:
             bar.add(1, [("soft_iou", float(np.mean(scores["soft_iou"])))])
-    used_lr = "learned (Meta-SGD)" if learner.alphas else (inner_lr or learner.config.inner_lr)
+    used_lr = f"learned ({learner.learned_rates})" if learner.learned_rates else (inner_lr or learner.config.inner_lr)
     return EvalResult(bank.class_names, records, inner_steps or learner.config.inner_steps, used_lr), kept
 
 

@@ -20,10 +20,11 @@ def operations(graph: tf.Graph, _seen: set | None = None) -> Iterator[tf.Operati
                     yield from operations(graph._get_function(name).graph, seen)
 
 
-def meta_step_graph(learner, meta_batch: int, shots: int, queries: int, size: int) -> tf.Graph:
-    """The graph of `learner.meta_train_step` for (B, k|q, size, size, C) float32 batches, traced without running."""
+def meta_step_graph(learner, meta_batch: int, shots: int, queries: int, size: int, epoch: int = 0) -> tf.Graph:
+    """The graph of `learner.meta_train_step` at `epoch` for (B, k|q, size, size, C) float32 batches,
+    traced without running."""
     spec = {"support_images": tf.TensorSpec([meta_batch, shots, size, size, 3], tf.float32),
             "support_masks": tf.TensorSpec([meta_batch, shots, size, size, 1], tf.float32),
             "query_images": tf.TensorSpec([meta_batch, queries, size, size, 3], tf.float32),
             "query_masks": tf.TensorSpec([meta_batch, queries, size, size, 1], tf.float32)}
-    return learner._train_fn.get_concrete_function(spec).graph
+    return learner.concrete_train_step(spec, epoch).graph

@@ -17,7 +17,10 @@ def meta_config(config: RunConfig):
 
     return MetaConfig(algorithm=config.algo, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
                       meta_lr=config.meta_lr, weight_decay=config.weight_decay, precision=config.precision,
-                      jit_compile=config.jit_compile)
+                      jit_compile=config.jit_compile, lslr=config.lslr,
+                      multi_step_loss_epochs=config.multi_step_loss_epochs,
+                      first_order_epochs=config.first_order_epochs, per_step_norm=config.per_step_norm,
+                      adapt_layers=config.adapt_layers)
 
 
 def build_learner(config: RunConfig, strategy=None):

@@ -6,7 +6,7 @@ Layout: `<export_base>/<version>/` with integer versions (TF Serving's
 - `serving_default`: support_images uint8 `[k,H,W,3]`, support_masks float32
   `[k,H,W]` in [0, 1], query_images uint8 `[n,H',W',3]`, threshold float32
   `[t]` (send `[]` for 0.5, or `[0.35]`) -> probabilities float32 `[n,H',W']`
-  and masks uint8 `[n,H',W']`. The inner loop (with Meta-SGD's learned rates)
+  and masks uint8 `[n,H',W']`. The inner loop (with learned rates and per-step norms)
   runs in the graph; images of any size are resized to the training size and
   the masks come back at the query's own size.
 - `adapt_and_segment_float`: the same with float32 images in [0, 1].
@@ -38,12 +38,13 @@ DEFAULT_THRESHOLD = 0.5
 
 
 class ServingModule(tf.Module):
-    """The exported object: the network's weights, Meta-SGD's rates, the serving functions."""
+    """The exported object: the network's weights, its learned extras, the serving functions."""
 
-    def __init__(self, adapter: Adapter, image_size: int):
+    def __init__(self, adapter: Adapter, image_size: int, inner_steps: int | None = None):
         super().__init__(name="meta_drn_segmenter")
         self.adapter = adapter
         self._size = image_size
+        self._inner_steps = inner_steps or adapter.config.inner_steps
 
     def _resize(self, images: tf.Tensor) -> tf.Tensor:
         return tf.image.resize(images, [self._size, self._size], method="bilinear")
@@ -71,7 +72,7 @@ class ServingModule(tf.Module):
         with tf.control_dependencies(checks):
             support = self._resize(support_images)
             masks = tf.cast(self._resize(support_masks[..., None]) > 0.5, tf.float32)
-        return self.adapter.adapt(support, masks)
+        return self.adapter.adapt(support, masks, inner_steps=self._inner_steps)
 
     def _segment(self, weights, query_images, threshold) -> dict:
         """Outputs for float query images under `weights`, at the queries' own size."""
@@ -192,11 +193,10 @@ def serving_module(
 ) -> ServingModule:
     """What `export` saves, in memory: the adaptation side of `learner` in the export precision."""
     precision = precision or learner.config.precision
-    config = dataclasses.replace(learner.config, inner_steps=inner_steps or learner.config.inner_steps,
-                                 precision=precision)
+    config = dataclasses.replace(learner.config, precision=precision)
     # A fresh copy in the export precision (the source may be distributed or float16).
     adapter = Adapter(build_meta_drn(image_size, width, dtype=config.dtype_policy), config)
     adapter.model.set_weights(learner.model.get_weights())
-    for target, alpha in zip(adapter.alphas, learner.alphas):
-        target.assign(alpha)
-    return ServingModule(adapter, image_size)
+    for target, source in zip(adapter.extra_variables, learner.extra_variables, strict=True):
+        target.assign(source)
+    return ServingModule(adapter, image_size, inner_steps or config.inner_steps)

@@ -39,7 +39,7 @@ from meta_drn_tf.hardware import bfloat16_is_emulated
 from meta_drn_tf.runs import build_learner, load_splits, random_init_learner
 
 # Settings that define the network and its weights: a run cannot resume under others.
-MODEL_SETTINGS = ("algo", "image_size", "width")
+MODEL_SETTINGS = ("algo", "image_size", "width", "lslr", "per_step_norm")
 # Settings whose change makes a resumed run differ from an uninterrupted one.
 RUN_SETTINGS = MODEL_SETTINGS + ("data_dir", "shots", "queries", "meta_batch_size", "seed", "tasks_per_epoch",
                                  "synthetic_classes", "synthetic_images", "inner_steps", "inner_lr")
@@ -65,7 +65,9 @@ class RunDirectory:
         """Saves `config` here; refuses one whose model-shaping settings differ from the saved run's."""
         if os.path.exists(self.config):
             saved = RunConfig.load(self.root)
-            changed = [k for k in MODEL_SETTINGS if getattr(saved, k) != getattr(config, k)]
+            # LSLR rates and per-step norms have one entry per inner step.
+            shaping = MODEL_SETTINGS + (("inner_steps",) if saved.lslr or saved.per_step_norm else ())
+            changed = [k for k in shaping if getattr(saved, k) != getattr(config, k)]
             if changed:
                 raise ConfigError(
                     f"--model_dir {self.root} holds a run with "
@@ -73,7 +75,7 @@ class RunDirectory:
                     + " but this command has " + ", ".join(f"--{k}={getattr(config, k)}" for k in changed)
                     + ". Use another --model_dir, the run's flags, or --fresh to delete it and start afresh.")
             for k in RUN_SETTINGS:
-                if getattr(saved, k) != getattr(config, k) and k not in MODEL_SETTINGS:
+                if getattr(saved, k) != getattr(config, k) and k not in shaping:
                     logging.warning("--%s changed from %r to %r: the resumed run will differ from the original",
                                     k, getattr(saved, k), getattr(config, k))
         config.save(self.root)
@@ -142,9 +144,9 @@ def make_schedule(config: RunConfig, total_steps: int) -> Schedule:
     if config.lr_schedule == "plateau":
         return Plateau(config.lr_patience, config.lr_factor)
     if config.lr_schedule == "linear":
-        return Linear(config.meta_lr, config.final_meta_lr, total_steps)
+        return Linear(config.meta_lr, config.min_meta_lr, total_steps)
     if config.lr_schedule == "cosine":
-        return Cosine(config.meta_lr, config.final_meta_lr, total_steps)
+        return Cosine(config.meta_lr, config.min_meta_lr, total_steps)
     return Schedule()
 
 
@@ -168,6 +170,7 @@ class Trainer:
         self.writer, self.val_writer = self._summary_writer("train"), self._summary_writer("validation")
         self.bank_tensors = BankTensors(self.train_bank)
         self.last_save = time.time()
+        self.phase = None
 
     def _start_strategy(self) -> None:
         config = self.config
@@ -253,14 +256,16 @@ class Trainer:
 
     def train_epoch(self) -> None:
         """The meta-steps left in the current epoch, with a progress bar and mid-epoch checkpoints."""
-        print(f"Epoch {int(self.state.epoch) + 1}/{self.config.epochs}")
+        epoch = int(self.state.epoch)
+        print(f"Epoch {epoch + 1}/{self.config.epochs}")
+        self._announce_phase(epoch)
         bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["tasks/s", "meta_lr"], unit_name="step")
         if int(self.state.step):
             bar.update(int(self.state.step))
         tick = time.time()
         for batch in self._batches():
             self.schedule.before_step(self.learner.optimizer.learning_rate, int(self.state.global_step))
-            logs = self.learner.meta_train_step(batch)
+            logs = self.learner.meta_train_step(batch, epoch)
             loss = float(logs["loss"])
             now = time.time()
             step_time, tick = now - tick, now
@@ -273,6 +278,14 @@ class Trainer:
             bar.update(int(self.state.step), [("loss", loss), ("tasks/s", tasks_per_s), ("meta_lr", lr)])
             self._log_step(loss, float(logs["grad_norm"]), lr, step_time)
             self._maybe_save_mid_epoch()
+
+    def _announce_phase(self, epoch: int) -> None:
+        """Says what the meta-step computes at the start and whenever MAML++'s annealing switches it."""
+        phase = self.learner.phase(epoch)
+        if phase != self.phase:
+            self.phase = phase
+            print(f"  meta-gradient: {'second' if phase.second_order else 'first'} order; meta-loss: "
+                  + ("weighted query losses of every inner step" if phase.multi_step_loss else "final query loss"))
 
     def _non_finite(self) -> None:
         self.state.bad_batches.assign_add(1)
@@ -294,6 +307,11 @@ class Trainer:
             tf.summary.scalar("step_time_s", step_time)
             tf.summary.scalar("tasks_per_s", self.config.meta_batch_size / step_time)
             tf.summary.scalar("bad_batches", int(self.state.bad_batches))
+            # LSLR: one curve per weight tensor and inner step.
+            weights = self.learner.model.trainable_variables
+            for i, rates in zip(self.learner.adapted, self.learner.step_rates):
+                for s, rate in enumerate(rates.numpy()):
+                    tf.summary.scalar(f"inner_lr/{weights[i].path}/step{s + 1}", float(rate))
             if self.learner.alphas:
                 alpha = tf.concat([tf.reshape(a, [-1]) for a in self.learner.alphas], 0)
                 tf.summary.scalar("alpha/mean", float(tf.reduce_mean(alpha)))

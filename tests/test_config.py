@@ -1,8 +1,10 @@
 """RunConfig, the run directory and the learning-rate schedules of the training core."""
 
 import dataclasses
+import glob
 import json
 import math
+import os
 
 import pytest
 import tensorflow as tf
@@ -43,11 +45,32 @@ def test_saved_config_round_trips_and_old_runs_load(tmp_path):
 def test_train_flags_are_the_config_fields():
     values = flags.FlagValues()
     define_flags(values)
-    values(["train", "--algo=reptile", "--inner_steps=3", "--nofresh", "--width=0.5"])
-    config = RunConfig(**{f.name: values[f.name].value for f in dataclasses.fields(RunConfig)})
+    config = _parse(values, ["--algo=reptile", "--inner_steps=3", "--nofresh", "--width=0.5"])
     assert (config.algo, config.inner_steps, config.width) == ("reptile", 3, 0.5)
     assert config.replace(algo="reptile", inner_steps=3, width=0.5) == RunConfig().replace(
         algo="reptile", inner_steps=3, width=0.5)
+
+
+def _parse(values, argv):
+    values(["train", *argv])
+    return RunConfig(**{f.name: values[f.name].value for f in dataclasses.fields(RunConfig)})
+
+
+@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "flags", "*"))))
+def test_shipped_flagfiles_are_valid_runs(flagfile):
+    values = flags.FlagValues()
+    define_flags(values)
+    assert _parse(values, [f"--flagfile={flagfile}"]).model_dir.startswith("runs/")
+
+
+def test_renamed_final_meta_lr_still_loads_and_parses(tmp_path):
+    saved = RunConfig(lr_schedule="cosine", min_meta_lr=1e-5).to_dict()
+    saved["final_meta_lr"] = saved.pop("min_meta_lr")
+    (tmp_path / "flags.json").write_text(json.dumps(saved))
+    assert RunConfig.load(str(tmp_path)).min_meta_lr == 1e-5
+    values = flags.FlagValues()
+    define_flags(values)
+    assert _parse(values, ["--final_meta_lr=2e-5"]).min_meta_lr == 2e-5
 
 
 def test_run_directory_refuses_another_network(tmp_path):
@@ -56,6 +79,11 @@ def test_run_directory_refuses_another_network(tmp_path):
     run.claim(RunConfig(model_dir=str(tmp_path), width=0.25, epochs=5))  # not model-shaping
     with pytest.raises(ConfigError, match="--width=0.25 but this command has --width=0.5"):
         run.claim(RunConfig(model_dir=str(tmp_path), width=0.5))
+    # LSLR has one rate per inner step: the step count shapes its variables.
+    lslr = RunDirectory(str(tmp_path / "lslr"))
+    lslr.claim(RunConfig(model_dir=lslr.root, lslr=True, inner_steps=2))
+    with pytest.raises(ConfigError, match="--inner_steps=2 but this command has --inner_steps=3"):
+        lslr.claim(RunConfig(model_dir=lslr.root, lslr=True, inner_steps=3))
     assert run.logs("train") == str(tmp_path / "logs" / "train")
 
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import tiny_segmenter
 
 from meta_drn_tf.data.episodes import meta_batches, training_tasks
-from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.meta import MetaConfig, MetaLearner, Phase
 from meta_drn_tf.model import build_meta_drn
 
 SIZE = 16
@@ -27,19 +27,20 @@ def _task(seed=0, dtype="float64"):
             "query_images": images[1:], "query_masks": masks[1:]}
 
 
-def _meta_objective(learner, theta, alphas=None, second_order=True):
-    """Query loss after adaptation, as a function of θ (and α): what MAML differentiates."""
-    task = _task()
-    rates = alphas if alphas is not None else learner.inner_rates()
-    fast, _ = learner.inner_loop(theta, task["support_images"], task["support_masks"],
-                                 learner.config.inner_steps, rates, second_order)
-    return learner.loss(fast, task["query_images"], task["query_masks"])
+def _directional_fd(learner, direction, task=None, phase=None, loss_weights=None, eps=1e-7):
+    """Central difference of the meta-objective along `direction` (one tensor per meta-variable)."""
+    task, phase = task or _task(), phase or Phase(second_order=True, multi_step_loss=False)
+    saved = [v.numpy() for v in learner.meta_variables]
 
+    def objective(sign):
+        for v, s, d in zip(learner.meta_variables, saved, direction):
+            v.assign(s + sign * eps * d.numpy())
+        return float(learner.query_objective(task, phase, loss_weights)[0])
 
-def _directional_fd(f, point, direction, eps=1e-7):
-    plus = f([p + eps * d for p, d in zip(point, direction)])
-    minus = f([p - eps * d for p, d in zip(point, direction)])
-    return float((plus - minus) / (2 * eps))
+    plus, minus = objective(1), objective(-1)
+    for v, s in zip(learner.meta_variables, saved):
+        v.assign(s)
+    return (plus - minus) / (2 * eps)
 
 
 def _dot(grads, direction):
@@ -57,12 +58,11 @@ def maml():
 
 
 def test_maml_meta_gradient_matches_finite_differences(maml):
-    theta = maml.initial_weights()
     grads, _ = maml.algorithm.task_gradients(maml, _task())
     first_order = _learner("fomaml").algorithm.task_gradients(maml, _task())[0]
     for seed in range(3):
-        v = _random_direction(theta, seed)
-        fd = _directional_fd(lambda t: _meta_objective(maml, t), theta, v)
+        v = _random_direction(maml.meta_variables, seed)
+        fd = _directional_fd(maml, v)
         assert _dot(grads, v) == pytest.approx(fd, rel=1e-5, abs=1e-9)
         # The second-order term matters here, so the check can tell MAML from FOMAML.
         assert abs(_dot(first_order, v) - fd) > 1e-3 * abs(fd)
@@ -102,7 +102,7 @@ def test_reptile_with_sgd_moves_theta_toward_the_mean_adapted_weights():
     for task in tasks:
         images = np.concatenate([task["support_images"], task["query_images"]])
         masks = np.concatenate([task["support_masks"], task["query_masks"]])
-        adapted.append(learner.inner_loop(learner.initial_weights(), images, masks, 3, learner.inner_rates(), False)[0])
+        adapted.append(learner.inner_loop(learner.initial_weights(), images, masks, 3, False)[0])
     batch = {k: np.stack([t[k] for t in tasks]) for k in tasks[0]}
     learner.meta_train_step(batch)
     for i, v in enumerate(learner.model.trainable_variables):
@@ -114,13 +114,11 @@ def test_meta_sgd_learning_rates_get_the_finite_difference_gradient():
     learner = _learner("metasgd", inner_lr=0.3)
     grads, _ = learner.algorithm.task_gradients(learner, _task())
     n = len(learner.model.trainable_variables)
-    alpha_grads = grads[n:]
-    alphas = learner.inner_rates()
-    theta = learner.initial_weights()
     for seed in range(2):
-        v = _random_direction(alphas, 10 + seed)
-        fd = _directional_fd(lambda a: _meta_objective(learner, theta, alphas=a), alphas, v)
-        assert _dot(alpha_grads, v) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+        v = [tf.zeros_like(t) for t in learner.model.trainable_variables] + _random_direction(learner.alphas, 10 + seed)
+        fd = _directional_fd(learner, v)
+        assert _dot(grads[n:], v[n:]) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    theta = learner.model.trainable_variables
     assert len(learner.alphas) == n and all(a.shape == w.shape for a, w in zip(learner.alphas, theta))
 
 

@@ -46,8 +46,12 @@ def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo):
     assert {"soft_iou", "miou@0.5", "miou@0.35", "loss", "tasks"} <= _events(str(tmp_path / "logs" / "validation"))
 
 
-def test_full_run_evaluates_on_test_classes_and_exports(tmp_path):
-    final = train.train(_cfg(tmp_path, algo="maml", test_at_end=True, export_at_end=True))
+def test_full_lslr_per_step_norm_run_evaluates_on_test_classes_and_exports(tmp_path):
+    final = train.train(_cfg(tmp_path, algo="fomaml", test_at_end=True, export_at_end=True, lslr=True,
+                             per_step_norm=True, inner_steps=2, lr_schedule="cosine"))
+    # LSLR's rates in TensorBoard: one curve per weight tensor and inner step.
+    rates = {t for t in _events(str(tmp_path / "logs" / "train")) if t.startswith("inner_lr/")}
+    assert {"inner_lr/upsample/conv/kernel/step1", "inner_lr/upsample/conv/kernel/step2"} <= rates
     assert os.path.isfile(tmp_path / "test" / "per_class.csv")
     assert final["test"]["classes"] >= 2 and 0 <= final["test"]["iou@0.5"] <= 1
     assert final["export"] == str(tmp_path / "export" / "1")
@@ -100,8 +104,10 @@ def test_skip_nonfinite_counts_bad_batches_and_goes_on(finished_run, tmp_path):
 
 
 def _command(model_dir):
-    flags = {**TINY, "epochs": 3, "tasks_per_epoch": 6, "save_every_steps": 1, "deterministic": True,
-             "test_at_end": False, "export_at_end": False, "model_dir": model_dir}
+    # MAML++'s annealing: the kill lands in the first-order epochs, the resumed run crosses to second order.
+    flags = {**TINY, "epochs": 2, "tasks_per_epoch": 6, "save_every_steps": 1, "deterministic": True,
+             "test_at_end": False, "export_at_end": False, "model_dir": model_dir, "first_order_epochs": 1,
+             "lslr": True}
     return [sys.executable, "-m", "meta_drn_tf.train"] + [f"--{k}={v}" for k, v in flags.items()]
 
 
@@ -115,13 +121,14 @@ def _weights(model_dir):
 def test_kill_9_and_rerun_ends_with_the_same_weights(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    subprocess.run(_command(straight), check=True, env=env, timeout=300, capture_output=True)
-
+    # Both at once (op determinism makes the load irrelevant to the results).
+    uninterrupted = subprocess.Popen(_command(straight), env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
     proc = subprocess.Popen(_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(killed, "checkpoints", "checkpoint")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(state) and "ckpt-4" in open(state).read():  # mid-epoch 2
+        if os.path.exists(state) and "ckpt-2" in open(state).read():  # mid-epoch 1
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -129,7 +136,8 @@ def test_kill_9_and_rerun_ends_with_the_same_weights(tmp_path):
     proc.wait()
     resumed = subprocess.run(_command(killed), env=env, timeout=300, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming" in resumed.stdout
+    assert "Resuming" in resumed.stdout and "meta-gradient: second order" in resumed.stdout
+    assert uninterrupted.wait(timeout=300) == 0
 
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys() and len(a) > 10

@@ -23,3 +23,15 @@ def test_grid_pads_rows_of_different_widths():
     g = visualize.grid([a, b], gap=2)
     assert g.shape == (10, 10, 3)
     assert (g[6:, 6:] == 255).all()
+
+
+def test_line_chart_draws_each_curve_in_its_colour_where_its_values_are():
+    chart = visualize.line_chart({"low": ([0, 10], [0.1, 0.1]), "high": ([0, 10], [0.9, 0.9])},
+                                 "validation", "meta-step", "mIoU", size=(300, 500))
+    assert chart.shape == (300, 500, 3) and chart.dtype == np.uint8
+    low, high = visualize.PALETTE[0], visualize.PALETTE[1]
+    column = chart[:, 200]  # inside the plot area
+    rows_low = np.flatnonzero(np.abs(column.astype(int) - low).sum(1) < 30)
+    rows_high = np.flatnonzero(np.abs(column.astype(int) - high).sum(1) < 30)
+    assert rows_low.size and rows_high.size
+    assert rows_high.max() < rows_low.min()  # the higher value is drawn higher up

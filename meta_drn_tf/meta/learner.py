@@ -33,8 +33,10 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from meta_drn_tf.config import ADAPT_LAYERS, algorithm_problems
 from meta_drn_tf.meta import algorithms
 from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, full_precision, soft_iou
+from meta_drn_tf.model import group_of
 
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 TASK_KEYS = ("support_images", "support_masks", "query_images", "query_masks")
@@ -46,15 +48,22 @@ class MetaConfig:
 
     Attributes:
         algorithm: "maml", "fomaml", "metasgd" or "reptile".
-        inner_lr: α, the inner-loop SGD rate (Meta-SGD: the initial value of
-            its learned per-weight rates).
-        inner_steps: inner SGD steps; None means the algorithm's default (the
-            paper's: 1; Reptile 5) and reads back as that number.
+        inner_lr: α, the inner-loop SGD rate (Meta-SGD and LSLR: the initial
+            value of the learned rates).
+        inner_steps: inner SGD steps in training; None means the algorithm's
+            default (the paper's: 1; Reptile 5) and reads back as that number.
         meta_lr: β, the meta-optimizer's (AdamW) learning rate.
         weight_decay: AdamW's decoupled weight decay.
         precision: "float32", "bfloat16" or "float16" (with dynamic loss
             scaling). Losses, fast-weight updates and meta-updates stay float32.
         jit_compile: compile the meta-train step with XLA.
+        lslr: MAML++'s learned rate per weight tensor and inner step.
+        multi_step_loss_epochs: MAML++'s multi-step loss for the first E epochs.
+        first_order_epochs: MAML++'s derivative-order annealing: first-order
+            meta-gradients for the first E epochs (MAML, Meta-SGD).
+        per_step_norm: MAML++'s normalization γ/β per inner step, meta-learned.
+        adapt_layers: what the inner loop updates: "all", "head" (the dilated
+            head at the input) or "upsample" (the output layer, ANIL).
     """
 
     algorithm: str = "maml"
@@ -64,26 +73,87 @@ class MetaConfig:
     weight_decay: float = 1e-2
     precision: str = "float32"
     jit_compile: bool = False
+    lslr: bool = False
+    multi_step_loss_epochs: int = 0
+    first_order_epochs: int = 0
+    per_step_norm: bool = False
+    adapt_layers: str = "all"
 
     def __post_init__(self):
         if self.algorithm not in algorithms.ALGORITHMS:
             raise ValueError(f"algorithm must be one of {sorted(algorithms.ALGORITHMS)}, got {self.algorithm!r}")
         if self.precision not in PRECISION_POLICIES:
             raise ValueError(f"precision must be one of {sorted(PRECISION_POLICIES)}, got {self.precision!r}")
+        if self.adapt_layers not in ADAPT_LAYERS:
+            raise ValueError(f"adapt_layers must be one of {ADAPT_LAYERS}, got {self.adapt_layers!r}")
         if self.inner_steps is None:
             object.__setattr__(self, "inner_steps", algorithms.ALGORITHMS[self.algorithm].default_inner_steps)
         if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        problems = list(algorithm_problems(self.algorithm, self.lslr, self.multi_step_loss_epochs,
+                                           self.first_order_epochs, self.per_step_norm, self.adapt_layers))
+        if problems:
+            raise ValueError("; ".join(f"{name}: {why}" for name, why in problems))
 
     @property
     def dtype_policy(self) -> str:
         return PRECISION_POLICIES[self.precision]
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """What a meta-step computes at a point of training. A Python value: one trace per phase."""
+
+    second_order: bool
+    multi_step_loss: bool
+
+
+def multi_step_loss_weights(epoch: tf.Tensor | float, steps: int, anneal_epochs: int) -> tf.Tensor:
+    """MAML++'s weights of the query losses after inner steps 1..N at `epoch` (they sum to 1).
+
+    Uniform 1/N at epoch 0; the non-final weights decay linearly to 0.03/N
+    over `anneal_epochs` while the final one takes up the rest.
+    """
+    epoch = tf.cast(epoch, tf.float32)
+    decay, floor = 1.0 / steps / anneal_epochs, 0.03 / steps
+    earlier = tf.fill([steps - 1], tf.maximum(1.0 / steps - epoch * decay, floor))
+    last = tf.minimum(1.0 / steps + epoch * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
+    return tf.concat([earlier, [last]], 0)
+
+
+def adapted_indices(model: keras.Model, config: MetaConfig) -> list[int]:
+    """Indices into `model.trainable_variables` of the weights the inner loop updates."""
+    chosen = []
+    for i, v in enumerate(model.trainable_variables):
+        layer = v.path.split("/")[0]
+        if config.adapt_layers != "all" and group_of(layer) != config.adapt_layers:
+            continue
+        if config.per_step_norm and _is_norm(v):  # MAML++: per-step γ/β are meta-learned only
+            continue
+        chosen.append(i)
+    if not chosen:
+        raise ValueError(f"adapt_layers={config.adapt_layers!r} selects no weights of {model.name}")
+    return chosen
+
+
+def _is_norm(variable) -> bool:
+    return variable.path.rsplit("/", 1)[-1] in ("gamma", "beta")
+
+
+def _variable_name(prefix: str, variable) -> str:
+    return prefix + variable.path.replace("/", "_")
+
+
 class Adapter(tf.Module):
     """A Keras segmentation model and its inner loop: adapt to a support set, predict, evaluate.
 
-    Holds θ (the model's weights) and Meta-SGD's learned rates α; no optimizer.
+    Holds θ (the model's weights) and the meta-learned extras of the
+    configured options - Meta-SGD's rates `alphas`, LSLR's `step_rates`,
+    per-step normalization `step_norms` - but no optimizer.
+
+    The inner loop updates the *adapted* weights only (`adapted`: all, or one
+    layer group), as a list of tensors ("fast" weights); `weights_at` puts
+    them back among the others to run the model.
 
     Args:
         model: maps images `(n, H, W, 3)` to foreground logits `(n, H, W, 1)`;
@@ -96,26 +166,66 @@ class Adapter(tf.Module):
         self.model = model
         self.config = config
         self.algorithm = algorithms.ALGORITHMS[config.algorithm]()
-        self.alphas = self.algorithm.create_extra_variables(model, config)
+        weights = model.trainable_variables
+        self.adapted = adapted_indices(model, config)
+        adapted = [weights[i] for i in self.adapted]
+        self.alphas = self.algorithm.create_extra_variables(adapted, config)
+        steps = config.inner_steps
+        self.step_rates = [tf.Variable(tf.fill([steps], tf.constant(config.inner_lr, v.dtype)),
+                                       name=_variable_name("lslr_", v)) for v in adapted] if config.lslr else []
+        # Per-step γ/β for steps 1..N-1; step N (and any later) uses the model's own, so the
+        # saved .keras model is the network as the final step (and the query pass) sees it.
+        self.norm_indices = [i for i, v in enumerate(weights) if _is_norm(v)] if config.per_step_norm else []
+        self.step_norms = [tf.Variable(tf.tile(weights[i][None], [steps - 1] + [1] * len(weights[i].shape)),
+                                       name=_variable_name("step_norm_", weights[i])) for i in self.norm_indices]
         self.loss_scale = tf.Variable(
             2.0**15 if config.precision == "float16" else 1.0, trainable=False, name="loss_scale"
         )
         self._eval_fn = tf.function(self._evaluate_batch, reduce_retracing=True)
+
+    @property
+    def extra_variables(self) -> list[tf.Variable]:
+        """Meta-learned variables besides the model's (checkpointed, exported)."""
+        return list(self.alphas) + list(self.step_rates) + list(self.step_norms)
+
+    @property
+    def learned_rates(self) -> str | None:
+        """How the inner rates are learned ("Meta-SGD", "LSLR"), or None when fixed."""
+        return "Meta-SGD" if self.alphas else "LSLR" if self.step_rates else None
 
     # ----- weights -------------------------------------------------------
     def initial_weights(self) -> list[tf.Tensor]:
         """θ as tensors (the meta-learned initialisation)."""
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
-    def inner_rates(self, inner_lr: float | None = None) -> list[tf.Tensor | float]:
-        """The inner-loop rate of each weight: α (or `inner_lr` if given), or Meta-SGD's learned tensors."""
+    def weights_at(self, theta: Sequence[tf.Tensor], fast: Sequence[tf.Tensor], step) -> list[tf.Tensor]:
+        """The model's weights during inner step `step` (0-based; int or tensor): the fast
+        (adapted) weights among θ, with that step's normalization γ/β under per-step norm."""
+        weights = list(theta)
+        for i, w in zip(self.adapted, fast):
+            weights[i] = w
+        for i, table in zip(self.norm_indices, self.step_norms):
+            weights[i] = self._per_step(tf.concat([tf.convert_to_tensor(table), weights[i][None]], 0), step)
+        return weights
+
+    def _per_step(self, table: tf.Tensor, step) -> tf.Tensor:
+        """Row `step` of a per-step table; steps past the trained count reuse the last row."""
+        last = self.config.inner_steps - 1
+        if isinstance(step, int):
+            return table[min(step, last)]
+        return tf.gather(table, tf.minimum(step, last))
+
+    def rates_at(self, step, inner_lr: tf.Tensor | float | None = None) -> list[tf.Tensor | float]:
+        """The inner rate of each adapted weight at `step`: learned (Meta-SGD, LSLR) or `inner_lr` (default α)."""
         if self.alphas:
             return [tf.convert_to_tensor(a) for a in self.alphas]
-        return [self.config.inner_lr if inner_lr is None else inner_lr] * len(self.model.trainable_variables)
+        if self.step_rates:
+            return [self._per_step(tf.convert_to_tensor(r), step) for r in self.step_rates]
+        return [self.config.inner_lr if inner_lr is None else inner_lr] * len(self.adapted)
 
     # ----- forward, loss, adaptation ---------------------------------------
     def logits(self, weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
-        """Foreground logits of `images` under `weights` (float32)."""
+        """Foreground logits of `images` under `weights` (all of the model's, float32)."""
         non_trainable = [tf.convert_to_tensor(v) for v in self.model.non_trainable_variables]
         logits, _ = self.model.stateless_call(list(weights), non_trainable, images, training=False)
         return full_precision(logits)
@@ -124,38 +234,43 @@ class Adapter(tf.Module):
         return bce_loss(self.logits(weights, images), masks)
 
     def gradients(self, tape: tf.GradientTape, loss: tf.Tensor, sources) -> list[tf.Tensor]:
-        """d loss / d sources, with the float16 loss scale applied and removed."""
+        """d loss / d sources (zeros where unconnected), with the float16 loss scale applied and removed."""
+        zero = tf.UnconnectedGradients.ZERO
         if self.config.precision != "float16":
-            return tape.gradient(loss, sources)
+            return tape.gradient(loss, sources, unconnected_gradients=zero)
         # Seeding backprop with the scale is scaling the loss, after the fact.
         scale = tf.cast(self.loss_scale, loss.dtype)
-        return [g / tf.cast(scale, g.dtype) for g in tape.gradient(loss, sources, output_gradients=scale)]
+        grads = tape.gradient(loss, sources, output_gradients=scale, unconnected_gradients=zero)
+        return [g / tf.cast(scale, g.dtype) for g in grads]
 
-    def inner_loop(
-        self,
-        weights: Sequence[tf.Tensor],
-        images: tf.Tensor,
-        masks: tf.Tensor,
-        inner_steps: int,
-        rates: Sequence[tf.Tensor | float],
-        second_order: bool,
-    ) -> tuple[list[tf.Tensor], tf.Tensor]:
-        """`inner_steps` SGD steps from `weights` on (images, masks): w <- w - rate * dL/dw.
+    def inner_step(self, theta, fast, images, masks, step, second_order: bool, inner_lr=None):
+        """One SGD step of the adapted weights on (images, masks): w <- w - rate * dL/dw.
 
-        With `second_order` the inner gradients stay differentiable (for an
-        enclosing tape); otherwise they are constants (first-order methods).
-        Returns the adapted weights and the loss of the last step (before it).
+        With `second_order` the gradient stays differentiable (for an
+        enclosing tape); otherwise it is a constant (first-order methods).
+        Returns the new fast weights and the loss before the step.
         """
-        weights = list(weights)
-        for _ in range(inner_steps):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(weights)
-                loss = self.loss(weights, images, masks)
-            grads = self.gradients(tape, loss, weights)
-            if not second_order:
-                grads = [tf.stop_gradient(g) for g in grads]
-            weights = [w - r * g for w, r, g in zip(weights, rates, grads)]
-        return weights, loss
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(fast)
+            loss = self.loss(self.weights_at(theta, fast, step), images, masks)
+        grads = self.gradients(tape, loss, fast)
+        if not second_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+        fast = [w - tf.cast(r, w.dtype) * g for w, r, g in zip(fast, self.rates_at(step, inner_lr), grads)]
+        return fast, loss
+
+    def inner_loop(self, theta, images, masks, inner_steps: int, second_order: bool, inner_lr=None,
+                   after_step=None) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """`inner_steps` inner steps from θ; `after_step(step, fast)` is called after each.
+
+        Returns the adapted (fast) weights and the loss of the last step (before it).
+        """
+        fast = [theta[i] for i in self.adapted]
+        for step in range(inner_steps):
+            fast, loss = self.inner_step(theta, fast, images, masks, step, second_order, inner_lr)
+            if after_step is not None:
+                after_step(step, fast)
+        return fast, loss
 
     def adapt(
         self,
@@ -164,18 +279,19 @@ class Adapter(tf.Module):
         inner_steps: int | None = None,
         inner_lr: float | None = None,
     ) -> list[tf.Tensor]:
-        """Fast weights adapted to a support set `(k, H, W, 3)`, `(k, H, W, 1)`.
+        """All of the model's weights adapted to a support set `(k, H, W, 3)`, `(k, H, W, 1)`.
 
         Args:
             inner_steps: inner steps (default: the training setting).
-            inner_lr: inner rate (default: α; Meta-SGD always uses its learned rates).
+            inner_lr: inner rate (default: α; learned rates are always used).
         """
-        return self.inner_loop(self.initial_weights(), support_images, support_masks,
-                               inner_steps or self.config.inner_steps, self.inner_rates(inner_lr),
-                               second_order=False)[0]
+        steps = inner_steps or self.config.inner_steps
+        theta = self.initial_weights()
+        fast, _ = self.inner_loop(theta, support_images, support_masks, steps, False, inner_lr)
+        return self.weights_at(theta, fast, steps - 1)
 
     def predict(self, fast_weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
-        """Foreground probabilities `(n, H, W, 1)` of `images` under `fast_weights`."""
+        """Foreground probabilities `(n, H, W, 1)` of `images` under `fast_weights` (from `adapt`)."""
         return tf.sigmoid(self.logits(fast_weights, images))
 
     # ----- evaluation ----------------------------------------------------
@@ -187,9 +303,10 @@ class Adapter(tf.Module):
         `iou@0.35` `(B, q)`, plus `probabilities` `(B, q, H, W, 1)`.
         """
         batch = {k: tf.convert_to_tensor(task_batch[k], tf.float32) for k in TASK_KEYS}
-        return self._eval_fn(batch, tf.constant(inner_steps or self.config.inner_steps), self.inner_rates(inner_lr))
+        return self._eval_fn(batch, tf.constant(inner_steps or self.config.inner_steps),
+                             tf.constant(inner_lr or self.config.inner_lr, tf.float32))
 
-    def _evaluate_batch(self, batch, inner_steps, rates):
+    def _evaluate_batch(self, batch, inner_steps, inner_lr):
         theta = self.initial_weights()
 
         def one_task(task):
@@ -197,10 +314,10 @@ class Adapter(tf.Module):
             # The inner-step count is a tensor so one trace serves any count.
             fast = tf.while_loop(
                 lambda i, w: i < inner_steps,
-                lambda i, w: (i + 1, self.inner_loop(w, support_images, support_masks, 1, rates, False)[0]),
-                (tf.constant(0), theta),
+                lambda i, w: (i + 1, self.inner_step(theta, w, support_images, support_masks, i, False, inner_lr)[0]),
+                (tf.constant(0), [theta[i] for i in self.adapted]),
             )[1]
-            logits = self.logits(fast, query_images)
+            logits = self.logits(self.weights_at(theta, fast, inner_steps - 1), query_images)
             probabilities = tf.sigmoid(logits)
             scores = [soft_iou(probabilities, query_masks)]
             scores += [binary_iou(probabilities, query_masks, t) for t in THRESHOLDS]
@@ -216,6 +333,30 @@ class Adapter(tf.Module):
         for j, t in enumerate(THRESHOLDS):
             logs[f"iou@{t}"] = scores[:, j + 1]
         return logs
+
+    def query_objective(self, task, phase: Phase, loss_weights: tf.Tensor | None = None):
+        """The meta-objective of one task: the query loss after adapting to its support.
+
+        With `phase.multi_step_loss`, the `loss_weights`-weighted sum of the
+        query losses after every inner step (MAML++). Returns (objective,
+        final query loss).
+        """
+        theta = self.initial_weights()
+        query_losses = []
+
+        def score_query(step, fast):
+            if phase.multi_step_loss:
+                query_losses.append(self.loss(self.weights_at(theta, fast, step), task["query_images"],
+                                              task["query_masks"]))
+
+        steps = self.config.inner_steps
+        fast, _ = self.inner_loop(theta, task["support_images"], task["support_masks"], steps,
+                                  phase.second_order, after_step=score_query)
+        if not phase.multi_step_loss:
+            final = self.loss(self.weights_at(theta, fast, steps - 1), task["query_images"], task["query_masks"])
+            return final, final
+        weights = tf.unstack(tf.cast(loss_weights, query_losses[-1].dtype))
+        return tf.add_n([w * q for w, q in zip(weights, query_losses)]), query_losses[-1]
 
 
 class MetaLearner(Adapter):
@@ -244,28 +385,48 @@ class MetaLearner(Adapter):
                 learning_rate=config.meta_lr, weight_decay=config.weight_decay
             )
             self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
-            if self.alphas and hasattr(self.optimizer, "exclude_from_weight_decay"):
-                # Decay would pull Meta-SGD's learned rates towards zero.
-                self.optimizer.exclude_from_weight_decay(var_list=self.alphas)
+            rates = list(self.alphas) + list(self.step_rates)
+            if rates and hasattr(self.optimizer, "exclude_from_weight_decay"):
+                # Decay would pull learned inner rates towards zero.
+                self.optimizer.exclude_from_weight_decay(var_list=rates)
             self.optimizer.build(self.meta_variables)
         self.trace_count = 0
         self._train_fn = tf.function(self._distributed_train_step, jit_compile=config.jit_compile)
 
     @property
     def meta_variables(self) -> list[tf.Variable]:
-        """What the meta-optimizer updates: θ (and Meta-SGD's α)."""
-        return list(self.model.trainable_variables) + list(self.alphas)
+        """What the meta-optimizer updates: θ and the extras (Meta-SGD's α, LSLR rates, per-step norms)."""
+        return list(self.model.trainable_variables) + self.extra_variables
 
     # ----- meta-training -------------------------------------------------
-    def meta_train_step(self, task_batch) -> dict[str, tf.Tensor]:
-        """One meta-update from a meta-batch of tasks (a dict of `(B, ...)` tensors,
-        or a distributed dataset element under a strategy). Returns logs:
-        "loss" (mean query loss after adaptation; Reptile: its inner-loop loss),
-        "grad_norm", and "finite" (False: the update was skipped)."""
-        return self._train_fn(task_batch)
+    def phase(self, epoch: int) -> Phase:
+        """The meta-step's computation at (0-based) `epoch`: MAML++'s annealing switches."""
+        config = self.config
+        return Phase(second_order=self.algorithm.second_order and epoch >= config.first_order_epochs,
+                     multi_step_loss=config.inner_steps > 1 and epoch < config.multi_step_loss_epochs)
 
-    def _distributed_train_step(self, task_batch):
-        grads, logs = self.strategy.run(self._replica_gradients, args=(task_batch,))
+    def meta_train_step(self, task_batch, epoch: int = 0) -> dict[str, tf.Tensor]:
+        """One meta-update from a meta-batch of tasks (a dict of `(B, ...)` tensors,
+        or a distributed dataset element under a strategy) at 0-based `epoch`
+        (which MAML++'s annealing options read). Returns logs: "loss" (mean
+        query loss after adaptation; Reptile: its inner-loop loss),
+        "grad_norm", and "finite" (False: the update was skipped)."""
+        phase = self.phase(epoch)
+        # The phase is Python (a new trace when it changes, once per switch); the epoch is a tensor.
+        return self._train_fn(task_batch, tf.constant(epoch, tf.float32), phase.second_order, phase.multi_step_loss)
+
+    def concrete_train_step(self, task_batch_spec: dict[str, tf.TensorSpec], epoch: int = 0):
+        """The traced meta-train step for batches like `task_batch_spec` at `epoch` (graphs, op counts)."""
+        phase = self.phase(epoch)
+        return self._train_fn.get_concrete_function(task_batch_spec, tf.TensorSpec([], tf.float32),
+                                                    phase.second_order, phase.multi_step_loss)
+
+    def _distributed_train_step(self, task_batch, epoch, second_order, multi_step_loss):
+        phase = Phase(second_order, multi_step_loss)
+        loss_weights = (multi_step_loss_weights(epoch, self.config.inner_steps, self.config.multi_step_loss_epochs)
+                        if multi_step_loss else None)
+        grads, logs = self.strategy.run(lambda batch: self._replica_gradients(batch, phase, loss_weights),
+                                        args=(task_batch,))
         # After the all-reduce every replica holds the same gradients: apply one
         # copy in cross-replica context (a synchronisation inside a conditional
         # in replica context is not supported by tf.distribute).
@@ -274,14 +435,14 @@ class MetaLearner(Adapter):
         tf.cond(logs["finite"] > 0.5, lambda: self._apply(grads), lambda: self._skip())
         return logs
 
-    def _replica_gradients(self, task_batch):
+    def _replica_gradients(self, task_batch, phase, loss_weights):
         self.trace_count += 1  # Python side effect: runs once per trace
         context = tf.distribute.get_replica_context()
         local_tasks = tf.shape(task_batch["support_images"])[0]
 
         def one_task(i, accumulated, loss_sum):
             task = {k: task_batch[k][i] for k in TASK_KEYS}
-            grads, loss = self.algorithm.task_gradients(self, task)
+            grads, loss = self.algorithm.task_gradients(self, task, phase, loss_weights)
             return i + 1, [a + g for a, g in zip(accumulated, grads)], loss_sum + loss
 
         zeros = [tf.zeros(v.shape, v.dtype) for v in self.meta_variables]
