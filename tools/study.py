@@ -123,7 +123,8 @@ def validation_curve(model_dir: str, tag: str = "miou@0.5") -> tuple[list[float]
 
     points = {}
     for path in sorted(glob.glob(os.path.join(model_dir, "logs", "validation", "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 if value.tag == tag:
                     points[event.step] = float(tf.make_ndarray(value.tensor))

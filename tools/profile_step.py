@@ -1,0 +1,120 @@
+"""Where a meta-step's time goes, op by op: the TensorFlow profiler's trace of one algorithm's step.
+
+    python tools/profile_step.py [--algo=maml] [--size=224] [--width=1.0] [--precision=float32] [--steps=2]
+                                 [--logdir=runs/profile] [--top=15]
+
+Profiles `--steps` meta-steps (k = q = 1, meta-batch 1) after a warm-up step
+with `tf.profiler.experimental`, then sums the executed kernels' times from
+the trace (`<logdir>/plugins/profile/*/*.xplane.pb`, which TensorBoard's
+Profile tab also opens) by op type and by layer group of Fig. 1, and prints
+Markdown tables: the figures of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+
+from absl import flags
+
+from meta_drn_tf import cli
+from meta_drn_tf.hardware import describe
+
+flags.DEFINE_enum("algo", "maml", ["maml", "fomaml", "metasgd", "reptile"], "Algorithm.")
+flags.DEFINE_integer("size", 224, "Image size.")
+flags.DEFINE_float("width", 1.0, "Network width.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute precision.")
+flags.DEFINE_integer("steps", 2, "Profiled meta-steps.")
+flags.DEFINE_string("logdir", "runs/profile", "Where the profiler writes its trace.")
+flags.DEFINE_integer("top", 15, "Rows of the op-type table.")
+FLAGS = flags.FLAGS
+
+# Ops that only contain or schedule other ops: their time is their children's.
+CONTAINERS = {"While", "StatelessWhile", "If", "StatelessIf", "PartitionedCall", "StatefulPartitionedCall",
+              "__inference", "Identity", "NoOp"}
+
+
+def kernel_times(xplane_path: str) -> list[tuple[str, str, float]]:
+    """(op name, op type, milliseconds) of every TF op execution on the host in an XSpace trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(xplane_path, "rb") as f:
+        space.ParseFromString(f.read())
+    records = []
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU") and not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" not in name:
+                    continue
+                op_name, op_type = name.rsplit(":", 1)
+                if op_type in CONTAINERS or op_type.startswith("__inference"):
+                    continue
+                records.append((op_name, op_type, event.duration_ps / 1e9))
+    return records
+
+
+def layer_group(op_name: str) -> str:
+    """The Fig. 1 group an op belongs to, from its name scope (gradients keep the forward's scope)."""
+    from meta_drn_tf.model import GROUPS
+
+    for part in op_name.split("/"):
+        for group in GROUPS:
+            if part.startswith(group):
+                return group
+    return "other (loss, updates, optimizer)"
+
+
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.model import build_meta_drn
+
+    config = MetaConfig(FLAGS.algo, precision=FLAGS.precision)
+    keras.utils.set_random_seed(0)
+    learner = MetaLearner(build_meta_drn(FLAGS.size, FLAGS.width, dtype=config.dtype_policy), config)
+    rng = np.random.default_rng(0)
+    s = FLAGS.size
+    batch = {"support_images": rng.uniform(size=(1, 1, s, s, 3)).astype("float32"),
+             "support_masks": (rng.uniform(size=(1, 1, s, s, 1)) > 0.7).astype("float32"),
+             "query_images": rng.uniform(size=(1, 1, s, s, 3)).astype("float32"),
+             "query_masks": (rng.uniform(size=(1, 1, s, s, 1)) > 0.7).astype("float32")}
+    learner.meta_train_step(batch)["loss"].numpy()  # trace and warm up outside the profile
+    tf.profiler.experimental.start(FLAGS.logdir)
+    for _ in range(FLAGS.steps):
+        learner.meta_train_step(batch)["loss"].numpy()
+    tf.profiler.experimental.stop()
+    path = max(glob.glob(os.path.join(FLAGS.logdir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
+    records = kernel_times(path)
+    total = sum(ms for _, _, ms in records)
+
+    print(describe())
+    print(f"{FLAGS.algo}, {FLAGS.precision}, {s}x{s}, width {FLAGS.width}, k=q=1: {FLAGS.steps} step(s) profiled, "
+          f"{total / FLAGS.steps:.0f} ms of op time per step (trace: {path})\n")
+    by_type, count = collections.Counter(), collections.Counter()
+    for _, op_type, ms in records:
+        by_type[op_type] += ms
+        count[op_type] += 1
+    print("| op type | ms/step | share | executions/step |\n|---|---|---|---|")
+    for op_type, ms in by_type.most_common(FLAGS.top):
+        print(f"| {op_type} | {ms / FLAGS.steps:.0f} | {100 * ms / total:.1f}% | {count[op_type] // FLAGS.steps} |")
+    rest = total - sum(ms for _, ms in by_type.most_common(FLAGS.top))
+    print(f"| all other op types | {rest / FLAGS.steps:.0f} | {100 * rest / total:.1f}% | |\n")
+    by_group = collections.Counter()
+    for op_name, _, ms in records:
+        by_group[layer_group(op_name)] += ms
+    print("| layer group (forward and its gradients) | ms/step | share |\n|---|---|---|")
+    for group, ms in by_group.most_common():
+        print(f"| {group} | {ms / FLAGS.steps:.0f} | {100 * ms / total:.1f}% |")
+
+
+if __name__ == "__main__":
+    cli.run(main)
