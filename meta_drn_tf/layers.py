@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from meta_drn_tf.conv import same_conv2d
+
 PACKAGE = "meta_drn_tf"
 LEAKY_SLOPE = 0.1
 
@@ -139,7 +141,12 @@ class ConvNormAct(layers.Layer):
     def call(self, inputs):
         if self.subsample > 1:
             inputs = inputs[:, :: self.subsample, :: self.subsample, :]
-        x = self.norm(self.conv(inputs))
+        if self.conv.strides == (1, 1):
+            # The conv layer's own kernel, through a convolution with a faster input gradient.
+            x = same_conv2d(inputs, ops.cast(self.conv.kernel, inputs.dtype), self.dilation_rate)
+        else:
+            x = self.conv(inputs)
+        x = self.norm(x)
         return self.act(x) if self.act is not None else x
 
     def compute_output_shape(self, input_shape):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import re
 
 from absl import flags
 
@@ -30,13 +31,15 @@ flags.DEFINE_string("logdir", "runs/profile", "Where the profiler writes its tra
 flags.DEFINE_integer("top", 15, "Rows of the op-type table.")
 FLAGS = flags.FLAGS
 
-# Ops that only contain or schedule other ops: their time is their children's.
-CONTAINERS = {"While", "StatelessWhile", "If", "StatelessIf", "PartitionedCall", "StatefulPartitionedCall",
-              "__inference", "Identity", "NoOp"}
+TF_OP = re.compile(r"^[\w./\-]+:[A-Z][A-Za-z0-9]*$")  # "resblock3/conv2/conv/Conv2D:Conv2D"
 
 
 def kernel_times(xplane_path: str) -> list[tuple[str, str, float]]:
-    """(op name, op type, milliseconds) of every TF op execution on the host in an XSpace trace."""
+    """(op name, op type, milliseconds) of every TF op execution on the host in an XSpace trace.
+
+    Events named `op_name:OpType` are TF ops; of those only the innermost count: one that
+    encloses other ops on its thread (a function call, a loop) is the sum of its children.
+    """
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
@@ -47,13 +50,12 @@ def kernel_times(xplane_path: str) -> list[tuple[str, str, float]]:
         if not plane.name.startswith("/host:CPU") and not plane.name.startswith("/device:"):
             continue
         for line in plane.lines:
-            for event in line.events:
-                name = plane.event_metadata[event.metadata_id].name
-                if ":" not in name:
-                    continue
+            ops = sorted(((e, plane.event_metadata[e.metadata_id].name) for e in line.events
+                          if TF_OP.match(plane.event_metadata[e.metadata_id].name)), key=lambda x: x[0].offset_ps)
+            for i, (event, name) in enumerate(ops):
+                if i + 1 < len(ops) and ops[i + 1][0].offset_ps < event.offset_ps + event.duration_ps:
+                    continue  # encloses the next op
                 op_name, op_type = name.rsplit(":", 1)
-                if op_type in CONTAINERS or op_type.startswith("__inference"):
-                    continue
                 records.append((op_name, op_type, event.duration_ps / 1e9))
     return records
 

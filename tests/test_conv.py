@@ -1,0 +1,39 @@
+"""`same_conv2d`: TensorFlow's convolution, with gradients of every order computed by forward convolutions."""
+
+import pytest
+import tensorflow as tf
+
+from meta_drn_tf.conv import same_conv2d
+
+
+def _reference(x, kernel, dilation):
+    return tf.nn.convolution(x, kernel, padding="SAME", dilations=dilation, data_format="NHWC")
+
+
+def _first_and_second_order(conv, x, kernel):
+    """Gradients of a scalar of conv(x, kernel), and of a scalar of those gradients (what MAML needs)."""
+    with tf.GradientTape() as outer:
+        outer.watch([x, kernel])
+        with tf.GradientTape() as inner:
+            inner.watch([x, kernel])
+            y = conv(x, kernel)
+            loss = tf.reduce_sum(tf.sin(y))
+        gx, gk = inner.gradient(loss, [x, kernel])
+        objective = tf.reduce_sum(gx**2) + tf.reduce_sum(tf.cos(gk))
+    return [y, gx, gk] + outer.gradient(objective, [x, kernel])
+
+
+@pytest.mark.parametrize("dilation, size, graph", [(1, 3, False), (2, 3, True), (4, 3, False), (1, 1, True)])
+def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, graph):
+    x = tf.random.stateless_normal([2, 9, 10, 3], seed=[0, 1], dtype=tf.float64)
+    kernel = tf.random.stateless_normal([size, size, 3, 4], seed=[2, 3], dtype=tf.float64)
+    ours = lambda x, k: _first_and_second_order(lambda a, b: same_conv2d(a, b, dilation), x, k)  # noqa: E731
+    ours = tf.function(ours) if graph else ours
+    expected = _first_and_second_order(lambda a, b: _reference(a, b, dilation), x, kernel)
+    for name, a, b in zip(("output", "d/dx", "d/dkernel", "d2/dx", "d2/dkernel"), ours(x, kernel), expected):
+        tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
+
+
+def test_even_kernels_are_refused():
+    with pytest.raises(ValueError, match="odd kernel"):
+        same_conv2d(tf.zeros([1, 4, 4, 1]), tf.zeros([2, 2, 1, 1]))
