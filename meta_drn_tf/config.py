@@ -31,7 +31,7 @@ RENAMED = {"final_meta_lr": "min_meta_lr"}
 
 
 def algorithm_problems(algo: str, lslr: bool = False, multi_step_loss_epochs: int = 0, first_order_epochs: int = 0,
-                       per_step_norm: bool = False, adapt_layers: str = "all"):
+                       per_step_norm: bool = False, adapt_layers: str = "all", memory_saving: bool = False):
     """(setting, why) for each MAML++/ANIL option that does not combine with `algo` (shared with MetaConfig)."""
     if multi_step_loss_epochs < 0:
         yield "multi_step_loss_epochs", "must be 0 or more"
@@ -43,6 +43,9 @@ def algorithm_problems(algo: str, lslr: bool = False, multi_step_loss_epochs: in
         yield "lslr", why + "; use --algo=maml or fomaml"
     if first_order_epochs and algo not in ("maml", "metasgd"):
         yield "first_order_epochs", f"{algo} has no second-order phase to anneal to; use --algo=maml or metasgd"
+    if memory_saving and (algo == "reptile" or multi_step_loss_epochs):
+        yield "memory_saving", "applies to the final query loss of maml, fomaml and metasgd (not to Reptile or " \
+                               "the multi-step loss)"
     if algo == "reptile":
         # Reptile's meta-gradient is θ - θ': what its inner loop does not update would never be learned.
         changed = {"multi_step_loss_epochs": multi_step_loss_epochs > 0, "per_step_norm": per_step_norm,
@@ -97,6 +100,10 @@ class RunConfig:
     adapt_layers: str = _setting("all", "Which layers the inner loop adapts (ANIL-style; the rest are only "
                                         "meta-learned): all; head: the dilated head at the input; upsample: "
                                         "the sub-pixel output layer (ANIL).", ADAPT_LAYERS)
+    memory_saving: bool = _setting(False, "Backpropagate a task's queries one at a time to the adapted weights, "
+                                          "then once through the inner loop: the same meta-gradient, with one "
+                                          "query's activations in memory instead of --queries' (maml, fomaml, "
+                                          "metasgd).")
     epochs: int = _setting(200, "Epochs to train.")
     tasks_per_epoch: int = _setting(0, "Training tasks per epoch; 0: the number of training images.")
     val_episodes: int = _setting(0, "Validation episodes per epoch (evenly spread); 0: all.")
@@ -147,7 +154,7 @@ class RunConfig:
         if self.synthetic_classes < 3:
             yield "synthetic_classes", "must be at least 3 (train/val/test split)"
         yield from algorithm_problems(self.algo, self.lslr, self.multi_step_loss_epochs, self.first_order_epochs,
-                                      self.per_step_norm, self.adapt_layers)
+                                      self.per_step_norm, self.adapt_layers, self.memory_saving)
 
     def replace(self, **changes) -> RunConfig:
         """A copy with `changes` (validated)."""

@@ -151,3 +151,17 @@ def test_options_that_do_not_combine_with_the_algorithm_are_refused_together():
         RunConfig(algo="metasgd", lslr=True)
     with pytest.raises(ValueError, match="first_order_epochs"):
         MetaConfig("fomaml", first_order_epochs=1)
+
+
+@pytest.mark.parametrize("algorithm, options", [("maml", {}), ("fomaml", {}), ("metasgd", {"adapt_layers": "head"})])
+def test_memory_saving_gives_the_same_meta_gradient(algorithm, options):
+    task = _task()
+    task["query_images"] = np.concatenate([task["query_images"], task["query_images"][::-1, ::-1]])
+    task["query_masks"] = np.concatenate([task["query_masks"], task["query_masks"][::-1, ::-1]])
+    reference = _learner(algorithm, **options)
+    expected, expected_loss = reference.algorithm.task_gradients(reference, task)
+    saving = _learner(algorithm, memory_saving=True, **options)
+    grads, loss = saving.algorithm.task_gradients(saving, task)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-12)
+    for g, e in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12)

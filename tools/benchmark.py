@@ -51,6 +51,8 @@ flags.DEFINE_integer("repeats", 3, "Timed steps (median) at meta-batch 1.")
 flags.DEFINE_list("memory_precisions", ["float32"], "Precisions whose meta-batch-5 peak memory is measured too.")
 flags.DEFINE_string("one", None, "Internal: run one configuration 'algo,precision,meta_batch' and print JSON.")
 flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
+flags.DEFINE_integer("queries", 1, "Query images per task (q).")
+flags.DEFINE_bool("memory_saving", False, "The opt-in memory mode (queries backpropagated one at a time).")
 flags.DEFINE_string("peer", None, "A Python interpreter with torch: also run the PyTorch peer and print ratios.")
 flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
                                                 "torch_peer.py"), "The PyTorch peer benchmark script.")
@@ -107,7 +109,7 @@ def run_one(spec: str) -> dict:
 
     algo, precision, meta_batch = spec.split(",")
     meta_batch = int(meta_batch)
-    config = MetaConfig(algo, precision=precision, jit_compile=FLAGS.jit_compile)
+    config = MetaConfig(algo, precision=precision, jit_compile=FLAGS.jit_compile, memory_saving=FLAGS.memory_saving)
     keras.utils.set_random_seed(0)
     model = build_meta_drn(FLAGS.size, FLAGS.width, dtype=config.dtype_policy)
     learner = MetaLearner(model, config)
@@ -115,8 +117,8 @@ def run_one(spec: str) -> dict:
     s = FLAGS.size
     batch = {"support_images": rng.uniform(size=(meta_batch, 1, s, s, 3)).astype("float32"),
              "support_masks": (rng.uniform(size=(meta_batch, 1, s, s, 1)) > 0.7).astype("float32"),
-             "query_images": rng.uniform(size=(meta_batch, 1, s, s, 3)).astype("float32"),
-             "query_masks": (rng.uniform(size=(meta_batch, 1, s, s, 1)) > 0.7).astype("float32")}
+             "query_images": rng.uniform(size=(meta_batch, FLAGS.queries, s, s, 3)).astype("float32"),
+             "query_masks": (rng.uniform(size=(meta_batch, FLAGS.queries, s, s, 1)) > 0.7).astype("float32")}
     model(batch["support_images"][0]).numpy()
     baseline_rss = rss_gib()
     start = time.perf_counter()
@@ -130,14 +132,15 @@ def run_one(spec: str) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     gpus = tf.config.list_logical_devices("GPU")
     tensor_peak = tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**30 if gpus else None
-    graph_ops = sum(1 for _ in operations(meta_step_graph(learner, meta_batch, 1, 1, s)))
+    graph_ops = sum(1 for _ in operations(meta_step_graph(learner, meta_batch, 1, FLAGS.queries, s)))
     return {"first_step_s": first, "times": times, "flops": conv_flops(model, s), "peak_rss_gib": peak,
             "working_set_gib": peak - baseline_rss, "graph_ops": graph_ops, "tensor_peak_gib": tensor_peak}
 
 
 def child(spec: str) -> dict:
     cmd = [sys.executable, __file__, f"--one={spec}", f"--size={FLAGS.size}", f"--width={FLAGS.width}",
-           f"--repeats={FLAGS.repeats}", f"--jit_compile={FLAGS.jit_compile}"]
+           f"--repeats={FLAGS.repeats}", f"--jit_compile={FLAGS.jit_compile}", f"--queries={FLAGS.queries}",
+           f"--memory_saving={FLAGS.memory_saving}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -185,7 +188,8 @@ def main(argv):
     print(f"bfloat16: {support} ({meaning})")
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
     print(f"matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s")
-    print(f"Meta-DRN {FLAGS.size}x{FLAGS.size}, width {FLAGS.width}, k=1, q=1, XLA {FLAGS.jit_compile}")
+    print(f"Meta-DRN {FLAGS.size}x{FLAGS.size}, width {FLAGS.width}, k=1, q={FLAGS.queries}, XLA {FLAGS.jit_compile}, "
+          f"memory saving {FLAGS.memory_saving}")
     if FLAGS.peer:
         peer_table()
         return

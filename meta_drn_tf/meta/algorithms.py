@@ -57,9 +57,25 @@ class MAML(Algorithm):
 
     def task_gradients(self, learner, task, phase=None, loss_weights=None):
         phase = phase or learner.phase(epoch=0)
+        if learner.config.memory_saving:
+            return self._memory_saving_gradients(learner, task, phase)
         with tf.GradientTape() as tape:
             objective, loss = learner.query_objective(task, phase, loss_weights)
         return learner.gradients(tape, objective, learner.meta_variables), loss
+
+    def _memory_saving_gradients(self, learner, task, phase):
+        """The chain rule in two parts: the queries' gradient at the adapted weights, one query at a
+        time, then one backward pass through the inner loop seeded with it."""
+        steps = learner.config.inner_steps
+        with tf.GradientTape() as tape:
+            theta = learner.initial_weights()
+            fast, _ = learner.inner_loop(theta, task["support_images"], task["support_masks"], steps,
+                                         phase.second_order)
+            weights = learner.weights_at(theta, fast, steps - 1)
+        query_grads, loss = learner.query_gradient(weights, task["query_images"], task["query_masks"])
+        grads = tape.gradient(weights, learner.meta_variables, output_gradients=query_grads,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return grads, loss
 
 
 class FOMAML(MAML):
@@ -78,6 +94,8 @@ class FOMAML(MAML):
         fast, _ = learner.inner_loop(theta, task["support_images"], task["support_masks"], steps, False)
         weights = learner.weights_at(theta, fast, steps - 1)
         # d fast / d theta is the identity once the inner gradients are constants.
+        if learner.config.memory_saving:
+            return learner.query_gradient(weights, task["query_images"], task["query_masks"])
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(weights)
             loss = learner.loss(weights, task["query_images"], task["query_masks"])

@@ -64,6 +64,8 @@ class MetaConfig:
         per_step_norm: MAML++'s normalization γ/β per inner step, meta-learned.
         adapt_layers: what the inner loop updates: "all", "head" (the dilated
             head at the input) or "upsample" (the output layer, ANIL).
+        memory_saving: backpropagate the queries one at a time to the adapted
+            weights, then once through the inner loop (the same gradient).
     """
 
     algorithm: str = "maml"
@@ -78,6 +80,7 @@ class MetaConfig:
     first_order_epochs: int = 0
     per_step_norm: bool = False
     adapt_layers: str = "all"
+    memory_saving: bool = False
 
     def __post_init__(self):
         if self.algorithm not in algorithms.ALGORITHMS:
@@ -91,7 +94,8 @@ class MetaConfig:
         if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
         problems = list(algorithm_problems(self.algorithm, self.lslr, self.multi_step_loss_epochs,
-                                           self.first_order_epochs, self.per_step_norm, self.adapt_layers))
+                                           self.first_order_epochs, self.per_step_norm, self.adapt_layers,
+                                           self.memory_saving))
         if problems:
             raise ValueError("; ".join(f"{name}: {why}" for name, why in problems))
 
@@ -333,6 +337,30 @@ class Adapter(tf.Module):
         for j, t in enumerate(THRESHOLDS):
             logs[f"iou@{t}"] = scores[:, j + 1]
         return logs
+
+    def query_gradient(self, weights: Sequence[tf.Tensor], images: tf.Tensor,
+                       masks: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """d(query loss)/d weights and the loss, one query at a time (`memory_saving`).
+
+        The loss is the mean over queries of equal size, so its gradient is the
+        mean of the per-query gradients; a `tf.while_loop` computes them in turn,
+        holding one query's activations at a time.
+        """
+        queries = tf.shape(images)[0]
+
+        def one_query(i, grads, loss):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(weights)
+                query_loss = self.loss(weights, images[i : i + 1], masks[i : i + 1])
+            return i + 1, [a + g for a, g in zip(grads, self.gradients(tape, query_loss, weights))], loss + query_loss
+
+        _, grads, loss = tf.while_loop(
+            lambda i, *_: i < queries, one_query,
+            (tf.constant(0), [tf.zeros_like(w) for w in weights], tf.constant(0.0, weights[0].dtype)),
+            parallel_iterations=1,
+        )
+        count = tf.cast(queries, weights[0].dtype)
+        return [g / tf.cast(count, g.dtype) for g in grads], loss / count
 
     def query_objective(self, task, phase: Phase, loss_weights: tf.Tensor | None = None):
         """The meta-objective of one task: the query loss after adapting to its support.
