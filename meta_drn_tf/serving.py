@@ -199,4 +199,4 @@ def serving_module(
     adapter.model.set_weights(learner.model.get_weights())
     for target, source in zip(adapter.extra_variables, learner.extra_variables, strict=True):
         target.assign(source)
-    return ServingModule(adapter, image_size, inner_steps or config.inner_steps)
+    return ServingModule(adapter, image_size, inner_steps)

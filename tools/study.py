@@ -103,10 +103,10 @@ def train_one(name: str, seed: int) -> Outcome:
     start = time.time()
     child = subprocess.Popen([sys.executable, "-m", "meta_drn_tf.train", f"--flagfile={flagfile}"])
     _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)  # os.wait4 reaped it
-    if child.returncode:
-        cli.fail(f"{name} seed {seed} failed (exit {child.returncode}); its run is in {config.model_dir}; "
-                 "run the study again to resume it", child.returncode)
+    code = os.waitstatus_to_exitcode(status)  # os.wait4 reaped the child: Popen never sees its status
+    if code:
+        cli.fail(f"{name} seed {seed} failed (exit {code}); its run is in {config.model_dir}; "
+                 "run the study again to resume it", code)
     wall = time.time() - start
     with open(os.path.join(config.model_dir, "test", "summary.json")) as f:
         test = next(iter(json.load(f).values()))
