@@ -10,6 +10,7 @@ import keras
 from keras import layers, ops
 
 from meta_drn_tf.conv import same_conv2d
+from meta_drn_tf.norm import instance_norm
 
 PACKAGE = "meta_drn_tf"
 LEAKY_SLOPE = 0.1
@@ -44,18 +45,12 @@ class InstanceNorm(layers.Layer):
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
 
-    def call(self, inputs):
+    def call(self, inputs, leaky_slope: float | None = None):
+        """Normalizes `inputs`; `leaky_slope` also applies LeakyReLU (one op, one gradient)."""
         # Statistics in float32 even under a bfloat16/float16 policy.
         stats_dtype = "float64" if self.compute_dtype == "float64" else "float32"
-        x = ops.cast(inputs, stats_dtype)
-        # Not ops.moments/tf.nn.moments: they stop the gradient through the mean
-        # inside the variance, which is exact to first order only and would make
-        # MAML's second-order meta-gradient wrong.
-        mean = ops.mean(x, axis=[1, 2], keepdims=True)
-        variance = ops.mean(ops.square(x - mean), axis=[1, 2], keepdims=True)
-        gamma = ops.cast(self.gamma, stats_dtype)
-        beta = ops.cast(self.beta, stats_dtype)
-        y = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
+        y = instance_norm(ops.cast(inputs, stats_dtype), ops.cast(self.gamma, stats_dtype),
+                          ops.cast(self.beta, stats_dtype), self.epsilon, leaky_slope)
         return ops.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -146,6 +141,8 @@ class ConvNormAct(layers.Layer):
             x = same_conv2d(inputs, ops.cast(self.conv.kernel, inputs.dtype), self.dilation_rate)
         else:
             x = self.conv(inputs)
+        if isinstance(self.norm, InstanceNorm):
+            return self.norm(x, leaky_slope=LEAKY_SLOPE if self.act is not None else None)
         x = self.norm(x)
         return self.act(x) if self.act is not None else x
 

@@ -111,12 +111,13 @@ def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
     expected = np.load(os.path.join(LEGACY, "io.npz"))
     images, support_mask = expected["images"], expected["support_mask"]
     loaded = keras.saving.load_model(os.path.join(LEGACY, "model.keras"), safe_mode=True)
-    np.testing.assert_array_equal(loaded(images).numpy(), expected["logits"])
+    # Equal up to float rounding: the normalization's arithmetic is ordered differently now.
+    np.testing.assert_allclose(loaded(images).numpy(), expected["logits"], atol=1e-5)
 
     learner = MetaLearner(build_meta_drn(16, 0.03125), MetaConfig("metasgd", inner_lr=0.3))
     status = tf.train.Checkpoint(learner=learner).read(os.path.join(LEGACY, "checkpoint", "ckpt"))
     status.assert_existing_objects_matched()
-    np.testing.assert_array_equal(learner.model(images).numpy(), expected["logits"])
+    np.testing.assert_allclose(learner.model(images).numpy(), expected["logits"], atol=1e-5)
     fast = learner.adapt(images[:1], support_mask)
     np.testing.assert_allclose(learner.predict(fast, images[1:]).numpy(), expected["adapted_probabilities"], atol=1e-6)
 
