@@ -23,9 +23,11 @@ TensorFlow's peak tensor memory where the device reports it (GPUs).
 
     python tools/benchmark.py --peer=/path/to/venv-with-torch/bin/python [--algos maml,fomaml]
 
-also runs the PyTorch peer (`--peer_script`, default ../shared/bench/torch_peer.py:
-the same network with torch.func) alternately with each configuration and
-prints a ratio table (this project / peer; below 1 is better).
+also runs the PyTorch peer (`--peer_script`, default tools/torch_peer.py: a copy
+of ../shared/bench/torch_peer.py, the same network with torch.func, that also
+prints its RSS after building the model and one forward pass) alternately with
+each configuration and prints a ratio table (this project / peer; below 1 is
+better), working sets measured alike on both sides.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
 flags.DEFINE_integer("queries", 1, "Query images per task (q).")
 flags.DEFINE_bool("memory_saving", False, "The opt-in memory mode (queries backpropagated one at a time).")
 flags.DEFINE_string("peer", None, "A Python interpreter with torch: also run the PyTorch peer and print ratios.")
-flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
-                                                "torch_peer.py"), "The PyTorch peer benchmark script.")
+flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "torch_peer.py"),
+                    "The PyTorch peer benchmark script (default: tools/torch_peer.py, the copy of "
+                    "../shared/bench/torch_peer.py that also reports its RSS before the first step).")
 FLAGS = flags.FLAGS
 
 FLOP_MULTIPLE = {"maml": 10, "metasgd": 10, "fomaml": 6, "reptile": 30}
@@ -150,27 +153,34 @@ PEER_MODES = {"maml": "second", "fomaml": "first"}
 
 
 def peer(precision: str, algo: str) -> dict:
-    """The PyTorch peer's median step time and peak RSS for one row."""
+    """The PyTorch peer's median step time, peak RSS and (where its script reports it) working set for one row."""
     cmd = [FLAGS.peer, FLAGS.peer_script, str(FLAGS.size), precision, PEER_MODES[algo]]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
-    return {"seconds": float(out[out.index("median") + 1]), "peak_rss_gib": float(out[out.index("peak_rss_gib") + 1])}
+    peak = float(out[out.index("peak_rss_gib") + 1])
+    baseline = float(out[out.index("baseline_rss_gib") + 1]) if "baseline_rss_gib" in out else None
+    return {"seconds": float(out[out.index("median") + 1]), "peak_rss_gib": peak,
+            "working_set_gib": None if baseline is None else peak - baseline}
 
 
 def peer_table() -> None:
     """This project and the peer alternately, row by row, and their ratios."""
     if FLAGS.width != 1.0:
         print(f"note: the peer is always the full-width network; this run uses --width={FLAGS.width}")
-    print("| row | this project (s, peak RSS GiB, working set GiB) | peer (s, peak RSS GiB) "
-          "| time ratio | peak RSS ratio |")
-    print("|---|---|---|---|---|")
+    print("| row | this project (s, peak RSS GiB, working set GiB) | peer (s, peak RSS GiB, working set GiB) "
+          "| time ratio | peak RSS ratio | working set ratio |")
+    print("|---|---|---|---|---|---|")
     for algo in [a for a in FLAGS.algos if a in PEER_MODES]:
         for precision in FLAGS.precisions:
             ours = child(f"{algo},{precision},1")
             theirs = peer(precision, algo)
             seconds = statistics.median(ours["times"])
+            their_set = theirs["working_set_gib"]
+            their_set, set_ratio = ("n/a", "n/a") if their_set is None else (
+                f"{their_set:.2f}", f"{ours['working_set_gib'] / their_set:.2f}")
             print(f"| {algo} {precision} | {seconds:.2f}, {ours['peak_rss_gib']:.2f}, {ours['working_set_gib']:.2f} "
-                  f"| {theirs['seconds']:.2f}, {theirs['peak_rss_gib']:.2f} | {seconds / theirs['seconds']:.2f} "
-                  f"| {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f} |", flush=True)
+                  f"| {theirs['seconds']:.2f}, {theirs['peak_rss_gib']:.2f}, {their_set} "
+                  f"| {seconds / theirs['seconds']:.2f} | {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f} "
+                  f"| {set_ratio} |", flush=True)
 
 
 def main(argv):
