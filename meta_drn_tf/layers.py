@@ -259,7 +259,9 @@ class SubPixelUpsample(layers.Layer):
         self.conv.build(input_shape)
 
     def call(self, inputs):
-        return ops.depth_to_space(self.conv(inputs), self.scale, data_format="channels_last")
+        # The conv layer's own weights, through the convolution with faster gradients (see ConvNormAct).
+        x = same_conv2d(inputs, ops.cast(self.conv.kernel, inputs.dtype)) + ops.cast(self.conv.bias, inputs.dtype)
+        return ops.depth_to_space(x, self.scale, data_format="channels_last")
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
