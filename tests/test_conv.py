@@ -23,10 +23,14 @@ def _first_and_second_order(conv, x, kernel):
     return [y, gx, gk] + outer.gradient(objective, [x, kernel])
 
 
-@pytest.mark.parametrize("dilation, size, graph", [(1, 3, False), (2, 3, True), (4, 3, False), (1, 1, True)])
-def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, graph):
-    x = tf.random.stateless_normal([2, 9, 10, 3], seed=[0, 1], dtype=tf.float64)
-    kernel = tf.random.stateless_normal([size, size, 3, 4], seed=[2, 3], dtype=tf.float64)
+# Channels 3 -> 4 and 5 -> 2: the kernel gradient shifts the input, or the output gradient.
+@pytest.mark.parametrize("dilation, size, graph, channels", [
+    (1, 3, False, (3, 4)), (2, 3, True, (3, 4)), (4, 3, False, (5, 2)), (1, 1, True, (3, 4)), (2, 3, True, (5, 2)),
+    (1, 1, False, (5, 2)),
+])
+def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, graph, channels):
+    x = tf.random.stateless_normal([2, 9, 10, channels[0]], seed=[0, 1], dtype=tf.float64)
+    kernel = tf.random.stateless_normal([size, size, *channels], seed=[2, 3], dtype=tf.float64)
     ours = lambda x, k: _first_and_second_order(lambda a, b: same_conv2d(a, b, dilation), x, k)  # noqa: E731
     ours = tf.function(ours) if graph else ours
     expected = _first_and_second_order(lambda a, b: _reference(a, b, dilation), x, kernel)
