@@ -9,10 +9,10 @@ dilation 1, 99 vs 171 ms at dilation 2, 110 vs 354 ms at dilation 4, where
 the dilated backward pass works on the space-to-batch layout), and a MAML
 step computes such gradients several times per convolution (inner gradient,
 then its second-order terms). The gradient is itself built from this
-convolution, so every order of differentiation gets the faster form. The
-kernel gradient is one matrix product per kernel tap (faster than TensorFlow's
-`Conv2DBackpropFilter` here), and its own gradients (second order) are forward
-convolutions: <dK, g> = <conv(x, g), dy>.
+convolution, so every order of differentiation gets the faster form. On CPUs
+the kernel gradient is one matrix product per kernel tap (faster than
+TensorFlow's `Conv2DBackpropFilter` there; on GPUs it is TensorFlow's), and its
+own gradients (second order) are forward convolutions: <dK, g> = <conv(x, g), dy>.
 """
 
 from __future__ import annotations
@@ -56,16 +56,30 @@ def _conv_with_forward_input_gradient(dilation: int):
         return convolve(x, kernel), grad
 
     def kernel_gradient(x, dy, kernel):
-        """d<conv(x, kernel), dy>/d kernel, as one matrix product per kernel tap; differentiable through `conv`."""
+        """d<conv(x, kernel), dy>/d kernel; differentiable through `conv`."""
 
         @tf.custom_gradient
         def gradient(x, dy):
+            if kernel_gradient_by_taps():
+                value = _kernel_gradient_by_taps(x, dy, kernel.shape, dilation)
+            else:
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    placeholder = tf.zeros_like(kernel)
+                    tape.watch(placeholder)
+                    y = convolve(x, placeholder)  # only its gradient graph is used (pruned in tf.function)
+                value = tape.gradient(y, placeholder, output_gradients=dy)
             # <dK, g> = <conv(x, g), dy>: its gradients are two forward convolutions.
-            return _kernel_gradient_by_taps(x, dy, kernel.shape, dilation), lambda g: (conv(dy, _flip(g)), conv(x, g))
+            return value, lambda g: (conv(dy, _flip(g)), conv(x, g))
 
         return gradient(x, dy)
 
     return conv
+
+
+def kernel_gradient_by_taps() -> bool:
+    """Whether kernel gradients are computed tap by tap: on CPUs. With a GPU, cuDNN's kernel
+    gradient is one launch where the taps would be nine matrix products and eight copies."""
+    return not tf.config.list_logical_devices("GPU")
 
 
 def _kernel_gradient_by_taps(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation: int) -> tf.Tensor:

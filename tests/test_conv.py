@@ -3,6 +3,7 @@
 import pytest
 import tensorflow as tf
 
+from meta_drn_tf import conv as conv_module
 from meta_drn_tf.conv import same_conv2d
 
 
@@ -28,7 +29,9 @@ def _first_and_second_order(conv, x, kernel):
     (1, 3, False, (3, 4)), (2, 3, True, (3, 4)), (4, 3, False, (5, 2)), (1, 1, True, (3, 4)), (2, 3, True, (5, 2)),
     (1, 1, False, (5, 2)),
 ])
-def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, graph, channels):
+@pytest.mark.parametrize("by_taps", [True, False])  # False: the GPU's choice, TensorFlow's kernel gradient
+def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, graph, channels, by_taps, monkeypatch):
+    monkeypatch.setattr(conv_module, "kernel_gradient_by_taps", lambda: by_taps)
     x = tf.random.stateless_normal([2, 9, 10, channels[0]], seed=[0, 1], dtype=tf.float64)
     kernel = tf.random.stateless_normal([size, size, *channels], seed=[2, 3], dtype=tf.float64)
     ours = lambda x, k: _first_and_second_order(lambda a, b: same_conv2d(a, b, dilation), x, k)  # noqa: E731
