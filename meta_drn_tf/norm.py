@@ -62,11 +62,16 @@ def _norm_with_closed_form_gradient(epsilon: float, leaky_slope: float | None):
                 # The activation's output has its input's sign (slope > 0), so it can stand for it.
                 dy = tf.raw_ops.LeakyReluGrad(gradients=dy, features=y, alpha=leaky_slope)
             mean, inv_std = _statistics(x, epsilon)
-            x_hat = (x - mean) * inv_std
-            sum_dy = tf.reduce_sum(dy, axis=[1, 2], keepdims=True)
-            sum_dy_x_hat = tf.reduce_sum(dy * x_hat, axis=[1, 2], keepdims=True)
             pixels = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
-            dx = (gamma * inv_std) * (dy - (sum_dy + x_hat * sum_dy_x_hat) / pixels)
+            # dx = gamma r (dy - mean(dy) - x_hat mean(dy x_hat)) with x_hat = r (x - mean), expanded
+            # into dy * a + x * b + c with per-image, per-channel a, b, c: no full-size tensor but dy
+            # and x is made, so none is kept for the second-order terms but those two.
+            sum_dy = tf.reduce_sum(dy, axis=[1, 2], keepdims=True)
+            sum_dy_x_hat = inv_std * (tf.reduce_sum(dy * x, axis=[1, 2], keepdims=True) - mean * sum_dy)
+            a = gamma * inv_std
+            b = -a * inv_std * sum_dy_x_hat / pixels
+            c = a * (inv_std * mean * sum_dy_x_hat - sum_dy) / pixels
+            dx = dy * a + (x * b + c)
             return dx, tf.reduce_sum(sum_dy_x_hat, axis=[0, 1, 2]), tf.reduce_sum(sum_dy, axis=[0, 1, 2])
 
         return y, grad
