@@ -10,10 +10,11 @@ in its own process, so the peak is its own), and the achieved GFLOP/s
 against a float32 matmul peak measured in the same run.
 
 FLOPs: F is one forward pass's convolution FLOPs for one image (counted from
-the layer shapes). A backward pass costs about 2F, so a meta-step costs about
-  MAML / Meta-SGD (1 inner step, second order)  10F
-  FOMAML                                          6F
-  Reptile (5 steps on support + query = 2 images) 30F
+the layer shapes). A backward pass costs about 2F, so a meta-step with q
+queries costs about
+  MAML / Meta-SGD (1 inner step, second order)    (7 + 3q)F   (10F at q = 1)
+  FOMAML                                          (3 + 3q)F    (6F)
+  Reptile (5 steps on support + query images)   15(1 + q)F   (30F)
 and achieved GFLOP/s = multiple x F x tasks / seconds.
 
 Also, per configuration: the working set (peak RSS minus the RSS after
@@ -61,7 +62,9 @@ flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "torc
                     "../shared/bench/torch_peer.py that also reports its RSS before the first step).")
 FLAGS = flags.FLAGS
 
-FLOP_MULTIPLE = {"maml": 10, "metasgd": 10, "fomaml": 6, "reptile": 30}
+# A meta-step's FLOPs in forward passes of one image, for q queries (see the module docstring).
+FLOP_MULTIPLE = {"maml": lambda q: 7 + 3 * q, "metasgd": lambda q: 7 + 3 * q, "fomaml": lambda q: 3 + 3 * q,
+                 "reptile": lambda q: 15 * (1 + q)}
 
 
 def conv_flops(model, size: int) -> float:
@@ -214,12 +217,13 @@ def main(argv):
             five = child(f"{algo},{precision},5") if precision in FLAGS.memory_precisions else None
             seconds = statistics.median(one["times"])
             f = one["flops"]
-            gflops = FLOP_MULTIPLE[algo] * f / seconds / 1e9
+            multiple = FLOP_MULTIPLE[algo](FLAGS.queries)
+            gflops = multiple * f / seconds / 1e9
             mb5 = f"{five['peak_rss_gib']:.2f} | {five['peak_rss_gib'] / one['peak_rss_gib']:.2f}" if five else "- | -"
             tensor_peak = "n/a (CPU)" if one["tensor_peak_gib"] is None else f"{one['tensor_peak_gib']:.2f}"
             print(f"| {algo} | {precision} | {seconds:.2f} | {1 / seconds:.2f} | {one['peak_rss_gib']:.2f} | {mb5} | "
                   f"{one['working_set_gib']:.2f} | {one['graph_ops']} | {tensor_peak} | "
-                  f"{FLOP_MULTIPLE[algo]}F = {FLOP_MULTIPLE[algo] * f / 1e9:.0f} G | {gflops:.0f} | "
+                  f"{multiple}F = {multiple * f / 1e9:.0f} G | {gflops:.0f} | "
                   f"{100 * gflops / peak32:.0f}% |", flush=True)
     print(f"F (one forward pass, one image) = {one['flops'] / 1e9:.1f} GFLOP")
 
