@@ -7,8 +7,10 @@ about fifteen elementwise passes over them. The closed form
 
     dx = gamma * r * (dy - mean(dy) - xhat * mean(dy * xhat)),   r = rsqrt(var + eps)
 
-needs only the layer's input and output, and the gradient is written in
-differentiable ops that recompute the statistics from the input, so the
+needs only the layer's input and output (expanded as below, the only
+full-size tensor it makes is dy, so second-order terms keep nothing else),
+and the gradient is written in differentiable ops that recompute the
+statistics from the input, so the
 second-order terms MAML and Meta-SGD differentiate are exact (inside a
 `tf.custom_gradient` the forward pass is not recorded on outer tapes: a
 statistic reused from it would be a constant to them). In a `tf.function`
