@@ -60,7 +60,7 @@ def _conv_with_forward_input_gradient(dilation: int):
 
         @tf.custom_gradient
         def gradient(x, dy):
-            if kernel_gradient_by_taps():
+            if kernel_gradient_by_taps(x.shape, kernel.shape):
                 value = _kernel_gradient_by_taps(x, dy, kernel.shape, dilation)
             else:
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -76,10 +76,19 @@ def _conv_with_forward_input_gradient(dilation: int):
     return conv
 
 
-def kernel_gradient_by_taps() -> bool:
-    """Whether kernel gradients are computed tap by tap: on CPUs. With a GPU, cuDNN's kernel
-    gradient is one launch where the taps would be nine matrix products and eight copies."""
-    return not tf.config.list_logical_devices("GPU")
+# Below this many FLOPs per tap (rows x C_in x C_out x 2), one TensorFlow op beats nine small
+# products and their copies: per-op overhead dominates at the tests' and the quickstart's sizes.
+MIN_TAP_FLOPS = 2**24
+
+
+def kernel_gradient_by_taps(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape) -> bool:
+    """Whether the kernel gradient is computed tap by tap: on CPUs, for large enough layers
+    (every layer of the full-width network at 224x224). With a GPU, cuDNN's kernel gradient is
+    one launch where the taps would be nine matrix products and eight copies."""
+    if tf.config.list_logical_devices("GPU"):
+        return False
+    rows = input_shape[0:3].num_elements()  # None while the batch or image size is unknown
+    return rows is not None and 2 * rows * kernel_shape[2] * kernel_shape[3] >= MIN_TAP_FLOPS
 
 
 def _kernel_gradient_by_taps(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation: int) -> tf.Tensor:

@@ -31,7 +31,7 @@ def _first_and_second_order(conv, x, kernel):
 ])
 @pytest.mark.parametrize("by_taps", [True, False])  # False: the GPU's choice, TensorFlow's kernel gradient
 def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, graph, channels, by_taps, monkeypatch):
-    monkeypatch.setattr(conv_module, "kernel_gradient_by_taps", lambda: by_taps)
+    monkeypatch.setattr(conv_module, "kernel_gradient_by_taps", lambda *shapes: by_taps)
     x = tf.random.stateless_normal([2, 9, 10, channels[0]], seed=[0, 1], dtype=tf.float64)
     kernel = tf.random.stateless_normal([size, size, *channels], seed=[2, 3], dtype=tf.float64)
     ours = lambda x, k: _first_and_second_order(lambda a, b: same_conv2d(a, b, dilation), x, k)  # noqa: E731
@@ -44,3 +44,10 @@ def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, g
 def test_even_kernels_are_refused():
     with pytest.raises(ValueError, match="odd kernel"):
         same_conv2d(tf.zeros([1, 4, 4, 1]), tf.zeros([2, 2, 1, 1]))
+
+
+def test_taps_only_for_large_layers_of_known_size():
+    big, small = tf.TensorShape([1, 224, 224, 64]), tf.TensorShape([2, 16, 16, 4])
+    assert conv_module.kernel_gradient_by_taps(big, tf.TensorShape([3, 3, 64, 64]))
+    assert not conv_module.kernel_gradient_by_taps(small, tf.TensorShape([3, 3, 4, 8]))
+    assert not conv_module.kernel_gradient_by_taps(tf.TensorShape([1, None, None, 64]), tf.TensorShape([3, 3, 64, 64]))
