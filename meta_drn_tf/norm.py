@@ -8,9 +8,8 @@ about fifteen elementwise passes over them. The closed form
     dx = gamma * r * (dy - mean(dy) - xhat * mean(dy * xhat)),   r = rsqrt(var + eps)
 
 needs only the layer's input and output (expanded as below, the only
-full-size tensors its own gradient reads are x and dy),
-and the gradient is written in differentiable ops that recompute the
-statistics from the input, so the
+full-size tensors its own gradient reads are x and dy). It is written in
+differentiable ops that recompute the statistics from the input, so the
 second-order terms MAML and Meta-SGD differentiate are exact (inside a
 `tf.custom_gradient` the forward pass is not recorded on outer tapes: a
 statistic reused from it would be a constant to them). In a `tf.function`
