@@ -1,0 +1,44 @@
+"""The process set-up the apps do: glibc's malloc limited to one arena before TensorFlow starts."""
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
+
+# Starts TensorFlow as an app does (or by a plain import), runs ops on its thread pools, then
+# counts malloc's arenas ("Arena N:" lines of glibc's malloc_stats, printed on stderr).
+SCRIPT = textwrap.dedent("""
+    import ctypes, sys
+    from meta_drn_tf import cli
+    if sys.argv[1] == "app":
+        cli.start_tensorflow(False)
+    import tensorflow as tf
+    x = tf.random.normal([128, 128])
+    for _ in range(10):
+        x = tf.nn.relu(tf.matmul(x, x) / 128.0)
+    conv = tf.function(lambda a: tf.reduce_sum(tf.nn.conv2d(a, tf.ones([3, 3, 8, 8]), 1, "SAME")))
+    conv(tf.ones([2, 64, 64, 8])).numpy()
+    sys.stderr.flush()
+    ctypes.CDLL("libc.so.6").malloc_stats()
+""")
+
+
+def _arenas(start: str, **env: str) -> int:
+    environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
+    result = subprocess.run([sys.executable, "-c", SCRIPT, start], capture_output=True, text=True,
+                            env=environment, timeout=300, check=True)
+    return sum(line.startswith("Arena ") for line in result.stderr.splitlines())
+
+
+def test_apps_run_tensorflow_on_one_malloc_arena():
+    assert _arenas("plain import") > 1  # glibc's default: an arena per thread
+    assert _arenas("app") == 1
+
+
+def test_a_users_malloc_arena_max_wins():
+    assert _arenas("app", MALLOC_ARENA_MAX="3") == 3
