@@ -51,25 +51,42 @@ def _conv_with_forward_input_gradient(dilation: int):
     @tf.custom_gradient
     def conv(x, kernel):
         def grad(dy):
-            return conv(dy, _flip(kernel)), kernel_gradient(x, dy, kernel)
+            return conv_flipped(dy, kernel), kernel_gradient(x, dy, kernel.shape)
 
         return convolve(x, kernel), grad
 
-    def kernel_gradient(x, dy, kernel):
-        """d<conv(x, kernel), dy>/d kernel; differentiable through `conv`."""
+    @tf.custom_gradient
+    def conv_flipped(x, kernel):
+        """conv(x, _flip(kernel)), the input gradient, as a function of the unflipped kernel: its
+        own gradients (second order) need `kernel` itself, which the weights keep alive anyway,
+        where a flipped copy would be kept for them and flipped back."""
+
+        def grad(dy):
+            # _flip is a permutation and its own inverse: its adjoint is itself.
+            k_h, k_w, c_in, c_out = kernel.shape
+            return conv(dy, kernel), _flip(kernel_gradient(x, dy, tf.TensorShape([k_h, k_w, c_out, c_in])))
+
+        # Not before x exists: the kernels are there from the start of a step, and every layer's
+        # flipped copy would be made then and kept until the backward pass reaches the layer.
+        with tf.control_dependencies([x]):
+            flipped = _flip(kernel)
+        return convolve(x, flipped), grad
+
+    def kernel_gradient(x, dy, kernel_shape):
+        """d<conv(x, kernel), dy>/d kernel for a kernel of `kernel_shape`; differentiable through `conv`."""
 
         @tf.custom_gradient
         def gradient(x, dy):
-            if kernel_gradient_by_taps(x.shape, kernel.shape):
-                value = _kernel_gradient_by_taps(x, dy, kernel.shape, dilation)
+            if kernel_gradient_by_taps(x.shape, kernel_shape):
+                value = _kernel_gradient_by_taps(x, dy, kernel_shape, dilation)
             else:
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    placeholder = tf.zeros_like(kernel)
+                    placeholder = tf.zeros(kernel_shape, x.dtype)
                     tape.watch(placeholder)
                     y = convolve(x, placeholder)  # only its gradient graph is used (pruned in tf.function)
                 value = tape.gradient(y, placeholder, output_gradients=dy)
             # <dK, g> = <conv(x, g), dy>: its gradients are two forward convolutions.
-            return value, lambda g: (conv(dy, _flip(g)), conv(x, g))
+            return value, lambda g: (conv_flipped(dy, g), conv(x, g))
 
         return gradient(x, dy)
 

@@ -41,6 +41,27 @@ def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, g
         tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
 
 
+def _third_order(conv, x, kernel):
+    """Gradients of a scalar of `_first_and_second_order`'s second-order gradients."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        d2x, d2k = _first_and_second_order(conv, x, kernel)[3:]
+        objective = tf.reduce_sum(tf.sin(d2x)) + tf.reduce_sum(d2k * kernel)
+    return tape.gradient(objective, [x, kernel])
+
+
+# Third order reaches the kernel gradient's own gradient, and the flipped convolution's.
+@pytest.mark.parametrize("by_taps", [True, False])
+def test_third_order_gradients_match_tensorflows(by_taps, monkeypatch):
+    monkeypatch.setattr(conv_module, "kernel_gradient_by_taps", lambda *shapes: by_taps)
+    x = tf.random.stateless_normal([1, 6, 7, 3], seed=[4, 5], dtype=tf.float64)
+    kernel = tf.random.stateless_normal([3, 3, 3, 2], seed=[6, 7], dtype=tf.float64)
+    ours = _third_order(lambda a, b: same_conv2d(a, b, 2), x, kernel)
+    expected = _third_order(lambda a, b: _reference(a, b, 2), x, kernel)
+    for name, a, b in zip(("d3/dx", "d3/dkernel"), ours, expected):
+        tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
+
+
 def test_even_kernels_are_refused():
     with pytest.raises(ValueError, match="odd kernel"):
         same_conv2d(tf.zeros([1, 4, 4, 1]), tf.zeros([2, 2, 1, 1]))

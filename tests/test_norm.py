@@ -40,6 +40,26 @@ def test_values_and_gradients_of_both_orders_match_the_composite(slope, graph):
         tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
 
 
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_third_order_gradients_match_the_composite(slope):
+    x = tf.random.stateless_normal([2, 4, 3, 2], seed=[6, 7], dtype=tf.float64) * 2.0 + 0.5
+    gamma = tf.random.stateless_normal([2], seed=[8, 9], dtype=tf.float64)
+    beta = tf.random.stateless_normal([2], seed=[10, 11], dtype=tf.float64)
+
+    def third_order(norm):
+        variables = [x, gamma, beta]
+        with tf.GradientTape() as tape:
+            tape.watch(variables)
+            d2x, d2gamma, d2beta = _first_and_second_order(norm, x, gamma, beta)[4:]
+            objective = tf.reduce_sum(tf.cos(d2x)) + tf.reduce_sum(d2gamma * d2beta)
+        return tape.gradient(objective, variables)
+
+    ours = third_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, slope))
+    expected = third_order(lambda x, g, b: _reference(x, g, b, 1e-3, slope))
+    for name, a, b in zip(("d3/dx", "d3/dgamma", "d3/dbeta"), ours, expected):
+        tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
+
+
 def test_non_positive_slopes_are_refused():
     with pytest.raises(ValueError, match="leaky_slope must be positive"):
         instance_norm(tf.zeros([1, 2, 2, 1]), tf.ones([1]), tf.zeros([1]), 1e-3, leaky_slope=0.0)
