@@ -50,10 +50,25 @@ def _conv_with_forward_input_gradient(dilation: int):
 
     @tf.custom_gradient
     def conv(x, kernel):
-        def grad(dy):
-            return conv_flipped(dy, kernel), kernel_gradient(x, dy, kernel.shape)
+        return convolve(x, kernel), lambda dy: backward(x, dy, kernel)
 
-        return convolve(x, kernel), grad
+    @tf.custom_gradient
+    def backward(x, dy, kernel):
+        """conv's gradients (dx, dK) as one function, so that its own gradient sees both cotangents."""
+        k_h, k_w, c_in, c_out = kernel.shape
+
+        def second_order(g_dx, g_dk):
+            # g_dk (from the fast weights' cotangents) is known when the second-order pass starts;
+            # conv(x, g_dk) and conv_flipped(dy, g_dk) wait for g_dx, which arrives when the pass
+            # reaches this layer: otherwise every layer's full-size terms are made at the start
+            # and kept until then.
+            with tf.control_dependencies([g_dx]):
+                g_x = conv_flipped(dy, g_dk)
+                g_dy = conv(g_dx, kernel) + conv(x, g_dk)
+            flipped_shape = tf.TensorShape([k_h, k_w, c_out, c_in])
+            return g_x, g_dy, _flip(kernel_gradient(dy, g_dx, flipped_shape))
+
+        return (conv_flipped(dy, kernel), kernel_gradient(x, dy, kernel.shape)), second_order
 
     @tf.custom_gradient
     def conv_flipped(x, kernel):

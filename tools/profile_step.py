@@ -71,8 +71,9 @@ def layer_group(op_name: str) -> str:
     return "other (loss, updates, optimizer)"
 
 
-def main(argv):
-    del argv
+def profiled_step(steps: int, logdir: str, host_tracer_level: int = 2):
+    """Builds the flags' learner and a k = q = 1 task, warms up, profiles `steps` meta-steps into
+    `logdir`; returns the learner and the trace's path (`*.xplane.pb`)."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -90,11 +91,19 @@ def main(argv):
              "query_images": rng.uniform(size=(1, 1, s, s, 3)).astype("float32"),
              "query_masks": (rng.uniform(size=(1, 1, s, s, 1)) > 0.7).astype("float32")}
     learner.meta_train_step(batch)["loss"].numpy()  # trace and warm up outside the profile
-    tf.profiler.experimental.start(FLAGS.logdir)
-    for _ in range(FLAGS.steps):
+    options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=host_tracer_level)
+    tf.profiler.experimental.start(logdir, options)
+    for _ in range(steps):
         learner.meta_train_step(batch)["loss"].numpy()
     tf.profiler.experimental.stop()
-    path = max(glob.glob(os.path.join(FLAGS.logdir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
+    path = max(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
+    return learner, path
+
+
+def main(argv):
+    del argv
+    _, path = profiled_step(FLAGS.steps, FLAGS.logdir)
+    s = FLAGS.size
     records = kernel_times(path)
     total = sum(ms for _, _, ms in records)
 
