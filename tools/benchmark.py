@@ -20,7 +20,11 @@ and achieved GFLOP/s = multiple x F x tasks / seconds.
 Also, per configuration: the working set (peak RSS minus the RSS after
 building the model and one forward pass), the number of operations in the
 traced meta-step graph (loop bodies included: what a GPU launches), and
-TensorFlow's peak tensor memory where the device reports it (GPUs).
+TensorFlow's peak tensor memory with, in brackets, how much of it the step
+made (the peak minus the tensors alive before the step: weights, optimizer
+slots). GPUs report it; on a CPU it is measured in one more process per
+row, with TensorFlow's BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`), which
+keeps these statistics (tools/profile_memory.py shows what is alive at the peak).
 
     python tools/benchmark.py --peer=/path/to/venv-with-torch/bin/python [--algos maml,fomaml]
 
@@ -127,6 +131,12 @@ def run_one(spec: str) -> dict:
              "query_masks": (rng.uniform(size=(meta_batch, FLAGS.queries, s, s, 1)) > 0.7).astype("float32")}
     model(batch["support_images"][0]).numpy()
     baseline_rss = rss_gib()
+    gpus = tf.config.list_logical_devices("GPU")
+    bfc_cpu = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
+    device = gpus[0].name if gpus else "CPU:0" if bfc_cpu else None  # where TF keeps memory statistics
+    if device:
+        tf.config.experimental.reset_memory_stats(device)
+    tensors_before = tf.config.experimental.get_memory_info(device)["current"] / 2**30 if device else None
     start = time.perf_counter()
     learner.meta_train_step(batch)["loss"].numpy()
     first = time.perf_counter() - start
@@ -136,20 +146,33 @@ def run_one(spec: str) -> dict:
         learner.meta_train_step(batch)["loss"].numpy()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    gpus = tf.config.list_logical_devices("GPU")
-    tensor_peak = tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**30 if gpus else None
+    tensor_peak = tf.config.experimental.get_memory_info(device)["peak"] / 2**30 if device else None
     graph_ops = sum(1 for _ in operations(meta_step_graph(learner, meta_batch, 1, FLAGS.queries, s)))
     return {"first_step_s": first, "times": times, "flops": conv_flops(model, s), "peak_rss_gib": peak,
-            "working_set_gib": peak - baseline_rss, "graph_ops": graph_ops, "tensor_peak_gib": tensor_peak}
+            "working_set_gib": peak - baseline_rss, "graph_ops": graph_ops, "tensor_peak_gib": tensor_peak,
+            "tensors_before_gib": tensors_before}
 
 
-def child(spec: str) -> dict:
+def child(spec: str, bfc_cpu_allocator: bool = False) -> dict:
+    """`run_one(spec)` in a fresh process; with `bfc_cpu_allocator`, one timed step under TensorFlow's
+    BFC allocator on the CPU (for its tensor memory statistics)."""
     cmd = [sys.executable, __file__, f"--one={spec}", f"--size={FLAGS.size}", f"--width={FLAGS.width}",
-           f"--repeats={FLAGS.repeats}", f"--jit_compile={FLAGS.jit_compile}", f"--queries={FLAGS.queries}",
-           f"--memory_saving={FLAGS.memory_saving}"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
+           f"--repeats={1 if bfc_cpu_allocator else FLAGS.repeats}", f"--jit_compile={FLAGS.jit_compile}",
+           f"--queries={FLAGS.queries}", f"--memory_saving={FLAGS.memory_saving}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if bfc_cpu_allocator:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def tensor_memory(one: dict, spec: str) -> str:
+    """"peak (made by the step)" in GiB, from `one`'s device or a BFC-allocator run on the CPU."""
+    if one["tensor_peak_gib"] is None:
+        one = child(spec, bfc_cpu_allocator=True)
+    if one["tensor_peak_gib"] is None:
+        return "n/a"
+    return f"{one['tensor_peak_gib']:.2f} ({one['tensor_peak_gib'] - one['tensors_before_gib']:.2f})"
 
 
 PEER_MODES = {"maml": "second", "fomaml": "first"}
@@ -207,8 +230,8 @@ def main(argv):
         peer_table()
         return
     header = ("| algorithm | precision | s/meta-step (MB 1) | tasks/s | peak RSS MB 1 (GiB) | peak RSS MB 5 (GiB) "
-              "| MB5/MB1 | working set MB 1 (GiB) | graph ops | TF peak tensor memory (GiB) | FLOPs/step | GFLOP/s "
-              "| % of f32 peak |")
+              "| MB5/MB1 | working set MB 1 (GiB) | graph ops | TF peak tensor memory (step's) GiB | FLOPs/step "
+              "| GFLOP/s | % of f32 peak |")
     print(header)
     print("|" + "---|" * 13)
     for algo in FLAGS.algos:
@@ -220,7 +243,7 @@ def main(argv):
             multiple = FLOP_MULTIPLE[algo](FLAGS.queries)
             gflops = multiple * f / seconds / 1e9
             mb5 = f"{five['peak_rss_gib']:.2f} | {five['peak_rss_gib'] / one['peak_rss_gib']:.2f}" if five else "- | -"
-            tensor_peak = "n/a (CPU)" if one["tensor_peak_gib"] is None else f"{one['tensor_peak_gib']:.2f}"
+            tensor_peak = tensor_memory(one, f"{algo},{precision},1")
             print(f"| {algo} | {precision} | {seconds:.2f} | {1 / seconds:.2f} | {one['peak_rss_gib']:.2f} | {mb5} | "
                   f"{one['working_set_gib']:.2f} | {one['graph_ops']} | {tensor_peak} | "
                   f"{multiple}F = {multiple * f / 1e9:.0f} G | {gflops:.0f} | "

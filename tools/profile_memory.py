@@ -83,8 +83,8 @@ def main(argv):
     print(describe())
     s = FLAGS.size
     print(f"{FLAGS.algo}, {FLAGS.precision}, {s}x{s}, width {FLAGS.width}, k=q=1 (trace: {path})\n")
-    print(f"tensor memory: {start / 2**20:.0f} MiB before the step (weights, optimizer slots), "
-          f"peak {peak / 2**20:.0f} MiB; alive at the peak and made during the step: {made_in_step / 2**20:.0f} MiB\n")
+    print(f"tensor memory: {start / 2**20:.1f} MiB before the step (weights, optimizer slots), "
+          f"peak {peak / 2**20:.1f} MiB; alive at the peak and made during the step: {made_in_step / 2**20:.1f} MiB\n")
     tables = (("op type", lambda op: op_types.get(op, "(not in the trace)")),
               ("layer group", layer_group),
               ("op (name scope)", op_key))
