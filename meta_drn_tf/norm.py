@@ -97,15 +97,17 @@ def _norm_with_closed_form_gradient(epsilon: float, leaky_slope: float | None):
                 # outputs: every full-size op reads g_dx, so none runs before it exists (autodiff's
                 # broadcasts of the small terms would all be made, and kept, at once).
                 dy, mean, inv_std, pixels, sum_dy, centred_sum, sum_dy_x_hat, a, b, _ = terms(dy_out, x, gamma)
+                # g_<name>: the cotangent of <name>; a, b, c first, then what they are made of.
                 g_a = tf.reduce_sum(g_dx * dy, axis=[1, 2], keepdims=True)
                 g_b = tf.reduce_sum(g_dx * x, axis=[1, 2], keepdims=True)
                 g_c = tf.reduce_sum(g_dx, axis=[1, 2], keepdims=True)
                 g_a += (-g_b * inv_std * sum_dy_x_hat + g_c * (inv_std * mean * sum_dy_x_hat - sum_dy)) / pixels
-                g_h = g_dgamma + a * inv_std * (g_c * mean - g_b) / pixels
-                g_sum_dy = g_dbeta - g_c * a / pixels - g_h * inv_std * mean
-                g_sum_dy_x = g_h * inv_std
-                g_mean = g_c * a * inv_std * sum_dy_x_hat / pixels - g_h * inv_std * sum_dy
-                g_inv_std = (a * sum_dy_x_hat * (g_c * mean - g_b) / pixels + g_a * gamma + g_h * centred_sum)
+                g_sum_dy_x_hat = g_dgamma + a * inv_std * (g_c * mean - g_b) / pixels
+                g_sum_dy = g_dbeta - g_c * a / pixels - g_sum_dy_x_hat * inv_std * mean
+                g_sum_dy_x = g_sum_dy_x_hat * inv_std
+                g_mean = g_c * a * inv_std * sum_dy_x_hat / pixels - g_sum_dy_x_hat * inv_std * sum_dy
+                g_inv_std = (a * sum_dy_x_hat * (g_c * mean - g_b) / pixels + g_a * gamma
+                             + g_sum_dy_x_hat * centred_sum)
                 g_variance = -0.5 * inv_std**3 * g_inv_std
                 g_dy = activation_gradient(g_dx * a + (x * g_sum_dy_x + g_sum_dy), y)
                 g_x = g_dx * b + (dy * g_sum_dy_x + (x * (2.0 * g_variance / pixels)
