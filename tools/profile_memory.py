@@ -20,26 +20,19 @@ import re
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # before TensorFlow starts (cli.run)
 
 from absl import flags  # noqa: E402
-from profile_step import FLAGS, layer_group, profiled_step  # noqa: E402  (flags --algo, --size, ...)
+from profile_step import FLAGS, TF_OP, layer_group, profiled_step, read_trace  # noqa: E402  (flags --algo, ...)
 
 from meta_drn_tf import cli  # noqa: E402
 from meta_drn_tf.hardware import describe  # noqa: E402
 
 flags.DEFINE_string("memory_logdir", "runs/profile_memory", "Where the profiler writes its trace.")
 
-TF_OP_EVENT = re.compile(r"^([\w./\-]+):([A-Z][A-Za-z0-9]*)$")
 
-
-def allocations(xplane_path: str) -> tuple[list[tuple[str, int, str]], dict[str, str]]:
-    """The trace's allocator events in time order, as (event, bytes in use after it, "op|bytes|addr"),
-    and each executed op's type by its name."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    space = xplane_pb2.XSpace()
-    with open(xplane_path, "rb") as f:
-        space.ParseFromString(f.read())
+def allocations(xplane_path: str) -> tuple[list[tuple], dict[str, str]]:
+    """The trace's allocator events in time order, as (time, "MemoryAllocation" or "MemoryDeallocation",
+    bytes in use after it, op, bytes, address), and each executed op's type by its name."""
     events, op_types = [], {}
-    for plane in space.planes:
+    for plane in read_trace(xplane_path).planes:
         stat_names = {k: v.name for k, v in plane.stat_metadata.items()}
         for line in plane.lines:
             for event in line.events:
@@ -52,8 +45,9 @@ def allocations(xplane_path: str) -> tuple[list[tuple[str, int, str]], dict[str,
                         op = plane.stat_metadata[op].name
                     events.append((line.timestamp_ns * 1000 + event.offset_ps, name, value("bytes_allocated"),
                                    op, value("allocation_bytes"), value("addr")))
-                elif match := TF_OP_EVENT.match(name):
-                    op_types[match.group(1)] = match.group(2)
+                elif TF_OP.match(name):
+                    op_name, op_type = name.rsplit(":", 1)
+                    op_types[op_name] = op_type
     events.sort()
     return events, op_types
 
@@ -65,7 +59,7 @@ def op_key(name: str) -> str:
 
 def main(argv):
     del argv
-    _, path = profiled_step(1, FLAGS.memory_logdir, host_tracer_level=3)
+    path = profiled_step(1, FLAGS.memory_logdir, host_tracer_level=3)
     events, op_types = allocations(path)
     if not events:
         raise SystemExit("the trace has no allocator events: is TensorFlow's BFC allocator in use?")

@@ -34,19 +34,24 @@ FLAGS = flags.FLAGS
 TF_OP = re.compile(r"^[\w./\-]+:[A-Z][A-Za-z0-9]*$")  # "resblock3/conv2/conv/Conv2D:Conv2D"
 
 
+def read_trace(xplane_path: str):
+    """The profiler's XSpace protocol buffer from a `*.xplane.pb` file."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(xplane_path, "rb") as f:
+        space.ParseFromString(f.read())
+    return space
+
+
 def kernel_times(xplane_path: str) -> list[tuple[str, str, float]]:
     """(op name, op type, milliseconds) of every TF op execution on the host in an XSpace trace.
 
     Events named `op_name:OpType` are TF ops; of those only the innermost count: one that
     encloses other ops on its thread (a function call, a loop) is the sum of its children.
     """
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    space = xplane_pb2.XSpace()
-    with open(xplane_path, "rb") as f:
-        space.ParseFromString(f.read())
     records = []
-    for plane in space.planes:
+    for plane in read_trace(xplane_path).planes:
         if not plane.name.startswith("/host:CPU") and not plane.name.startswith("/device:"):
             continue
         for line in plane.lines:
@@ -71,9 +76,9 @@ def layer_group(op_name: str) -> str:
     return "other (loss, updates, optimizer)"
 
 
-def profiled_step(steps: int, logdir: str, host_tracer_level: int = 2):
+def profiled_step(steps: int, logdir: str, host_tracer_level: int = 2) -> str:
     """Builds the flags' learner and a k = q = 1 task, warms up, profiles `steps` meta-steps into
-    `logdir`; returns the learner and the trace's path (`*.xplane.pb`)."""
+    `logdir`; returns the trace's path (`*.xplane.pb`)."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -97,12 +102,12 @@ def profiled_step(steps: int, logdir: str, host_tracer_level: int = 2):
         learner.meta_train_step(batch)["loss"].numpy()
     tf.profiler.experimental.stop()
     path = max(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
-    return learner, path
+    return path
 
 
 def main(argv):
     del argv
-    _, path = profiled_step(FLAGS.steps, FLAGS.logdir)
+    path = profiled_step(FLAGS.steps, FLAGS.logdir)
     s = FLAGS.size
     records = kernel_times(path)
     total = sum(ms for _, _, ms in records)
