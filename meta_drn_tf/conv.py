@@ -55,7 +55,6 @@ def _conv_with_forward_input_gradient(dilation: int):
     @tf.custom_gradient
     def backward(x, dy, kernel):
         """conv's gradients (dx, dK) as one function, so that its own gradient sees both cotangents."""
-        k_h, k_w, c_in, c_out = kernel.shape
 
         def second_order(g_dx, g_dk):
             # g_dk (from the fast weights' cotangents) is known when the second-order pass starts;
@@ -65,8 +64,7 @@ def _conv_with_forward_input_gradient(dilation: int):
             with tf.control_dependencies([g_dx]):
                 g_x = conv_flipped(dy, g_dk)
                 g_dy = conv(g_dx, kernel) + conv(x, g_dk)
-            flipped_shape = tf.TensorShape([k_h, k_w, c_out, c_in])
-            return g_x, g_dy, _flip(kernel_gradient(dy, g_dx, flipped_shape))
+            return g_x, g_dy, flipped_kernel_gradient(dy, g_dx, kernel.shape)
 
         return (conv_flipped(dy, kernel), kernel_gradient(x, dy, kernel.shape)), second_order
 
@@ -77,15 +75,19 @@ def _conv_with_forward_input_gradient(dilation: int):
         where a flipped copy would be kept for them and flipped back."""
 
         def grad(dy):
-            # _flip is a permutation and its own inverse: its adjoint is itself.
-            k_h, k_w, c_in, c_out = kernel.shape
-            return conv(dy, kernel), _flip(kernel_gradient(x, dy, tf.TensorShape([k_h, k_w, c_out, c_in])))
+            return conv(dy, kernel), flipped_kernel_gradient(x, dy, kernel.shape)
 
         # Not before x exists: the kernels are there from the start of a step, and every layer's
         # flipped copy would be made then and kept until the backward pass reaches the layer.
         with tf.control_dependencies([x]):
             flipped = _flip(kernel)
         return convolve(x, flipped), grad
+
+    def flipped_kernel_gradient(x, dy, kernel_shape):
+        """d<conv(x, _flip(kernel)), dy>/d kernel: _flip is a permutation and its own inverse, so
+        its adjoint is itself."""
+        k_h, k_w, c_in, c_out = kernel_shape
+        return _flip(kernel_gradient(x, dy, tf.TensorShape([k_h, k_w, c_out, c_in])))
 
     def kernel_gradient(x, dy, kernel_shape):
         """d<conv(x, kernel), dy>/d kernel for a kernel of `kernel_shape`; differentiable through `conv`."""
