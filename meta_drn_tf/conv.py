@@ -84,10 +84,11 @@ def _conv_with_forward_input_gradient(dilation: int):
         return convolve(x, flipped), grad
 
     def flipped_kernel_gradient(x, dy, kernel_shape):
-        """d<conv(x, _flip(kernel)), dy>/d kernel: _flip is a permutation and its own inverse, so
-        its adjoint is itself."""
-        k_h, k_w, c_in, c_out = kernel_shape
-        return _flip(kernel_gradient(x, dy, tf.TensorShape([k_h, k_w, c_out, c_in])))
+        """d<conv(x, _flip(kernel)), dy>/d kernel, which is kernel_gradient(dy, x): both are
+        sum_p x[p + s] dy[p] over the pixels p and a tap's shift s, with x and dy's roles swapped
+        and s negated (zero padding makes the two sums run over the same pairs), so no flip of a
+        kernel-sized result is needed."""
+        return kernel_gradient(dy, x, kernel_shape)
 
     def kernel_gradient(x, dy, kernel_shape):
         """d<conv(x, kernel), dy>/d kernel for a kernel of `kernel_shape`; differentiable through `conv`."""
