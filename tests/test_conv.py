@@ -24,10 +24,11 @@ def _first_and_second_order(conv, x, kernel):
     return [y, gx, gk] + outer.gradient(objective, [x, kernel])
 
 
-# Channels 3 -> 4 and 5 -> 2: the kernel gradient shifts the input, or the output gradient.
+# Channels 3 -> 4 and 5 -> 2: the kernel gradient shifts the input, or the output gradient;
+# 2 -> 17 and 17 -> 2: one side has 8x the other's channels, and the shifted copies go side by side.
 @pytest.mark.parametrize("dilation, size, graph, channels", [
     (1, 3, False, (3, 4)), (2, 3, True, (3, 4)), (4, 3, False, (5, 2)), (1, 1, True, (3, 4)), (2, 3, True, (5, 2)),
-    (1, 1, False, (5, 2)),
+    (1, 1, False, (5, 2)), (2, 3, False, (2, 17)), (1, 3, True, (17, 2)),
 ])
 @pytest.mark.parametrize("by_taps", [True, False])  # False: the GPU's choice, TensorFlow's kernel gradient
 def test_values_and_gradients_of_both_orders_match_tensorflows(dilation, size, graph, channels, by_taps, monkeypatch):
