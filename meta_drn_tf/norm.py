@@ -51,41 +51,6 @@ def _statistics(x: tf.Tensor, epsilon: float) -> tuple[tf.Tensor, tf.Tensor]:
     return mean, tf.math.rsqrt(variance + epsilon)
 
 
-def _fused_per_image(x: tf.Tensor) -> bool:
-    """Whether `FusedBatchNormV3` computes the forward pass and first-order gradient, one image at a
-    time: one pass over the image where the composite makes five (float32 only; with a known batch
-    size, as in meta-training; serving signatures of unknown batch size keep the composite)."""
-    return x.dtype == tf.float32 and x.shape.rank == 4 and x.shape[0] is not None and x.shape[0] > 0
-
-
-def _images(x: tf.Tensor) -> list[tf.Tensor]:
-    return tf.split(x, x.shape[0]) if x.shape[0] > 1 else [x]  # a split along axis 0 shares x's buffer
-
-
-def _joined(images: list[tf.Tensor]) -> tf.Tensor:
-    return tf.concat(images, axis=0) if len(images) > 1 else images[0]
-
-
-def _fused_forward(x, gamma, beta, epsilon):
-    """Normalized, scaled and shifted x, and what `FusedBatchNormGradV3` needs of each image."""
-    empty = tf.zeros([0], x.dtype)
-    outputs = [tf.raw_ops.FusedBatchNormV3(x=image, scale=gamma, offset=beta, mean=empty, variance=empty,
-                                           epsilon=epsilon, exponential_avg_factor=1.0, data_format="NHWC",
-                                           is_training=True) for image in _images(x)]
-    saved = [(o.reserve_space_1, o.reserve_space_2, o.reserve_space_3) for o in outputs]
-    return _joined([o.y for o in outputs]), saved
-
-
-def _fused_backward(dy, x, gamma, saved, epsilon):
-    """(dx, dgamma, dbeta) of `_fused_forward` for the gradient `dy` of its output."""
-    gradients = [tf.raw_ops.FusedBatchNormGradV3(y_backprop=dy_image, x=image, scale=gamma, reserve_space_1=r1,
-                                                 reserve_space_2=r2, reserve_space_3=r3, epsilon=epsilon,
-                                                 data_format="NHWC", is_training=True)
-                 for dy_image, image, (r1, r2, r3) in zip(_images(dy), _images(x), saved)]
-    return (_joined([g.x_backprop for g in gradients]), tf.add_n([g.scale_backprop for g in gradients]),
-            tf.add_n([g.offset_backprop for g in gradients]))
-
-
 @functools.cache
 def _norm_with_closed_form_gradient(epsilon: float, leaky_slope: float | None):
     def activation_gradient(dy, y):
@@ -97,13 +62,9 @@ def _norm_with_closed_form_gradient(epsilon: float, leaky_slope: float | None):
 
     @tf.custom_gradient
     def norm(x, gamma, beta):
-        fused = _fused_per_image(x)
-        if fused:
-            y, saved = _fused_forward(x, gamma, beta, epsilon)
-        else:
-            mean, inv_std = _statistics(x, epsilon)
-            scale = inv_std * gamma
-            y = x * scale + (beta - mean * scale)
+        mean, inv_std = _statistics(x, epsilon)
+        scale = inv_std * gamma
+        y = x * scale + (beta - mean * scale)
         if leaky_slope is not None:
             y = tf.nn.leaky_relu(y, leaky_slope)
 
@@ -127,14 +88,9 @@ def _norm_with_closed_form_gradient(epsilon: float, leaky_slope: float | None):
         def backward(dy_out, x, gamma):
             """(dx, dgamma, dbeta) from the output's gradient `dy_out`, with its own closed-form
             gradient (the second-order terms of MAML and Meta-SGD)."""
-            if fused:
-                # The forward pass's statistics are constants here, which is right: this function's
-                # own gradient is second_order, which recomputes them.
-                gradients = _fused_backward(activation_gradient(dy_out, y), x, gamma, saved, epsilon)
-            else:
-                dy, _, _, _, sum_dy, _, sum_dy_x_hat, a, b, c = terms(dy_out, x, gamma)
-                dx = dy * a + (x * b + c)
-                gradients = dx, tf.reduce_sum(sum_dy_x_hat, axis=[0, 1, 2]), tf.reduce_sum(sum_dy, axis=[0, 1, 2])
+            dy, _, _, _, sum_dy, _, sum_dy_x_hat, a, b, c = terms(dy_out, x, gamma)
+            dx = dy * a + (x * b + c)
+            gradients = dx, tf.reduce_sum(sum_dy_x_hat, axis=[0, 1, 2]), tf.reduce_sum(sum_dy, axis=[0, 1, 2])
 
             def second_order(g_dx, g_dgamma, g_dbeta):
                 # Reverse mode through the lines above, per image and channel, then two full-size
