@@ -115,7 +115,7 @@ def _conv_with_forward_input_gradient(dilation: int):
 # products and their copies: per-op overhead dominates at the tests' and the quickstart's sizes.
 MIN_TAP_FLOPS = 2**24
 # From this ratio of the unshifted side's channels to the shifted side's, the shifted copies are
-# stacked into one product (512 -> 16 at 56x56: 8 ms instead of 28; 16 -> 64, ratio 4: 6 instead of 4).
+# stacked into one product (512 -> 16 at 56x56: 6.5 ms instead of 29-31; 16 -> 64, ratio 4: 6 instead of 4).
 SIDE_BY_SIDE_CHANNEL_RATIO = 8
 
 
@@ -138,7 +138,7 @@ def _kernel_gradient_by_taps(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation
     one with fewer channels is the one shifted (copied): dY shifted the opposite way
     gives the same sums. It is shifted channels first, so that each shifted copy is
     X(i, j)^T itself, the left operand as the CPU's matrix product reads it fastest
-    (7-14% faster than `transpose_a` at 512 channels). Where the other side has many
+    (4-15% faster than `transpose_a` at 512 channels). Where the other side has many
     times more channels (the 512 -> 16 output convolution), the copies are stacked into
     one matrix and the product is one: nine products of 16 columns each run at a tenth
     of the CPU's rate.
