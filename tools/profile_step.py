@@ -101,8 +101,7 @@ def profiled_step(steps: int, logdir: str, host_tracer_level: int = 2) -> str:
     for _ in range(steps):
         learner.meta_train_step(batch)["loss"].numpy()
     tf.profiler.experimental.stop()
-    path = max(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
-    return path
+    return max(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
 
 
 def main(argv):
