@@ -20,3 +20,34 @@ def test_profile_memory_replays_the_allocations_of_a_step(tmp_path):
     by_type = dict(re.findall(r"^\| (\w+) \| ([\d.]+) \| \d+ \|$", result.stdout, re.MULTILINE))
     assert "Conv2D" in by_type  # conv outputs kept for the norms' gradients
     assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))  # the trace TensorBoard opens
+
+
+FAKE_PEER = """import sys
+size, precision, mode = sys.argv[1:4]
+print("baseline_rss_gib", 0.5)
+print("first_order" if mode == "first" else "second_order", "min step s 1.5 median 2.0 peak_rss_gib 1.5")
+"""
+
+
+def test_benchmark_alternates_with_the_peer_and_prints_the_ratios(tmp_path):
+    peer_script = tmp_path / "peer.py"
+    peer_script.write_text(FAKE_PEER)  # a stand-in for the PyTorch peer: 2.0 s, peak 1.5 GiB, working set 1.0
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), f"--peer={sys.executable}",
+         f"--peer_script={peer_script}", "--size=32", "--width=0.125", "--algos=fomaml", "--precisions=float32",
+         "--repeats=1", "--rounds=2"],
+        capture_output=True, text=True, timeout=600, check=True)
+    rows = re.findall(r"^\| fomaml float32 \| ([\d.]+), ([\d.]+), ([-\d.]+) \| 2\.00, 1\.50, 1\.00 "
+                      r"\| ([\d.]+) \| ([\d.]+) \| ([-\d.]+) \|$", result.stdout, re.MULTILINE)
+    assert len(rows) == 2, result.stdout
+    ratios = []
+    for seconds, peak, working_set, time_ratio, peak_ratio, set_ratio in rows:
+        assert float(time_ratio) == round(float(seconds) / 2.0, 2)
+        assert float(peak_ratio) == round(float(peak) / 1.5, 2)
+        assert abs(float(set_ratio) - float(working_set) / 1.0) <= 0.01
+        ratios.append(float(seconds) / 2.0)
+    summary = re.search(r"^\| fomaml float32, 2 rounds \| \| \| median ([\d.]+) \(([\d.]+)-([\d.]+)\) \| \| \|$",
+                        result.stdout, re.MULTILINE)
+    assert summary, result.stdout
+    assert float(summary[2]) == round(min(ratios), 2) and float(summary[3]) == round(max(ratios), 2)
+    assert abs(float(summary[1]) - sum(ratios) / 2) <= 0.006

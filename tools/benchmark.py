@@ -26,13 +26,16 @@ slots). GPUs report it; on a CPU it is measured in one more process per
 row, with TensorFlow's BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`), which
 keeps these statistics (tools/profile_memory.py shows what is alive at the peak).
 
-    python tools/benchmark.py --peer=/path/to/venv-with-torch/bin/python [--algos maml,fomaml]
+    python tools/benchmark.py --peer=/path/to/venv-with-torch/bin/python [--algos maml,fomaml] [--rounds 3]
 
 also runs the PyTorch peer (`--peer_script`, default tools/torch_peer.py: a copy
 of ../shared/bench/torch_peer.py, the same network with torch.func, that also
 prints its RSS after building the model and one forward pass) alternately with
 each configuration and prints a ratio table (this project / peer; below 1 is
-better), working sets measured alike on both sides.
+better), working sets measured alike on both sides. With --rounds N, each row
+runs N rounds of one process of each, back to back, and ends with the median
+and range of the N time ratios: this host's speed drifts more than the ratios
+differ from one run to the next.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ flags.DEFINE_string("peer", None, "A Python interpreter with torch: also run the
 flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "torch_peer.py"),
                     "The PyTorch peer benchmark script (default: tools/torch_peer.py, the copy of "
                     "../shared/bench/torch_peer.py that also reports its RSS before the first step).")
+flags.DEFINE_integer("rounds", 1, "With --peer: rounds of (this project, peer) per row; the time ratio's median "
+                     "and range close the row.")
 FLAGS = flags.FLAGS
 
 # A meta-step's FLOPs in forward passes of one image, for q queries (see the module docstring).
@@ -189,7 +194,11 @@ def peer(precision: str, algo: str) -> dict:
 
 
 def peer_table() -> None:
-    """This project and the peer alternately, row by row, and their ratios."""
+    """This project and the peer alternately, row by row, `--rounds` times, and their ratios.
+
+    The host's speed drifts by ±10% between runs (shared machines), so each round is one
+    process of each, back to back, and a row with several rounds ends with the median and range
+    of the rounds' time ratios."""
     if FLAGS.width != 1.0:
         print(f"note: the peer is always the full-width network; this run uses --width={FLAGS.width}")
     print("| row | this project (s, peak RSS GiB, working set GiB) | peer (s, peak RSS GiB, working set GiB) "
@@ -197,16 +206,22 @@ def peer_table() -> None:
     print("|---|---|---|---|---|---|")
     for algo in [a for a in FLAGS.algos if a in PEER_MODES]:
         for precision in FLAGS.precisions:
-            ours = child(f"{algo},{precision},1")
-            theirs = peer(precision, algo)
-            seconds = statistics.median(ours["times"])
-            their_set = theirs["working_set_gib"]
-            their_set, set_ratio = ("n/a", "n/a") if their_set is None else (
-                f"{their_set:.2f}", f"{ours['working_set_gib'] / their_set:.2f}")
-            print(f"| {algo} {precision} | {seconds:.2f}, {ours['peak_rss_gib']:.2f}, {ours['working_set_gib']:.2f} "
-                  f"| {theirs['seconds']:.2f}, {theirs['peak_rss_gib']:.2f}, {their_set} "
-                  f"| {seconds / theirs['seconds']:.2f} | {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f} "
-                  f"| {set_ratio} |", flush=True)
+            time_ratios = []
+            for _ in range(FLAGS.rounds):
+                ours = child(f"{algo},{precision},1")
+                theirs = peer(precision, algo)
+                seconds = statistics.median(ours["times"])
+                time_ratios.append(seconds / theirs["seconds"])
+                their_set = theirs["working_set_gib"]
+                their_set, set_ratio = ("n/a", "n/a") if their_set is None else (
+                    f"{their_set:.2f}", f"{ours['working_set_gib'] / their_set:.2f}")
+                print(f"| {algo} {precision} | {seconds:.2f}, {ours['peak_rss_gib']:.2f}, "
+                      f"{ours['working_set_gib']:.2f} | {theirs['seconds']:.2f}, {theirs['peak_rss_gib']:.2f}, "
+                      f"{their_set} | {time_ratios[-1]:.2f} | {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f} "
+                      f"| {set_ratio} |", flush=True)
+            if len(time_ratios) > 1:
+                print(f"| {algo} {precision}, {len(time_ratios)} rounds | | | median {statistics.median(time_ratios):.2f} "
+                      f"({min(time_ratios):.2f}-{max(time_ratios):.2f}) | | |", flush=True)
 
 
 def main(argv):
