@@ -65,6 +65,20 @@ def bfloat16_is_emulated() -> bool:
     return bfloat16_support() == "emulated"
 
 
+def onednn_kernels() -> str:
+    """"on" or "off": whether TensorFlow runs its oneDNN CPU kernels ("unknown" if it cannot tell).
+
+    TensorFlow turns them on by default only on CPUs with AVX512/AMX deep-learning features
+    (`TF_ENABLE_ONEDNN_OPTS` overrides); elsewhere it runs its Eigen kernels. The two differ in
+    speed and in which gradients they support, so figures from different hosts say which ran.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # no public API tells the runtime state
+    except ImportError:
+        return "unknown"
+    return "on" if _pywrap_util_port.IsMklEnabled() else "off"
+
+
 def describe() -> str:
     """The machine in one line (printed by every benchmark with its figures)."""
     import tensorflow as tf
@@ -82,4 +96,4 @@ def describe() -> str:
         memory = "RAM unknown"
     gpus = tf.config.list_physical_devices("GPU")
     return (f"{cpu}, {os.cpu_count()} cores, {memory}, {len(gpus)} GPU(s), bfloat16 {bfloat16_support()}; "
-            f"TensorFlow {tf.__version__}, Python {platform.python_version()}")
+            f"TensorFlow {tf.__version__} (oneDNN kernels {onednn_kernels()}), Python {platform.python_version()}")

@@ -1,4 +1,5 @@
-"""The process set-up the apps do: glibc's malloc limited to one arena before TensorFlow starts."""
+"""The process set-up the apps do (glibc's malloc limited to one arena before TensorFlow starts), and
+the machine line every benchmark prints."""
 
 import os
 import platform
@@ -42,3 +43,13 @@ def test_apps_run_tensorflow_on_one_malloc_arena():
 
 def test_a_users_malloc_arena_max_wins():
     assert _arenas("app", MALLOC_ARENA_MAX="3") == 3
+
+
+@pytest.mark.parametrize("setting, expected", [("1", "on"), ("0", "off")])
+def test_the_machine_line_says_whether_onednn_kernels_run(setting, expected):
+    code = "from meta_drn_tf import hardware; print(hardware.onednn_kernels()); print(hardware.describe())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                            env=os.environ | {"TF_ENABLE_ONEDNN_OPTS": setting})
+    state, line = result.stdout.splitlines()[-2:]
+    assert state == expected
+    assert f"(oneDNN kernels {expected})" in line
