@@ -63,6 +63,38 @@ def test_third_order_gradients_match_tensorflows(by_taps, monkeypatch):
         tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
 
 
+# Sizes that are multiples of 2 x dilation, so that Winograd's 2x2 output tiles cover every phase.
+@pytest.mark.parametrize("dilation, shape, graph", [
+    (1, (2, 8, 12, 3), False), (2, (2, 8, 12, 5), True), (4, (1, 8, 16, 3), False), (1, (1, 6, 4, 5), True),
+])
+def test_winograd_values_and_gradients_of_three_orders_match_tensorflows(dilation, shape, graph, monkeypatch):
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)  # every 3x3 layer, however narrow
+    x = tf.random.stateless_normal(shape, seed=[0, 1], dtype=tf.float64)
+    kernel = tf.random.stateless_normal([3, 3, shape[-1], 7 - shape[-1]], seed=[2, 3], dtype=tf.float64)
+    assert conv_module.winograd_applies(x.shape, kernel.shape, dilation, x.dtype)
+    ours = lambda a, b: _first_and_second_order(lambda a, b: same_conv2d(a, b, dilation), a, b)  # noqa: E731
+    ours = tf.function(ours) if graph else ours
+    expected = _first_and_second_order(lambda a, b: _reference(a, b, dilation), x, kernel)
+    for name, a, b in zip(("output", "d/dx", "d/dkernel", "d2/dx", "d2/dkernel"), ours(x, kernel), expected):
+        tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
+    third = _third_order(lambda a, b: same_conv2d(a, b, dilation), x, kernel)
+    for name, a, b in zip(("d3/dx", "d3/dkernel"), third, _third_order(lambda a, b: _reference(a, b, dilation), x,
+                                                                       kernel)):
+        # Third-order terms reach 1e4 here: float64 rounding of the transforms' sums, relative to that.
+        tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-11 * tf.reduce_max(tf.abs(b)), message=name)
+
+
+def test_winograd_only_where_it_was_measured_faster():
+    wide, narrow = tf.TensorShape([3, 3, 256, 256]), tf.TensorShape([3, 3, 128, 256])
+    image = tf.TensorShape([None, 56, 56, 256])
+    assert conv_module.winograd_applies(image, wide, 4, tf.float32)
+    assert not conv_module.winograd_applies(image, narrow, 1, tf.float32)
+    assert not conv_module.winograd_applies(image, wide, 1, tf.bfloat16)
+    assert not conv_module.winograd_applies(tf.TensorShape([1, 54, 54, 256]), wide, 2, tf.float32)  # 27 is odd
+    assert not conv_module.winograd_applies(tf.TensorShape([1, None, None, 256]), wide, 1, tf.float32)
+    assert not conv_module.winograd_applies(image, tf.TensorShape([1, 1, 256, 256]), 1, tf.float32)
+
+
 def test_even_kernels_are_refused():
     with pytest.raises(ValueError, match="odd kernel"):
         same_conv2d(tf.zeros([1, 4, 4, 1]), tf.zeros([2, 2, 1, 1]))

@@ -192,3 +192,29 @@ def test_xla_compiled_step_matches_the_plain_step(tiny_bank):
         results.append([v.numpy() for v in learner.meta_variables])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_first_order_gradients_are_the_same_through_winograds_convolutions(monkeypatch):
+    from meta_drn_tf import conv
+
+    fomaml = _learner("fomaml")
+    task = _task()
+    direct, _ = fomaml.algorithm.task_gradients(fomaml, task)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)  # every 3x3 layer of the tiny network
+    winograd, _ = fomaml.algorithm.task_gradients(fomaml, task)
+    for a, b in zip(winograd, direct):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_only_first_order_meta_steps_use_winograds_convolutions(monkeypatch):
+    from meta_drn_tf import conv
+    from meta_drn_tf.graphs import meta_step_graph, operations
+
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
+
+    def batched_products(algorithm):  # Winograd's 16 products per convolution are one BatchMatMulV2
+        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm))
+        return sum(op.type == "BatchMatMulV2" for op in operations(meta_step_graph(learner, 1, 1, 1, 32)))
+
+    assert batched_products("fomaml") > 0
+    assert batched_products("maml") == 0  # second order: its working set would grow more than its time shrinks

@@ -27,12 +27,14 @@ and a query's mask never depends on the other images of its batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
+from meta_drn_tf import conv
 from meta_drn_tf.config import ADAPT_LAYERS, algorithm_problems
 from meta_drn_tf.meta import algorithms
 from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, full_precision, soft_iou
@@ -453,8 +455,10 @@ class MetaLearner(Adapter):
         phase = Phase(second_order, multi_step_loss)
         loss_weights = (multi_step_loss_weights(epoch, self.config.inner_steps, self.config.multi_step_loss_epochs)
                         if multi_step_loss else None)
-        grads, logs = self.strategy.run(lambda batch: self._replica_gradients(batch, phase, loss_weights),
-                                        args=(task_batch,))
+        # Second order without Winograd's convolutions: they would cost more memory than they save time.
+        with conv.direct_convolutions() if second_order else contextlib.nullcontext():
+            grads, logs = self.strategy.run(lambda batch: self._replica_gradients(batch, phase, loss_weights),
+                                            args=(task_batch,))
         # After the all-reduce every replica holds the same gradients: apply one
         # copy in cross-replica context (a synchronisation inside a conditional
         # in replica context is not supported by tf.distribute).
