@@ -220,7 +220,8 @@ def peer_table() -> None:
                       f"{their_set} | {time_ratios[-1]:.2f} | {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f} "
                       f"| {set_ratio} |", flush=True)
             if len(time_ratios) > 1:
-                print(f"| {algo} {precision}, {len(time_ratios)} rounds | | | median {statistics.median(time_ratios):.2f} "
+                print(f"| {algo} {precision}, {len(time_ratios)} rounds | | "
+                      f"| median {statistics.median(time_ratios):.2f} "
                       f"({min(time_ratios):.2f}-{max(time_ratios):.2f}) | | |", flush=True)
 
 
