@@ -212,9 +212,10 @@ def test_only_first_order_meta_steps_use_winograds_convolutions(monkeypatch):
 
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
 
-    def batched_products(algorithm):  # Winograd's 16 products per convolution are one BatchMatMulV2
-        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm))
+    def batched_products(algorithm, memory_saving=False):  # Winograd's 16 products per convolution: a BatchMatMulV2
+        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, memory_saving=memory_saving))
         return sum(op.type == "BatchMatMulV2" for op in operations(meta_step_graph(learner, 1, 1, 1, 32)))
 
     assert batched_products("fomaml") > 0
     assert batched_products("maml") == 0  # second order: its working set would grow more than its time shrinks
+    assert batched_products("fomaml", memory_saving=True) == 0  # the memory mode trades time for memory

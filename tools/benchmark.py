@@ -81,7 +81,10 @@ def conv_flops(model, size: int) -> float:
     import numpy as np
     import tensorflow as tf
 
-    graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32)).graph
+    from meta_drn_tf.conv import direct_convolutions
+
+    with direct_convolutions():  # F counts direct convolutions' FLOPs, whichever form the step runs
+        graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32)).graph
     flops = 0.0
     for op in graph.get_operations():
         if op.type == "Conv2D":

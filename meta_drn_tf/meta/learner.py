@@ -455,8 +455,9 @@ class MetaLearner(Adapter):
         phase = Phase(second_order, multi_step_loss)
         loss_weights = (multi_step_loss_weights(epoch, self.config.inner_steps, self.config.multi_step_loss_epochs)
                         if multi_step_loss else None)
-        # Second order without Winograd's convolutions: they would cost more memory than they save time.
-        with conv.direct_convolutions() if second_order else contextlib.nullcontext():
+        # Second order, or the memory mode, without Winograd's convolutions: its transforms cost memory.
+        direct = second_order or self.config.memory_saving
+        with conv.direct_convolutions() if direct else contextlib.nullcontext():
             grads, logs = self.strategy.run(lambda batch: self._replica_gradients(batch, phase, loss_weights),
                                             args=(task_batch,))
         # After the all-reduce every replica holds the same gradients: apply one
