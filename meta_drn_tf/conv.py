@@ -34,7 +34,8 @@ _direct_only = False  # set while `direct_convolutions()` is open
 
 @contextlib.contextmanager
 def direct_convolutions() -> Iterator[None]:
-    """`same_conv2d`s created inside use no Winograd: second-order meta-steps trace within it.
+    """`same_conv2d`s created inside use no Winograd: second-order meta-steps and the memory mode
+    (`MetaConfig.memory_saving`) trace within it.
 
     Winograd's transforms are 4x an activation's size; in a second-order MAML step several
     layers' are alive at once and its working set grew from 0.53 to 0.74-0.83 GiB (measured),
