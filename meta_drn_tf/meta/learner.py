@@ -67,7 +67,8 @@ class MetaConfig:
         adapt_layers: what the inner loop updates: "all", "head" (the dilated
             head at the input) or "upsample" (the output layer, ANIL).
         memory_saving: backpropagate the queries one at a time to the adapted
-            weights, then once through the inner loop (the same gradient).
+            weights, then once through the inner loop (the same gradient); on
+            CPUs, also no Winograd convolutions (`conv.direct_convolutions`).
     """
 
     algorithm: str = "maml"
