@@ -40,14 +40,15 @@ def test_benchmark_alternates_with_the_peer_and_prints_the_ratios(tmp_path):
     rows = re.findall(r"^\| fomaml float32 \| ([\d.]+), ([\d.]+), ([-\d.]+) \| 2\.00, 1\.50, 1\.00 "
                       r"\| ([\d.]+) \| ([\d.]+) \| ([-\d.]+) \|$", result.stdout, re.MULTILINE)
     assert len(rows) == 2, result.stdout
+    # Every figure is printed to two decimals, each ratio from the unrounded ones: compare within that rounding.
     ratios = []
     for seconds, peak, working_set, time_ratio, peak_ratio, set_ratio in rows:
-        assert float(time_ratio) == round(float(seconds) / 2.0, 2)
-        assert float(peak_ratio) == round(float(peak) / 1.5, 2)
+        assert abs(float(time_ratio) - float(seconds) / 2.0) <= 0.01
+        assert abs(float(peak_ratio) - float(peak) / 1.5) <= 0.01
         assert abs(float(set_ratio) - float(working_set) / 1.0) <= 0.01
-        ratios.append(float(seconds) / 2.0)
+        ratios.append(float(time_ratio))
     summary = re.search(r"^\| fomaml float32, 2 rounds \| \| \| median ([\d.]+) \(([\d.]+)-([\d.]+)\) \| \| \|$",
                         result.stdout, re.MULTILINE)
     assert summary, result.stdout
-    assert float(summary[2]) == round(min(ratios), 2) and float(summary[3]) == round(max(ratios), 2)
-    assert abs(float(summary[1]) - sum(ratios) / 2) <= 0.006
+    assert abs(float(summary[2]) - min(ratios)) <= 0.01 and abs(float(summary[3]) - max(ratios)) <= 0.01
+    assert abs(float(summary[1]) - sum(ratios) / 2) <= 0.01
