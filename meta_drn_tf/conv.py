@@ -255,6 +255,16 @@ def _output_rows(m: list[tf.Tensor]) -> list[tf.Tensor]:
     return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
 
 
+def _output_columns(p: list[tf.Tensor]) -> list[tf.Tensor]:
+    """A p along one axis (the transpose of `_output_rows`): A's columns are (1, 0), (1, 1), (1, -1), (0, -1)."""
+    return [p[0], p[0] + p[1], p[0] - p[1], -p[1]]
+
+
+def _kernel_columns(u: list[tf.Tensor]) -> list[tf.Tensor]:
+    """Gᵀ u along one axis (the transpose of `_kernel_rows`)."""
+    return [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]]
+
+
 def _input_transform(x: tf.Tensor) -> tf.Tensor:
     """`(batch, H, W, C)` -> `(16, batch·H/2·W/2, C)`: Bᵀ d B of every 4x4 tile d of the padded input."""
     height, width, channels = x.shape[1:]
@@ -282,24 +292,18 @@ def _output_transform(m: tf.Tensor, height: int, width: int) -> tf.Tensor:
 def _output_adjoint(dy: tf.Tensor) -> tf.Tensor:
     """The transpose of `_output_transform`: `(batch, H, W, C)` -> `(16, batch·H/2·W/2, C)`."""
     height, width, channels = dy.shape[1:]
-    tiles = tf.reshape(dy, [-1, height // 2, 2, width // 2, 2, channels])
-
-    def a_columns(p):  # A p along one axis, p = (p0, p1): A's columns are (1, 0), (1, 1), (1, -1), (0, -1)
-        return [p[0], p[0] + p[1], p[0] - p[1], -p[1]]
-
-    rows = a_columns([tf.gather(tiles, i, axis=2) for i in range(2)])
-    return tf.stack([tf.reshape(v, [-1, channels]) for r in rows for v in a_columns([tf.gather(r, j, axis=3)
-                                                                                        for j in range(2)])])
+    outputs = tf.reshape(dy, [-1, height // 2, 2, width // 2, 2, channels])  # each tile's 2x2 outputs
+    tiles = []
+    for rows in _output_columns([tf.gather(outputs, i, axis=2) for i in range(2)]):
+        tiles += [tf.reshape(v, [-1, channels]) for v in _output_columns([tf.gather(rows, j, axis=3)
+                                                                            for j in range(2)])]
+    return tf.stack(tiles)
 
 
 def _kernel_adjoint(du: tf.Tensor) -> tf.Tensor:
     """The transpose of `_kernel_transform`: `(16, C_in, C_out)` -> `(3, 3, C_in, C_out)`."""
-
-    def g_columns(u):  # Gᵀ u along one axis
-        return [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]]
-
-    rows = [g_columns([du[4 * a + b] for b in range(4)]) for a in range(4)]  # rows[a][j]
-    return tf.stack([tf.stack(g_columns([rows[a][j] for a in range(4)])) for j in range(3)], axis=1)
+    rows = [_kernel_columns([du[4 * a + b] for b in range(4)]) for a in range(4)]  # rows[a][j]
+    return tf.stack([tf.stack(_kernel_columns([rows[a][j] for a in range(4)])) for j in range(3)], axis=1)
 
 
 def _to_phases(x: tf.Tensor, dilation: int) -> tf.Tensor:
