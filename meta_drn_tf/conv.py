@@ -226,18 +226,19 @@ def winograd_applies(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape, 
 
 
 def _phases(t: tf.Tensor, axis: int, length: int) -> list[tf.Tensor]:
-    """t's entries 2i + s along `axis` for i < length and s = 0, 1, 2, 3: the four rows (or columns)
-    of every 4x4 tile, tiles 2 apart; by reshapes and unit-stride slices (strided slices are slow)."""
-    phases = []
-    for start in (0, 2):
-        begin = [0] * t.shape.rank
-        begin[axis] = start
-        size = [-1] * t.shape.rank
-        size[axis] = 2 * length
-        pairs = tf.slice(t, begin, size)
-        pairs = tf.reshape(pairs, tf.concat([tf.shape(pairs)[:axis], [length, 2], tf.shape(pairs)[axis + 1:]], 0))
-        phases += [tf.gather(pairs, 0, axis=axis + 1), tf.gather(pairs, 1, axis=axis + 1)]
-    return phases
+    """t's entries 2i + s along `axis` (2·length + 2 of them) for i < length and s = 0, 1, 2, 3: the
+    four rows (or columns) of every 4x4 tile, tiles 2 apart. The even and the odd entries are
+    gathered once, by a reshape (strided slices are slow), and each phase is a slice of them."""
+    shape = tf.shape(t)
+    pairs = tf.reshape(t, tf.concat([shape[:axis], [length + 1, 2], shape[axis + 1:]], 0))
+    even, odd = tf.gather(pairs, 0, axis=axis + 1), tf.gather(pairs, 1, axis=axis + 1)
+
+    def entries(u, start):
+        begin, size = [0] * t.shape.rank, [-1] * t.shape.rank
+        begin[axis], size[axis] = start, length
+        return tf.slice(u, begin, size)
+
+    return [entries(even, 0), entries(odd, 0), entries(even, 1), entries(odd, 1)]
 
 
 def _input_rows(d: list[tf.Tensor]) -> list[tf.Tensor]:
@@ -265,45 +266,38 @@ def _kernel_columns(u: list[tf.Tensor]) -> list[tf.Tensor]:
     return [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]]
 
 
-def _input_transform(x: tf.Tensor) -> tf.Tensor:
-    """`(batch, H, W, C)` -> `(16, batch·H/2·W/2, C)`: Bᵀ d B of every 4x4 tile d of the padded input."""
-    height, width, channels = x.shape[1:]
+def _input_tile_rows(x: tf.Tensor) -> list[tf.Tensor]:
+    """The input transform's first half, Bᵀ along every 4x4 tile's rows of the padded input:
+    `(batch, H, W, C)` -> 4 tensors `(batch, H/2, W + 2, C)`, one per row a of the transformed tiles."""
     padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    tiles = []
-    for rows in _input_rows(_phases(padded, 1, height // 2)):
-        tiles += [tf.reshape(v, [-1, channels]) for v in _input_rows(_phases(rows, 2, width // 2))]
-    return tf.stack(tiles)
+    return _input_rows(_phases(padded, 1, x.shape[1] // 2))
 
 
-def _kernel_transform(kernel: tf.Tensor) -> tf.Tensor:
-    """`(3, 3, C_in, C_out)` -> `(16, C_in, C_out)`: G g Gᵀ."""
-    columns = [_kernel_rows([kernel[i, j] for i in range(3)]) for j in range(3)]  # columns[j][a]
-    return tf.stack([u for a in range(4) for u in _kernel_rows([columns[j][a] for j in range(3)])])
+def _input_tile_columns(rows: tf.Tensor) -> tf.Tensor:
+    """Its second half for one row a: `(batch, H/2, W + 2, C)` -> `(4, batch·H/2·W/2, C)`, B along the columns."""
+    width = rows.shape[2] - 2
+    return tf.stack([tf.reshape(v, [-1, rows.shape[-1]]) for v in _input_rows(_phases(rows, 2, width // 2))])
 
 
-def _output_transform(m: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """`(16, batch·H/2·W/2, C)` -> `(batch, H, W, C)`: Aᵀ m A of every tile, the 2x2 outputs in place."""
-    m = tf.reshape(m, [4, 4, -1, height // 2, width // 2, m.shape[-1]])
-    rows = _output_rows([m[a] for a in range(4)])  # rows[i][b]
-    tiles = tf.stack([tf.stack(_output_rows([r[b] for b in range(4)]), axis=3) for r in rows], axis=2)
-    return tf.reshape(tiles, [-1, height, width, m.shape[-1]])
-
-
-def _output_adjoint(dy: tf.Tensor) -> tf.Tensor:
-    """The transpose of `_output_transform`: `(batch, H, W, C)` -> `(16, batch·H/2·W/2, C)`."""
+def _output_tile_rows(dy: tf.Tensor) -> list[tf.Tensor]:
+    """The first half of `_output_tile`'s transpose, A along the rows: `(batch, H, W, C)` -> 4 tensors
+    `(batch, H/2, W/2, 2, C)`, one per row a of the transformed tiles."""
     height, width, channels = dy.shape[1:]
     outputs = tf.reshape(dy, [-1, height // 2, 2, width // 2, 2, channels])  # each tile's 2x2 outputs
-    tiles = []
-    for rows in _output_columns([tf.gather(outputs, i, axis=2) for i in range(2)]):
-        tiles += [tf.reshape(v, [-1, channels]) for v in _output_columns([tf.gather(rows, j, axis=3)
-                                                                            for j in range(2)])]
-    return tf.stack(tiles)
+    return _output_columns([tf.gather(outputs, i, axis=2) for i in range(2)])
 
 
-def _kernel_adjoint(du: tf.Tensor) -> tf.Tensor:
-    """The transpose of `_kernel_transform`: `(16, C_in, C_out)` -> `(3, 3, C_in, C_out)`."""
-    rows = [_kernel_columns([du[4 * a + b] for b in range(4)]) for a in range(4)]  # rows[a][j]
-    return tf.stack([tf.stack(_kernel_columns([rows[a][j] for a in range(4)])) for j in range(3)], axis=1)
+def _output_tile_columns(rows: tf.Tensor) -> tf.Tensor:
+    """Its second half for one row a: `(batch, H/2, W/2, 2, C)` -> `(4, batch·H/2·W/2, C)`."""
+    return tf.stack([tf.reshape(v, [-1, rows.shape[-1]])
+                     for v in _output_columns([tf.gather(rows, j, axis=3) for j in range(2)])])
+
+
+def _output_tile(m: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """A row a of products `(4, batch·H/2·W/2, C)` -> `(batch, H/2, W/2, 2, C)`: Aᵀ along its columns,
+    each tile's two output columns; `_output_rows` of the four rows then gives the output rows."""
+    m = tf.reshape(m, [4, -1, height // 2, width // 2, m.shape[-1]])
+    return tf.stack(_output_rows([m[b] for b in range(4)]), axis=3)
 
 
 def _to_phases(x: tf.Tensor, dilation: int) -> tf.Tensor:
@@ -312,24 +306,48 @@ def _to_phases(x: tf.Tensor, dilation: int) -> tf.Tensor:
 
 
 def _winograd_conv(x: tf.Tensor, kernel: tf.Tensor, dilation: int) -> tf.Tensor:
-    """`tf.nn.convolution(x, kernel, padding="SAME", dilations=dilation)` by Winograd's F(2x2, 3x3)."""
+    """`tf.nn.convolution(x, kernel, padding="SAME", dilations=dilation)` by Winograd's F(2x2, 3x3).
+
+    The 16 products of transformed tiles go four at a time, one row a of the 4x4 transformed
+    tile after the other, each transform waiting for the previous row's product: all 16 at once
+    kept 4x the input and 4x the output alive, twice over while stacked, and the peak of a
+    FOMAML step was two such layers at once (docs/performance.md, change 8).
+    """
     # Each transform waits for the other operand: the kernels exist from the start of a step, the
     # activations from the forward pass on, and a transform made early is kept until the layer is
     # reached (16/9 of a kernel's size, 4x an activation's), for every layer at once.
     with tf.control_dependencies([kernel]):
         phases = _to_phases(x, dilation)
-        transformed_x = _input_transform(phases)
+        input_rows = _input_tile_rows(phases)
     with tf.control_dependencies([x]):
-        transformed_kernel = _kernel_transform(kernel)
-    y = _output_transform(tf.matmul(transformed_x, transformed_kernel), *phases.shape[1:3])
+        kernel_rows = _kernel_rows([kernel[i] for i in range(3)])  # kernel_rows[a][j]: G along i
+    output_tiles, previous = [], []
+    for a in range(4):
+        with tf.control_dependencies(previous):
+            transformed_x = _input_tile_columns(input_rows[a])
+            transformed_kernel = tf.stack(_kernel_rows([kernel_rows[a][j] for j in range(3)]))
+        products = tf.matmul(transformed_x, transformed_kernel)
+        previous = [products]
+        output_tiles.append(_output_tile(products, *phases.shape[1:3]))
+    y = tf.stack(_output_rows(output_tiles), axis=2)  # (batch, H/2, 2, W/2, 2, C_out)
+    y = tf.reshape(y, [-1, *phases.shape[1:3], kernel.shape[-1]])
     return y if dilation == 1 else tf.batch_to_space(y, [dilation, dilation], [[0, 0], [0, 0]])
 
 
 def _winograd_kernel_gradient(x: tf.Tensor, dy: tf.Tensor, dilation: int) -> tf.Tensor:
-    """d<conv(x, kernel), dy>/d kernel by the transposes of `_winograd_conv`'s steps."""
+    """d<conv(x, kernel), dy>/d kernel by the transposes of `_winograd_conv`'s steps, a row of the
+    transformed tiles at a time as there."""
     # Not before dy exists: x's transform (4x its size) would be made during the forward pass and
     # kept, for every layer, until the backward pass reaches it.
     with tf.control_dependencies([dy]):
-        transformed_x = _input_transform(_to_phases(x, dilation))
-    products = tf.matmul(transformed_x, _output_adjoint(_to_phases(dy, dilation)), transpose_a=True)
-    return _kernel_adjoint(products)
+        input_rows = _input_tile_rows(_to_phases(x, dilation))
+    output_rows = _output_tile_rows(_to_phases(dy, dilation))
+    kernel_rows, previous = [], []  # kernel_rows[a]: Gᵀ along j, (3, C_in, C_out)
+    for a in range(4):
+        with tf.control_dependencies(previous):
+            transformed_x = _input_tile_columns(input_rows[a])
+            transformed_dy = _output_tile_columns(output_rows[a])
+        products = tf.matmul(transformed_x, transformed_dy, transpose_a=True)  # (4, C_in, C_out)
+        previous = [products]
+        kernel_rows.append(tf.stack(_kernel_columns([products[b] for b in range(4)])))
+    return tf.stack(_kernel_columns(kernel_rows))
