@@ -47,11 +47,11 @@ class InstanceNorm(layers.Layer):
 
     def call(self, inputs, leaky_slope: float | None = None):
         """Normalizes `inputs`; `leaky_slope` also applies LeakyReLU (one op, one gradient)."""
-        # Statistics in float32 even under a bfloat16/float16 policy.
+        # Statistics in float32 even under a bfloat16/float16 policy; inputs and outputs in the
+        # compute dtype (instance_norm casts inside, and keeps the narrow ones for the gradient).
         stats_dtype = "float64" if self.compute_dtype == "float64" else "float32"
-        y = instance_norm(ops.cast(inputs, stats_dtype), ops.cast(self.gamma, stats_dtype),
-                          ops.cast(self.beta, stats_dtype), self.epsilon, leaky_slope)
-        return ops.cast(y, self.compute_dtype)
+        return instance_norm(ops.cast(inputs, self.compute_dtype), ops.cast(self.gamma, stats_dtype),
+                             ops.cast(self.beta, stats_dtype), self.epsilon, leaky_slope)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -23,7 +23,8 @@ def _first_and_second_order(norm, x, gamma, beta):
             y = norm(x, gamma, beta)
             loss = tf.reduce_sum(tf.sin(3.0 * y) * tf.cos(x))
         gx, ggamma, gbeta = inner.gradient(loss, variables)
-        objective = tf.reduce_sum(tf.sin(gx) * x) + tf.reduce_sum(ggamma * gamma**2) + tf.reduce_sum(gbeta**3)
+        objective = (tf.cast(tf.reduce_sum(tf.sin(gx) * x), gamma.dtype) + tf.reduce_sum(ggamma * gamma**2)
+                     + tf.reduce_sum(gbeta**3))
     return [y, gx, ggamma, gbeta] + outer.gradient(objective, variables)
 
 
@@ -63,3 +64,22 @@ def test_third_order_gradients_match_the_composite(slope):
 def test_non_positive_slopes_are_refused():
     with pytest.raises(ValueError, match="leaky_slope must be positive"):
         instance_norm(tf.zeros([1, 2, 2, 1]), tf.ones([1]), tf.zeros([1]), 1e-3, leaky_slope=0.0)
+
+
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_narrower_inputs_are_normalized_in_the_statistics_dtype(slope):
+    """A float32 x with float64 gamma and beta (as bfloat16 activations with float32 statistics in the
+    layer): values and gradients of both orders of casting x up, normalizing and casting back."""
+    x = tf.random.stateless_normal([2, 5, 7, 3], seed=[12, 13], dtype=tf.float64) * 2.0 + 0.5
+    gamma = tf.random.stateless_normal([3], seed=[14, 15], dtype=tf.float64)
+    beta = tf.random.stateless_normal([3], seed=[16, 17], dtype=tf.float64)
+    x = tf.cast(x, tf.float32)
+    ours = tf.function(lambda *a: _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, slope), *a))
+    widened = lambda x, g, b: tf.cast(_reference(tf.cast(x, tf.float64), g, b, 1e-3, slope), tf.float32)  # noqa: E731
+    expected = _first_and_second_order(widened, x, gamma, beta)
+    names = ("output", "d/dx", "d/dgamma", "d/dbeta", "d2/dx", "d2/dgamma", "d2/dbeta")
+    for name, a, b in zip(names, ours(x, gamma, beta), expected):
+        assert a.dtype == b.dtype, name
+        # float32 rounding of the largest entry (second-order terms reach 1e4-1e6 here)
+        tolerance = 1e-6 * float(tf.reduce_max(tf.abs(b)))
+        tf.debugging.assert_near(a, b, rtol=0.0, atol=tolerance, message=name)

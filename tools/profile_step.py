@@ -31,7 +31,7 @@ flags.DEFINE_string("logdir", "runs/profile", "Where the profiler writes its tra
 flags.DEFINE_integer("top", 15, "Rows of the op-type table.")
 FLAGS = flags.FLAGS
 
-TF_OP = re.compile(r"^[\w./\-]+:[A-Z][A-Za-z0-9]*$")  # "resblock3/conv2/conv/Conv2D:Conv2D"
+TF_OP = re.compile(r"^[\w./\-]+:_?[A-Z][A-Za-z0-9]*$")  # "resblock3/conv2/conv/Conv2D:Conv2D"
 
 
 def read_trace(xplane_path: str):
