@@ -280,8 +280,8 @@ def _input_tile_columns(rows: tf.Tensor) -> tf.Tensor:
 
 
 def _output_tile_rows(dy: tf.Tensor) -> list[tf.Tensor]:
-    """The first half of `_output_tile`'s transpose, A along the rows: `(batch, H, W, C)` -> 4 tensors
-    `(batch, H/2, W/2, 2, C)`, one per row a of the transformed tiles."""
+    """The output transform's transpose for the kernel gradient, its first half (A along the rows):
+    `(batch, H, W, C)` -> 4 tensors `(batch, H/2, W/2, 2, C)`, one per row a of the transformed tiles."""
     height, width, channels = dy.shape[1:]
     outputs = tf.reshape(dy, [-1, height // 2, 2, width // 2, 2, channels])  # each tile's 2x2 outputs
     return _output_columns([tf.gather(outputs, i, axis=2) for i in range(2)])
