@@ -23,9 +23,9 @@ Under a bfloat16 (or float16) policy the statistics are float32, and the
 function keeps its bfloat16 input and output for the backward pass where the
 layer used to cast its input to float32 first and keep float32 copies of both:
 each gradient casts them again, after its own cotangent exists, so that no
-float32 copy made in the forward pass lives until then (the statistics, per
-channel, are still the forward pass's) (a bfloat16 MAML step's
-working set was 1.3x the PyTorch peer's; docs/performance.md, change 8).
+float32 copy made in the forward pass lives until then; the per-channel
+statistics are still the forward pass's. (With the float32 copies, a bfloat16
+MAML step's working set was 1.3x the PyTorch peer's; docs/performance.md, change 8.)
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import re
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # before TensorFlow starts (cli.run)
 
 from absl import flags  # noqa: E402
-from profile_step import FLAGS, TF_OP, layer_group, op_type, profiled_step, read_trace  # noqa: E402  (flags --algo, ...)
+from profile_step import FLAGS, TF_OP, layer_group, op_name_and_type, profiled_step, read_trace  # noqa: E402  (flags --algo, ...)
 
 from meta_drn_tf import cli  # noqa: E402
 from meta_drn_tf.hardware import describe  # noqa: E402
@@ -46,7 +46,8 @@ def allocations(xplane_path: str) -> tuple[list[tuple], dict[str, str]]:
                     events.append((line.timestamp_ns * 1000 + event.offset_ps, name, value("bytes_allocated"),
                                    op, value("allocation_bytes"), value("addr")))
                 elif TF_OP.match(name):
-                    op_types[name.rsplit(":", 1)[0]] = op_type(name)
+                    op_name, kind = op_name_and_type(name)
+                    op_types[op_name] = kind
     events.sort()
     return events, op_types
 

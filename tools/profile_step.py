@@ -34,10 +34,11 @@ FLAGS = flags.FLAGS
 TF_OP = re.compile(r"^[\w./\-]+:_?[A-Z][A-Za-z0-9]*$")  # "resblock3/conv2/conv/Conv2D:Conv2D"
 
 
-def op_type(event_name: str) -> str:
-    """The op type of a TF_OP event, oneDNN's kernels under the op they run (`_MklNativeConv2D` ->
+def op_name_and_type(event_name: str) -> tuple[str, str]:
+    """A TF_OP event's op name and type, oneDNN's kernels under the op they run (`_MklNativeConv2D` ->
     `Conv2D`): TensorFlow swaps them in on AVX512 hosts, and the tables read the same on every host."""
-    return re.sub(r"^_Mkl(Native)?", "", event_name.rsplit(":", 1)[1])
+    op_name, kind = event_name.rsplit(":", 1)
+    return op_name, re.sub(r"^_Mkl(Native)?", "", kind)
 
 
 def read_trace(xplane_path: str):
@@ -66,7 +67,7 @@ def kernel_times(xplane_path: str) -> list[tuple[str, str, float]]:
             for i, (event, name) in enumerate(ops):
                 if i + 1 < len(ops) and ops[i + 1][0].offset_ps < event.offset_ps + event.duration_ps:
                     continue  # encloses the next op
-                op_name, kind = name.rsplit(":", 1)[0], op_type(name)
+                op_name, kind = op_name_and_type(name)
                 records.append((op_name, kind, event.duration_ps / 1e9))
     return records
 
