@@ -219,3 +219,15 @@ def test_only_first_order_meta_steps_use_winograds_convolutions(monkeypatch):
     assert batched_products("fomaml") > 0
     assert batched_products("maml") == 0  # second order: its working set would grow more than its time shrinks
     assert batched_products("fomaml", memory_saving=True) == 0  # the memory mode trades time for memory
+
+
+@pytest.mark.parametrize("algorithm, first_order_epochs, fused", [
+    ("fomaml", 0, True), ("reptile", 0, True), ("maml", 0, False), ("metasgd", 1, True)])
+def test_only_first_order_meta_steps_use_fused_norms(algorithm, first_order_epochs, fused):
+    """Fused batch-norm kernels have no second-order gradient: MAML's and Meta-SGD's second-order steps
+    keep the closed form; first-order ones (MAML++'s first-order epochs too) take the fused kernels."""
+    from meta_drn_tf.graphs import meta_step_graph, operations
+
+    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, first_order_epochs=first_order_epochs))
+    types = {op.type for op in operations(meta_step_graph(learner, 1, 1, 1, 32))}
+    assert ("FusedBatchNormGradV3" in types) == fused

@@ -3,7 +3,7 @@
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf.norm import instance_norm
+from meta_drn_tf.norm import first_order_norms, instance_norm
 
 
 def _reference(x, gamma, beta, epsilon, slope):
@@ -83,3 +83,68 @@ def test_narrower_inputs_are_normalized_in_the_statistics_dtype(slope):
         # float32 rounding of the largest entry (second-order terms reach 1e4-1e6 here)
         tolerance = 1e-6 * float(tf.reduce_max(tf.abs(b)))
         tf.debugging.assert_near(a, b, rtol=0.0, atol=tolerance, message=name)
+
+
+def _first_order(norm, x, gamma, beta):
+    variables = [x, gamma, beta]
+    with tf.GradientTape() as tape:
+        tape.watch(variables)
+        y = norm(x, gamma, beta)
+        loss = tf.reduce_sum(tf.sin(3.0 * tf.cast(y, tf.float32)) * tf.cos(tf.cast(x, tf.float32)))
+    return [y] + tape.gradient(loss, variables)
+
+
+@pytest.mark.parametrize("batch, slope, graph", [(1, 0.1, True), (3, 0.1, False), (3, None, True), (1, None, False)])
+def test_first_order_norms_run_fused_kernels_with_the_same_values_and_gradients(batch, slope, graph):
+    """Inside `first_order_norms()` (batches of 1 and of several images, each normalized on its own):
+    float32 values and gradients of the float64 composite's, rounded."""
+    x = tf.random.stateless_normal([batch, 6, 5, 4], seed=[18, 19], dtype=tf.float64) * 2.0 + 0.5
+    gamma = tf.random.stateless_normal([4], seed=[20, 21], dtype=tf.float64)
+    beta = tf.random.stateless_normal([4], seed=[22, 23], dtype=tf.float64)
+    expected = _first_order(lambda x, g, b: _reference(x, g, b, 1e-3, slope), x, gamma, beta)
+
+    def fused(x, gamma, beta):
+        with first_order_norms():
+            return _first_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, slope), x, gamma, beta)
+
+    run = tf.function(fused) if graph else fused
+    ours = run(*(tf.cast(t, tf.float32) for t in (x, gamma, beta)))
+    if graph:
+        op_types = {op.type for op in tf.function(fused).get_concrete_function(
+            *(tf.TensorSpec(t.shape, tf.float32) for t in (x, gamma, beta))).graph.get_operations()}
+        assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= op_types
+    for name, a, b in zip(("output", "d/dx", "d/dgamma", "d/dbeta"), ours, expected):
+        tf.debugging.assert_near(tf.cast(a, tf.float64), b, rtol=0.0, atol=1e-5 * float(tf.reduce_max(tf.abs(b))),
+                                 message=name)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_first_order_norms_still_have_exact_second_order_gradients(batch):
+    """Differentiated twice (which no first-order step does), the fused norm's gradient has the
+    closed form's gradient: float32 rounding of the float64 composite's, as above."""
+    x = tf.random.stateless_normal([batch, 5, 7, 3], seed=[24, 25], dtype=tf.float64) * 2.0 + 0.5
+    gamma = tf.random.stateless_normal([3], seed=[26, 27], dtype=tf.float64)
+    beta = tf.random.stateless_normal([3], seed=[28, 29], dtype=tf.float64)
+    expected = _first_and_second_order(lambda x, g, b: _reference(x, g, b, 1e-3, 0.1), x, gamma, beta)
+
+    @tf.function
+    def fused(x, gamma, beta):
+        with first_order_norms():
+            return _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, 0.1), x, gamma, beta)
+
+    names = ("output", "d/dx", "d/dgamma", "d/dbeta", "d2/dx", "d2/dgamma", "d2/dbeta")
+    for name, a, b in zip(names, fused(*(tf.cast(t, tf.float32) for t in (x, gamma, beta))), expected):
+        tf.debugging.assert_near(tf.cast(a, tf.float64), b, rtol=0.0, atol=1e-5 * float(tf.reduce_max(tf.abs(b))),
+                                 message=name)
+
+
+def test_first_order_norms_keep_the_closed_form_where_no_fused_kernel_applies():
+    """float64 inputs (the finite-difference tests') have no fused kernel: the closed form runs,
+    second order included."""
+    x = tf.random.stateless_normal([1, 4, 4, 2], seed=[26, 27], dtype=tf.float64)
+    gamma, beta = tf.ones([2], tf.float64), tf.zeros([2], tf.float64)
+    with first_order_norms():
+        ours = _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, 0.1), x, gamma, beta)
+    expected = _first_and_second_order(lambda x, g, b: _reference(x, g, b, 1e-3, 0.1), x, gamma, beta)
+    for a, b in zip(ours, expected):
+        tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10)

@@ -34,9 +34,10 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from meta_drn_tf import conv
+from meta_drn_tf import conv, norm
 from meta_drn_tf.config import ADAPT_LAYERS, algorithm_problems
 from meta_drn_tf.meta import algorithms
+from meta_drn_tf.meta.adamw import FusedAdamW
 from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, full_precision, soft_iou
 from meta_drn_tf.model import group_of
 
@@ -294,7 +295,8 @@ class Adapter(tf.Module):
         """
         steps = inner_steps or self.config.inner_steps
         theta = self.initial_weights()
-        fast, _ = self.inner_loop(theta, support_images, support_masks, steps, False, inner_lr)
+        with norm.first_order_norms():
+            fast, _ = self.inner_loop(theta, support_images, support_masks, steps, False, inner_lr)
         return self.weights_at(theta, fast, steps - 1)
 
     def predict(self, fast_weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
@@ -330,12 +332,13 @@ class Adapter(tf.Module):
             scores += [binary_iou(probabilities, query_masks, t) for t in THRESHOLDS]
             return bce_loss(logits, query_masks), tf.stack(scores), probabilities
 
-        loss, scores, probabilities = tf.map_fn(
-            one_task,
-            tuple(batch[k] for k in TASK_KEYS),
-            fn_output_signature=(tf.float32, tf.float32, tf.float32),
-            parallel_iterations=1,
-        )
+        with norm.first_order_norms():
+            loss, scores, probabilities = tf.map_fn(
+                one_task,
+                tuple(batch[k] for k in TASK_KEYS),
+                fn_output_signature=(tf.float32, tf.float32, tf.float32),
+                parallel_iterations=1,
+            )
         logs = {"loss": loss, "soft_iou": scores[:, 0], "probabilities": probabilities}
         for j, t in enumerate(THRESHOLDS):
             logs[f"iou@{t}"] = scores[:, j + 1]
@@ -396,7 +399,7 @@ class MetaLearner(Adapter):
     Args:
         model: as for `Adapter`.
         config: the algorithm settings.
-        optimizer: the meta-optimizer; default AdamW(config.meta_lr).
+        optimizer: the meta-optimizer; default AdamW(config.meta_lr) (`FusedAdamW`: Keras's, faster).
         strategy: a tf.distribute strategy whose scope holds the model's
             variables (default: the current one).
     """
@@ -412,9 +415,7 @@ class MetaLearner(Adapter):
         with strategy.scope():
             super().__init__(model, config)
             self.strategy = strategy
-            self.optimizer = optimizer or keras.optimizers.AdamW(
-                learning_rate=config.meta_lr, weight_decay=config.weight_decay
-            )
+            self.optimizer = optimizer or FusedAdamW(learning_rate=config.meta_lr, weight_decay=config.weight_decay)
             self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
             rates = list(self.alphas) + list(self.step_rates)
             if rates and hasattr(self.optimizer, "exclude_from_weight_decay"):
@@ -456,9 +457,12 @@ class MetaLearner(Adapter):
         phase = Phase(second_order, multi_step_loss)
         loss_weights = (multi_step_loss_weights(epoch, self.config.inner_steps, self.config.multi_step_loss_epochs)
                         if multi_step_loss else None)
-        # Second order, or the memory mode, without Winograd's convolutions: its transforms cost memory.
-        direct = second_order or self.config.memory_saving
-        with conv.direct_convolutions() if direct else contextlib.nullcontext():
+        with contextlib.ExitStack() as kernels:
+            # Second order, or the memory mode, without Winograd's convolutions: its transforms cost memory.
+            if second_order or self.config.memory_saving:
+                kernels.enter_context(conv.direct_convolutions())
+            if not second_order:
+                kernels.enter_context(norm.first_order_norms())
             grads, logs = self.strategy.run(lambda batch: self._replica_gradients(batch, phase, loss_weights),
                                             args=(task_batch,))
         # After the all-reduce every replica holds the same gradients: apply one
