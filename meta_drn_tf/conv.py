@@ -14,7 +14,7 @@ the kernel gradient is one matrix product per kernel tap (faster than
 TensorFlow's `Conv2DBackpropFilter` there; on GPUs it is TensorFlow's), and its
 own gradients (second order) are forward convolutions: <dK, g> = <conv(x, g), dy>.
 
-On CPUs, wide 3x3 layers (>= 256 x 256 channels; 512 x 512 in bfloat16) compute the
+On CPUs, wide 3x3 layers (>= 512 x 512 channels) compute the
 convolution and its kernel gradient by Winograd's F(2x2, 3x3): 16 products of a quarter of
 the pixels where the direct forms need 9 of all of them, 1.2-1.3x faster here
 (docs/performance.md, changes 7 and 9). Second-order meta-steps trace inside
@@ -210,25 +210,25 @@ def _kernel_gradient_by_taps(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation
     return product if shift_x else tf.transpose(product, [0, 1, 3, 2])
 
 
-# Winograd's F(2x2, 3x3) is used from this many input x output channels (256 x 256; measured
-# 1.1-1.3x faster than TensorFlow's CPU convolution and than the taps from there, slower below).
-WINOGRAD_MIN_CHANNEL_PRODUCT = 2**16
-# In bfloat16, from 512 x 512 channels: its transforms are bfloat16 elementwise ops, slower than
-# float32's, and below that they cost as much as they save (docs/performance.md, change 9).
-WINOGRAD_MIN_CHANNEL_PRODUCT_BFLOAT16 = 2**18
+# Winograd's F(2x2, 3x3) is used from this many input x output channels (512 x 512). From 256 x
+# 256 it is 1.1-1.3x faster in float32 than TensorFlow's CPU convolution and the taps (change 7),
+# but each layer adds ~170 small ops to the graph and 4x-activation transforms: 0.05 GiB more
+# working set for 256 x 512 and 256 x 256 layers together, for 2-4% of a FOMAML step; in
+# bfloat16 its transforms are slower elementwise ops and gain nothing there (change 9).
+WINOGRAD_MIN_CHANNEL_PRODUCT = 2**18
 
 
 def winograd_applies(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape, dilation: int, dtype) -> bool:
     """Whether a 3x3 convolution (and its kernel gradient) goes through Winograd's F(2x2, 3x3): on
-    CPUs, for layers of >= `WINOGRAD_MIN_CHANNEL_PRODUCT` channel pairs in float32/float64 (>=
-    `WINOGRAD_MIN_CHANNEL_PRODUCT_BFLOAT16` in bfloat16) whose height and width are known and
-    multiples of 2 x dilation (2x2 output tiles of every space-to-batch phase). Winograd needs 16
-    products of (pixels / 4) rows where the direct convolution needs 9 of (pixels) rows: 2.25x
-    fewer multiplications, for four transforms that only add. In bfloat16 its transforms round
-    too: relative errors 2-3x a direct bfloat16 convolution's (7e-3 against 3e-3 at 56x56x512)."""
-    minimum = {tf.float32: WINOGRAD_MIN_CHANNEL_PRODUCT, tf.float64: WINOGRAD_MIN_CHANNEL_PRODUCT,
-               tf.bfloat16: WINOGRAD_MIN_CHANNEL_PRODUCT_BFLOAT16}.get(dtype)
-    if tuple(kernel_shape[:2]) != (3, 3) or minimum is None or kernel_shape[2] * kernel_shape[3] < minimum:
+    CPUs, in float32, float64 or bfloat16, for layers of >= `WINOGRAD_MIN_CHANNEL_PRODUCT` channel
+    pairs whose height and width are known and multiples of 2 x dilation (2x2 output tiles of
+    every space-to-batch phase). Winograd needs 16 products of (pixels / 4) rows where the direct
+    convolution needs 9 of (pixels) rows: 2.25x fewer multiplications, for four transforms that
+    only add. In bfloat16 its transforms round too: relative errors 2-3x a direct bfloat16
+    convolution's (7e-3 against 3e-3 at 56x56x512)."""
+    if tuple(kernel_shape[:2]) != (3, 3) or dtype not in (tf.float32, tf.float64, tf.bfloat16):
+        return False
+    if kernel_shape[2] * kernel_shape[3] < WINOGRAD_MIN_CHANNEL_PRODUCT:
         return False
     if tf.config.list_logical_devices("GPU"):
         return False

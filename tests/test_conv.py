@@ -85,16 +85,15 @@ def test_winograd_values_and_gradients_of_three_orders_match_tensorflows(dilatio
 
 
 def test_winograd_only_where_it_was_measured_faster():
-    wide, narrow = tf.TensorShape([3, 3, 256, 256]), tf.TensorShape([3, 3, 128, 256])
-    image = tf.TensorShape([None, 56, 56, 256])
+    wide, narrow = tf.TensorShape([3, 3, 512, 512]), tf.TensorShape([3, 3, 256, 512])
+    image = tf.TensorShape([None, 56, 56, 512])
     assert conv_module.winograd_applies(image, wide, 4, tf.float32)
+    assert conv_module.winograd_applies(image, wide, 1, tf.bfloat16)
     assert not conv_module.winograd_applies(image, narrow, 1, tf.float32)
-    assert not conv_module.winograd_applies(image, wide, 1, tf.bfloat16)  # bfloat16: from 512 x 512
-    assert conv_module.winograd_applies(image, tf.TensorShape([3, 3, 512, 512]), 1, tf.bfloat16)
     assert not conv_module.winograd_applies(image, wide, 1, tf.float16)
-    assert not conv_module.winograd_applies(tf.TensorShape([1, 54, 54, 256]), wide, 2, tf.float32)  # 27 is odd
-    assert not conv_module.winograd_applies(tf.TensorShape([1, None, None, 256]), wide, 1, tf.float32)
-    assert not conv_module.winograd_applies(image, tf.TensorShape([1, 1, 256, 256]), 1, tf.float32)
+    assert not conv_module.winograd_applies(tf.TensorShape([1, 54, 54, 512]), wide, 2, tf.float32)  # 27 is odd
+    assert not conv_module.winograd_applies(tf.TensorShape([1, None, None, 512]), wide, 1, tf.float32)
+    assert not conv_module.winograd_applies(image, tf.TensorShape([1, 1, 512, 512]), 1, tf.float32)
 
 
 def test_even_kernels_are_refused():
@@ -114,7 +113,7 @@ def test_bfloat16_winograd_errs_a_few_roundings_more_than_a_direct_bfloat16_conv
     """bfloat16 Winograd rounds its transforms and products too: its values and kernel gradient stay
     within 4x the relative error of the direct bfloat16 forms (2-3x measured; a wrong transform
     would be off by 100%)."""
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT_BFLOAT16", 0)
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
     x = tf.random.stateless_normal([1, 16, 16, 48], seed=[8, 9], dtype=tf.float64)
     kernel = tf.random.stateless_normal([3, 3, 48, 40], seed=[10, 11], dtype=tf.float64) / 20.0
     dy = tf.random.stateless_normal([1, 16, 16, 40], seed=[12, 13], dtype=tf.float64)
@@ -132,7 +131,7 @@ def test_bfloat16_winograd_errs_a_few_roundings_more_than_a_direct_bfloat16_conv
 
     assert conv_module.winograd_applies(x.shape, kernel.shape, dilation, tf.bfloat16)
     winograd = error(lambda a, b: same_conv2d(a, b, dilation))
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT_BFLOAT16", 2**30)
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 2**30)
     direct = error(lambda a, b: same_conv2d(a, b, dilation))
     for name, ours, theirs in zip(("value", "kernel gradient"), winograd, direct):
         assert ours < 4 * theirs, (name, ours, theirs)
