@@ -14,11 +14,11 @@ the kernel gradient is one matrix product per kernel tap (faster than
 TensorFlow's `Conv2DBackpropFilter` there; on GPUs it is TensorFlow's), and its
 own gradients (second order) are forward convolutions: <dK, g> = <conv(x, g), dy>.
 
-On CPUs, wide 3x3 layers (>= 512 x 512 channels) compute the
-convolution and its kernel gradient by Winograd's F(2x2, 3x3): 16 products of a quarter of
-the pixels where the direct forms need 9 of all of them, 1.2-1.3x faster here
-(docs/performance.md, changes 7 and 9). Second-order meta-steps trace inside
-`direct_convolutions()`: there Winograd's transforms cost more memory than they save time.
+On CPUs, wide 3x3 layers (>= 512 x 512 channels) compute the convolution and its kernel
+gradient by Winograd's F(2x2, 3x3): 16 products of a quarter of the pixels where the direct
+forms need 9 of all of them, 1.2-1.3x faster here (docs/performance.md, changes 7 and 9).
+Second-order meta-steps trace inside `direct_convolutions()`: there Winograd's transforms cost
+more memory than they save time.
 """
 
 from __future__ import annotations

@@ -94,6 +94,13 @@ def _first_order(norm, x, gamma, beta):
     return [y] + tape.gradient(loss, variables)
 
 
+def _assert_float32_rounding(ours, expected, names):
+    """float32 results against float64 ones, to 1e-5 of each result's largest entry."""
+    for name, a, b in zip(names, ours, expected, strict=True):
+        tf.debugging.assert_near(tf.cast(a, tf.float64), b, rtol=0.0, atol=1e-5 * float(tf.reduce_max(tf.abs(b))),
+                                 message=name)
+
+
 @pytest.mark.parametrize("batch, slope, graph", [(1, 0.1, True), (3, 0.1, False), (3, None, True), (1, None, False)])
 def test_first_order_norms_run_fused_kernels_with_the_same_values_and_gradients(batch, slope, graph):
     """Inside `first_order_norms()` (batches of 1 and of several images, each normalized on its own):
@@ -107,15 +114,12 @@ def test_first_order_norms_run_fused_kernels_with_the_same_values_and_gradients(
         with first_order_norms():
             return _first_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, slope), x, gamma, beta)
 
+    inputs = [tf.cast(t, tf.float32) for t in (x, gamma, beta)]
     run = tf.function(fused) if graph else fused
-    ours = run(*(tf.cast(t, tf.float32) for t in (x, gamma, beta)))
     if graph:
-        op_types = {op.type for op in tf.function(fused).get_concrete_function(
-            *(tf.TensorSpec(t.shape, tf.float32) for t in (x, gamma, beta))).graph.get_operations()}
+        op_types = {op.type for op in run.get_concrete_function(*inputs).graph.get_operations()}
         assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= op_types
-    for name, a, b in zip(("output", "d/dx", "d/dgamma", "d/dbeta"), ours, expected):
-        tf.debugging.assert_near(tf.cast(a, tf.float64), b, rtol=0.0, atol=1e-5 * float(tf.reduce_max(tf.abs(b))),
-                                 message=name)
+    _assert_float32_rounding(run(*inputs), expected, ("output", "d/dx", "d/dgamma", "d/dbeta"))
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -133,9 +137,7 @@ def test_first_order_norms_still_have_exact_second_order_gradients(batch):
             return _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, 0.1), x, gamma, beta)
 
     names = ("output", "d/dx", "d/dgamma", "d/dbeta", "d2/dx", "d2/dgamma", "d2/dbeta")
-    for name, a, b in zip(names, fused(*(tf.cast(t, tf.float32) for t in (x, gamma, beta))), expected):
-        tf.debugging.assert_near(tf.cast(a, tf.float64), b, rtol=0.0, atol=1e-5 * float(tf.reduce_max(tf.abs(b))),
-                                 message=name)
+    _assert_float32_rounding(fused(*(tf.cast(t, tf.float32) for t in (x, gamma, beta))), expected, names)
 
 
 def test_first_order_norms_keep_the_closed_form_where_no_fused_kernel_applies():
