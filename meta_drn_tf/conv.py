@@ -27,6 +27,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 
+import numpy as np
 import tensorflow as tf
 
 _direct_only = False  # set while `direct_convolutions()` is open
@@ -77,9 +78,15 @@ def _convolutions(dilation: int, winograd: bool):
     """conv(x, kernel) with its gradients of every order, for one dilation; with `winograd`, its
     first-order functions use Winograd's F(2x2, 3x3) where `winograd_applies`."""
 
-    def convolve(x, kernel):
-        if winograd and winograd_applies(x.shape, kernel.shape, dilation, x.dtype):
-            return _winograd_conv(x, kernel, dilation)
+    def convolve(x, kernel, flipped=False):
+        """conv(x, kernel), or with `flipped` conv(x, _flip(kernel)), forward only."""
+        if winograd and winograd_applies(x.shape, kernel.shape, dilation, x.dtype):  # symmetric in the channels
+            return _winograd_conv(x, kernel, dilation, flipped)
+        if flipped:
+            # Not before x exists: the kernels are there from the start of a step, and every
+            # layer's flipped copy would be made then and kept until the backward pass reaches it.
+            with tf.control_dependencies([x]):
+                kernel = _flip(kernel)
         # Dilated in one op: tf.nn.convolution goes through space-to-batch for dilations (for its
         # own gradient), 1-2 ms more per 56x56x512 convolution here.
         return tf.raw_ops.Conv2D(input=x, filter=kernel, strides=[1, 1, 1, 1], padding="SAME",
@@ -114,11 +121,7 @@ def _convolutions(dilation: int, winograd: bool):
         def grad(dy):
             return conv(dy, kernel), flipped_kernel_gradient(x, dy, kernel.shape)
 
-        # Not before x exists: the kernels are there from the start of a step, and every layer's
-        # flipped copy would be made then and kept until the backward pass reaches the layer.
-        with tf.control_dependencies([x]):
-            flipped = _flip(kernel)
-        return convolve(x, flipped), grad
+        return convolve(x, kernel, flipped=True), grad
 
     def flipped_kernel_gradient(x, dy, kernel_shape):
         """d<conv(x, _flip(kernel)), dy>/d kernel, which is kernel_gradient(dy, x): both are
@@ -236,129 +239,100 @@ def winograd_applies(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape, 
     return height is not None and width is not None and height % (2 * dilation) == 0 and width % (2 * dilation) == 0
 
 
-def _phases(t: tf.Tensor, axis: int, length: int) -> list[tf.Tensor]:
-    """t's entries 2i + s along `axis` (2·length + 2 of them) for i < length and s = 0, 1, 2, 3: the
-    four rows (or columns) of every 4x4 tile, tiles 2 apart. The even and the odd entries are
-    gathered once, by a reshape (strided slices are slow), and each phase is a slice of them."""
-    shape = tf.shape(t)
-    pairs = tf.reshape(t, tf.concat([shape[:axis], [length + 1, 2], shape[axis + 1:]], 0))
-    even, odd = tf.gather(pairs, 0, axis=axis + 1), tf.gather(pairs, 1, axis=axis + 1)
-
-    def entries(u, start):
-        begin, size = [0] * t.shape.rank, [-1] * t.shape.rank
-        begin[axis], size[axis] = start, length
-        return tf.slice(u, begin, size)
-
-    return [entries(even, 0), entries(odd, 0), entries(even, 1), entries(odd, 1)]
+# Winograd's F(2x2, 3x3) matrices (Lavin & Gray 2016), as Kronecker products over a tile's two axes:
+# the transforms of 4x4 input tiles, 3x3 kernels and 4x4 products are then one matrix product each.
+_B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # input: Bᵀ d B
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # kernel: G g Gᵀ
+_A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # output: Aᵀ m A
+_INPUT_TRANSFORM = np.kron(_B_T, _B_T)  # (16, 16): a tile's 16 entries (r, s) -> its 16 transformed entries
+_KERNEL_TRANSFORM = np.kron(_G, _G)  # (16, 9)
+_OUTPUT_TRANSFORM = np.kron(_A_T, _A_T)  # (4, 16): 16 products -> a tile's 2x2 outputs
 
 
-def _input_rows(d: list[tf.Tensor]) -> list[tf.Tensor]:
-    """Bᵀ d along one axis: B's rows are (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)."""
-    return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+def _tile_entries(height: int, width: int, dilation: int) -> np.ndarray:
+    """Where the 4x4 input tiles' entries are in one zero-padded image flattened to rows of
+    channels, `(16, tiles)`, entries (r, s) first, then tiles in the order (i, p, j, q).
+
+    A dilated convolution is an undilated one of each of the dilation² interleaved sub-images
+    (phases p, q); its 2x2 output tile i, j of phase p, q reads the padded image's rows
+    p + d·(2i + r) and columns q + d·(2j + s) for r, s < 4 (pad d on every side)."""
+    d = dilation
+    r, s, i, p, j, q = np.ix_(range(4), range(4), range(height // (2 * d)), range(d), range(width // (2 * d)), range(d))
+    rows, columns = p + d * (2 * i + r), q + d * (2 * j + s)
+    return (rows * (width + 2 * d) + columns).reshape(16, -1).astype(np.int32)
 
 
-def _kernel_rows(g: list[tf.Tensor]) -> list[tf.Tensor]:
-    """G g along one axis: G's rows are (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1)."""
-    return [g[0], 0.5 * (g[0] + g[1] + g[2]), 0.5 * (g[0] - g[1] + g[2]), g[2]]
+def _transformed_input(x: tf.Tensor, dilation: int) -> tf.Tensor:
+    """Bᵀ d B of every 4x4 tile: `(batch, H, W, C)` -> `(16, batch·H·W/4, C)`, tiles ordered
+    (image, i, p, j, q). One gather of the 16 entries of every tile, one product with the
+    16 x 16 transform: in bfloat16 the product sums in float32 and rounds once."""
+    height, width, channels = x.shape[1:]
+    d = dilation
+    padded = tf.pad(x, [[0, 0], [d, d], [d, d], [0, 0]])
+    image_size = (height + 2 * d) * (width + 2 * d)
+    entries = _tile_entries(height, width, d)  # (16, tiles of one image)
+    first_rows = tf.range(tf.shape(x)[0]) * image_size  # each image's first row in the flattened batch
+    rows = tf.reshape(entries[:, None, :] + first_rows[None, :, None], [-1])
+    tiles = tf.reshape(tf.gather(tf.reshape(padded, [-1, channels]), rows), [16, -1])
+    transformed = tf.matmul(tf.constant(_INPUT_TRANSFORM, x.dtype), tiles)
+    return tf.reshape(transformed, [16, -1, channels])
 
 
-def _output_rows(m: list[tf.Tensor]) -> list[tf.Tensor]:
-    """Aᵀ m along one axis: A's rows are (1, 1, 1, 0), (0, 1, -1, -1)."""
-    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+def _transformed_kernel(kernel: tf.Tensor, flipped: bool) -> tf.Tensor:
+    """G g Gᵀ: `(3, 3, C_in, C_out)` -> `(16, C_in, C_out)`; with `flipped`, that of the kernel
+    flipped in space (its channels are swapped by the product that uses it)."""
+    transform = _KERNEL_TRANSFORM[:, ::-1] if flipped else _KERNEL_TRANSFORM
+    transformed = tf.matmul(tf.constant(transform, kernel.dtype), tf.reshape(kernel, [9, -1]))
+    return tf.reshape(transformed, [16, *kernel.shape[2:]])
 
 
-def _output_columns(p: list[tf.Tensor]) -> list[tf.Tensor]:
-    """A p along one axis (the transpose of `_output_rows`): A's columns are (1, 0), (1, 1), (1, -1), (0, -1)."""
-    return [p[0], p[0] + p[1], p[0] - p[1], -p[1]]
+def _tile_layout(height: int, width: int, dilation: int, channels: int) -> list[int]:
+    """An output `(batch, H, W, C)` viewed as (image, i, row in tile, p, j, column in tile, q, C)."""
+    d = dilation
+    return [-1, height // (2 * d), 2, d, width // (2 * d), 2, d, channels]
 
 
-def _kernel_columns(u: list[tf.Tensor]) -> list[tf.Tensor]:
-    """Gᵀ u along one axis (the transpose of `_kernel_rows`)."""
-    return [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]]
+def _output_from_products(products: tf.Tensor, height: int, width: int, dilation: int) -> tf.Tensor:
+    """Aᵀ m A of every tile's 16 products `(16, tiles, C)`, put back in place: `(batch, H, W, C)`."""
+    channels = products.shape[-1]
+    outputs = tf.matmul(tf.constant(_OUTPUT_TRANSFORM, products.dtype), tf.reshape(products, [16, -1]))
+    d = dilation
+    outputs = tf.reshape(outputs, [2, 2, -1, height // (2 * d), d, width // (2 * d), d, channels])
+    outputs = tf.transpose(outputs, [2, 3, 0, 4, 5, 1, 6, 7])  # into `_tile_layout`'s order
+    return tf.reshape(outputs, [-1, height, width, channels])
 
 
-def _input_tile_rows(x: tf.Tensor) -> list[tf.Tensor]:
-    """The input transform's first half, Bᵀ along every 4x4 tile's rows of the padded input:
-    `(batch, H, W, C)` -> 4 tensors `(batch, H/2, W + 2, C)`, one per row a of the transformed tiles."""
-    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    return _input_rows(_phases(padded, 1, x.shape[1] // 2))
+def _winograd_conv(x: tf.Tensor, kernel: tf.Tensor, dilation: int, flipped: bool = False) -> tf.Tensor:
+    """`tf.nn.convolution(x, kernel, padding="SAME", dilations=dilation)` by Winograd's F(2x2, 3x3);
+    with `flipped`, that of `_flip(kernel)` (the input gradient), without a flipped copy.
 
-
-def _input_tile_columns(rows: tf.Tensor) -> tf.Tensor:
-    """Its second half for one row a: `(batch, H/2, W + 2, C)` -> `(4, batch·H/2·W/2, C)`, B along the columns."""
-    width = rows.shape[2] - 2
-    return tf.stack([tf.reshape(v, [-1, rows.shape[-1]]) for v in _input_rows(_phases(rows, 2, width // 2))])
-
-
-def _output_tile_rows(dy: tf.Tensor) -> list[tf.Tensor]:
-    """The output transform's transpose for the kernel gradient, its first half (A along the rows):
-    `(batch, H, W, C)` -> 4 tensors `(batch, H/2, W/2, 2, C)`, one per row a of the transformed tiles."""
-    height, width, channels = dy.shape[1:]
-    outputs = tf.reshape(dy, [-1, height // 2, 2, width // 2, 2, channels])  # each tile's 2x2 outputs
-    return _output_columns([tf.gather(outputs, i, axis=2) for i in range(2)])
-
-
-def _output_tile_columns(rows: tf.Tensor) -> tf.Tensor:
-    """Its second half for one row a: `(batch, H/2, W/2, 2, C)` -> `(4, batch·H/2·W/2, C)`."""
-    return tf.stack([tf.reshape(v, [-1, rows.shape[-1]])
-                     for v in _output_columns([tf.gather(rows, j, axis=3) for j in range(2)])])
-
-
-def _output_tile(m: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """A row a of products `(4, batch·H/2·W/2, C)` -> `(batch, H/2, W/2, 2, C)`: Aᵀ along its columns,
-    each tile's two output columns; `_output_rows` of the four rows then gives the output rows."""
-    m = tf.reshape(m, [4, -1, height // 2, width // 2, m.shape[-1]])
-    return tf.stack(_output_rows([m[b] for b in range(4)]), axis=3)
-
-
-def _to_phases(x: tf.Tensor, dilation: int) -> tf.Tensor:
-    """A dilated convolution is an undilated one on each of the dilation² interleaved sub-images."""
-    return x if dilation == 1 else tf.space_to_batch_nd(x, [dilation, dilation], [[0, 0], [0, 0]])
-
-
-def _winograd_conv(x: tf.Tensor, kernel: tf.Tensor, dilation: int) -> tf.Tensor:
-    """`tf.nn.convolution(x, kernel, padding="SAME", dilations=dilation)` by Winograd's F(2x2, 3x3).
-
-    The 16 products of transformed tiles go four at a time, one row a of the 4x4 transformed
-    tile after the other, each transform waiting for the previous row's product: all 16 at once
-    kept 4x the input and 4x the output alive, twice over while stacked, and the peak of a
-    FOMAML step was two such layers at once (docs/performance.md, change 8).
-    """
+    Four ops do the work: a gather of the input tiles, and three matrix products (the input
+    transform, the 16 products of transformed tiles and kernel, the output transform) and a
+    transpose. At 56x56x512 that is 11 ms in bfloat16 where a transform of additions, row by
+    row, took 15 (docs/performance.md, change 10)."""
     # Each transform waits for the other operand: the kernels exist from the start of a step, the
     # activations from the forward pass on, and a transform made early is kept until the layer is
     # reached (16/9 of a kernel's size, 4x an activation's), for every layer at once.
     with tf.control_dependencies([kernel]):
-        phases = _to_phases(x, dilation)
-        input_rows = _input_tile_rows(phases)
+        transformed_x = _transformed_input(x, dilation)
     with tf.control_dependencies([x]):
-        kernel_rows = _kernel_rows([kernel[i] for i in range(3)])  # kernel_rows[a][j]: G along i
-    output_tiles, previous = [], []
-    for a in range(4):
-        with tf.control_dependencies(previous):
-            transformed_x = _input_tile_columns(input_rows[a])
-            transformed_kernel = tf.stack(_kernel_rows([kernel_rows[a][j] for j in range(3)]))
-        products = tf.matmul(transformed_x, transformed_kernel)
-        previous = [products]
-        output_tiles.append(_output_tile(products, *phases.shape[1:3]))
-    y = tf.stack(_output_rows(output_tiles), axis=2)  # (batch, H/2, 2, W/2, 2, C_out)
-    y = tf.reshape(y, [-1, *phases.shape[1:3], kernel.shape[-1]])
-    return y if dilation == 1 else tf.batch_to_space(y, [dilation, dilation], [[0, 0], [0, 0]])
+        transformed_kernel = _transformed_kernel(kernel, flipped)
+    products = tf.matmul(transformed_x, transformed_kernel, transpose_b=flipped)
+    return _output_from_products(products, *x.shape[1:3], dilation)
 
 
 def _winograd_kernel_gradient(x: tf.Tensor, dy: tf.Tensor, dilation: int) -> tf.Tensor:
-    """d<conv(x, kernel), dy>/d kernel by the transposes of `_winograd_conv`'s steps, a row of the
-    transformed tiles at a time as there."""
+    """d<conv(x, kernel), dy>/d kernel by the transposes of `_winograd_conv`'s steps: dy's 2x2
+    tiles through Aᵀ's transpose, 16 products summed over the tiles, then Gᵀ's transpose."""
+    height, width, channels = dy.shape[1:]
     # Not before dy exists: x's transform (4x its size) would be made during the forward pass and
     # kept, for every layer, until the backward pass reaches it.
     with tf.control_dependencies([dy]):
-        input_rows = _input_tile_rows(_to_phases(x, dilation))
-    output_rows = _output_tile_rows(_to_phases(dy, dilation))
-    kernel_rows, previous = [], []  # kernel_rows[a]: Gᵀ along j, (3, C_in, C_out)
-    for a in range(4):
-        with tf.control_dependencies(previous):
-            transformed_x = _input_tile_columns(input_rows[a])
-            transformed_dy = _output_tile_columns(output_rows[a])
-        products = tf.matmul(transformed_x, transformed_dy, transpose_a=True)  # (4, C_in, C_out)
-        previous = [products]
-        kernel_rows.append(tf.stack(_kernel_columns([products[b] for b in range(4)])))
-    return tf.stack(_kernel_columns(kernel_rows))
+        transformed_x = _transformed_input(x, dilation)
+    tiles = tf.reshape(dy, _tile_layout(height, width, dilation, channels))
+    tiles = tf.reshape(tf.transpose(tiles, [2, 5, 0, 1, 3, 4, 6, 7]), [4, -1])  # (2x2 outputs, tiles·C)
+    transformed_dy = tf.matmul(tf.constant(_OUTPUT_TRANSFORM.T, dy.dtype), tiles)
+    transformed_dy = tf.reshape(transformed_dy, [16, -1, channels])
+    products = tf.matmul(transformed_x, transformed_dy, transpose_a=True)  # (16, C_in, C_out)
+    kernel = tf.matmul(tf.constant(_KERNEL_TRANSFORM.T, x.dtype), tf.reshape(products, [16, -1]))
+    return tf.reshape(kernel, [3, 3, *products.shape[1:]])
