@@ -14,9 +14,9 @@ the kernel gradient is one matrix product per kernel tap (faster than
 TensorFlow's `Conv2DBackpropFilter` there; on GPUs it is TensorFlow's), and its
 own gradients (second order) are forward convolutions: <dK, g> = <conv(x, g), dy>.
 
-On CPUs, wide 3x3 layers (>= 512 x 512 channels) compute the convolution and its kernel
+On CPUs, wide 3x3 layers (>= 256 x 256 channels) compute the convolution and its kernel
 gradient by Winograd's F(2x2, 3x3): 16 products of a quarter of the pixels where the direct
-forms need 9 of all of them, 1.2-1.3x faster here (docs/performance.md, changes 7 and 9).
+forms need 9 of all of them, 1.1-1.5x faster here (docs/performance.md, changes 7, 9 and 10).
 Second-order meta-steps trace inside `direct_convolutions()`: there Winograd's transforms cost
 more memory than they save time.
 """
@@ -213,12 +213,11 @@ def _kernel_gradient_by_taps(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation
     return product if shift_x else tf.transpose(product, [0, 1, 3, 2])
 
 
-# Winograd's F(2x2, 3x3) is used from this many input x output channels (512 x 512). From 256 x
-# 256 it is 1.1-1.3x faster in float32 than TensorFlow's CPU convolution and the taps (change 7),
-# but each layer adds ~170 small ops to the graph and 4x-activation transforms: 0.05 GiB more
-# working set for 256 x 512 and 256 x 256 layers together, for 2-4% of a FOMAML step; in
-# bfloat16 its transforms are slower elementwise ops and gain nothing there (change 9).
-WINOGRAD_MIN_CHANNEL_PRODUCT = 2**18
+# Winograd's F(2x2, 3x3) is used from this many input x output channels (256 x 256). Below, at
+# 128 x 256 and 56x56, its transforms cost more than the products save (3.1 against 2.5 ms in
+# bfloat16); from 256 x 256 on, FOMAML steps were 3-8% faster than from 512 x 512, for 0.01-0.02
+# GiB more working set (docs/performance.md, change 10).
+WINOGRAD_MIN_CHANNEL_PRODUCT = 2**16
 
 
 def winograd_applies(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape, dilation: int, dtype) -> bool:
@@ -226,9 +225,10 @@ def winograd_applies(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape, 
     CPUs, in float32, float64 or bfloat16, for layers of >= `WINOGRAD_MIN_CHANNEL_PRODUCT` channel
     pairs whose height and width are known and multiples of 2 x dilation (2x2 output tiles of
     every space-to-batch phase). Winograd needs 16 products of (pixels / 4) rows where the direct
-    convolution needs 9 of (pixels) rows: 2.25x fewer multiplications, for four transforms that
-    only add. In bfloat16 its transforms round too: relative errors 2-3x a direct bfloat16
-    convolution's (7e-3 against 3e-3 at 56x56x512)."""
+    convolution needs 9 of (pixels) rows: 2.25x fewer multiplications, for transforms that only
+    add. In bfloat16 the transformed tiles and kernels round too: relative errors 3x a direct
+    bfloat16 convolution's at 56x56x512 (5.0e-3 against 1.7e-3, to the exact convolution of the
+    same bfloat16 inputs; 7.2e-3 when the transforms were bfloat16 additions)."""
     if tuple(kernel_shape[:2]) != (3, 3) or dtype not in (tf.float32, tf.float64, tf.bfloat16):
         return False
     if kernel_shape[2] * kernel_shape[3] < WINOGRAD_MIN_CHANNEL_PRODUCT:

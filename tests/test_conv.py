@@ -85,10 +85,11 @@ def test_winograd_values_and_gradients_of_three_orders_match_tensorflows(dilatio
 
 
 def test_winograd_only_where_it_was_measured_faster():
-    wide, narrow = tf.TensorShape([3, 3, 512, 512]), tf.TensorShape([3, 3, 256, 512])
+    wide, narrow = tf.TensorShape([3, 3, 512, 512]), tf.TensorShape([3, 3, 128, 256])
     image = tf.TensorShape([None, 56, 56, 512])
     assert conv_module.winograd_applies(image, wide, 4, tf.float32)
     assert conv_module.winograd_applies(image, wide, 1, tf.bfloat16)
+    assert conv_module.winograd_applies(image, tf.TensorShape([3, 3, 256, 256]), 2, tf.bfloat16)
     assert not conv_module.winograd_applies(image, narrow, 1, tf.float32)
     assert not conv_module.winograd_applies(image, wide, 1, tf.float16)
     assert not conv_module.winograd_applies(tf.TensorShape([1, 54, 54, 512]), wide, 2, tf.float32)  # 27 is odd
@@ -110,8 +111,8 @@ def test_taps_only_for_large_layers_of_known_size():
 
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_bfloat16_winograd_errs_a_few_roundings_more_than_a_direct_bfloat16_convolution(dilation, monkeypatch):
-    """bfloat16 Winograd rounds its transforms and products too: its values and kernel gradient stay
-    within 4x the relative error of the direct bfloat16 forms (2-3x measured; a wrong transform
+    """bfloat16 Winograd rounds its transformed tiles and kernels too: its values and kernel gradient
+    stay within 3x the relative error of the direct bfloat16 forms (2x measured here; a wrong transform
     would be off by 100%)."""
     monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
     x = tf.random.stateless_normal([1, 16, 16, 48], seed=[8, 9], dtype=tf.float64)
@@ -134,4 +135,4 @@ def test_bfloat16_winograd_errs_a_few_roundings_more_than_a_direct_bfloat16_conv
     monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 2**30)
     direct = error(lambda a, b: same_conv2d(a, b, dilation))
     for name, ours, theirs in zip(("value", "kernel gradient"), winograd, direct):
-        assert ours < 4 * theirs, (name, ours, theirs)
+        assert ours < 3 * theirs, (name, ours, theirs)
