@@ -17,8 +17,8 @@ own gradients (second order) are forward convolutions: <dK, g> = <conv(x, g), dy
 On CPUs, wide 3x3 layers (>= 256 x 256 channels) compute the convolution and its kernel
 gradient by Winograd's F(2x2, 3x3): 16 products of a quarter of the pixels where the direct
 forms need 9 of all of them, 1.1-1.5x faster here (docs/performance.md, changes 7, 9 and 10).
-Second-order meta-steps trace inside `direct_convolutions()`: there Winograd's transforms cost
-more memory than they save time.
+The memory mode and bfloat16 second-order steps trace inside `direct_convolutions()`: there
+Winograd's transforms cost more memory than the step can spare.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ _direct_only = False  # set while `direct_convolutions()` is open
 
 @contextlib.contextmanager
 def direct_convolutions() -> Iterator[None]:
-    """`same_conv2d`s created inside use no Winograd: second-order meta-steps and the memory mode
-    (`MetaConfig.memory_saving`) trace within it.
+    """`same_conv2d`s created inside use no Winograd: the memory mode (`MetaConfig.memory_saving`)
+    and bfloat16 second-order meta-steps trace within it.
 
-    Winograd's transforms are 4x an activation's size; in a second-order MAML step several
-    layers' are alive at once and its working set grew from 0.53 to 0.74-0.83 GiB (measured),
-    where the first-order algorithms, which gain the most time, stay well below the PyTorch
-    peer's. A plain flag, not a thread-local one: `tf.distribute.MirroredStrategy` traces its
-    replicas on threads of its own.
+    Winograd's transforms are 4x an activation's size. A bfloat16 MAML step at 224x224 took 0.70-0.85
+    s with them instead of 0.97-1.01, but its working set grew from 0.48 to 0.55-0.58 GiB, the
+    PyTorch peer's; in float32 (1.2 s instead of 1.8, 0.52 -> 0.68 GiB) it stays below the peer's
+    0.79 (docs/performance.md, change 10). A plain flag, not a thread-local one:
+    `tf.distribute.MirroredStrategy` traces its replicas on threads of its own.
     """
     global _direct_only
     previous, _direct_only = _direct_only, True
@@ -107,10 +107,18 @@ def _convolutions(dilation: int, winograd: bool):
             # and kept until then.
             with tf.control_dependencies([g_dx]):
                 g_x = conv_flipped(dy, g_dk)
-                g_dy = conv(g_dx, kernel) + conv(x, g_dk)
-            return g_x, g_dy, flipped_kernel_gradient(dy, g_dx, kernel.shape)
+            with tf.control_dependencies([g_x]):
+                g_dy = conv(g_dx, kernel)
+            with tf.control_dependencies([g_dy]):
+                g_dy += conv(x, g_dk)
+            with tf.control_dependencies([g_dy]):
+                g_kernel = flipped_kernel_gradient(dy, g_dx, kernel.shape)
+            return g_x, g_dy, g_kernel
 
-        return (conv_flipped(dy, kernel), kernel_gradient(x, dy, kernel.shape)), second_order
+        dx = conv_flipped(dy, kernel)
+        with tf.control_dependencies([dx]):
+            dk = kernel_gradient(x, dy, kernel.shape)
+        return (dx, dk), second_order
 
     @tf.custom_gradient
     def conv_flipped(x, kernel):

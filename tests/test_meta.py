@@ -194,31 +194,38 @@ def test_xla_compiled_step_matches_the_plain_step(tiny_bank):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
-def test_first_order_gradients_are_the_same_through_winograds_convolutions(monkeypatch):
+@pytest.mark.parametrize("algorithm", ["fomaml", "maml"])
+def test_meta_gradients_are_the_same_through_winograds_convolutions(algorithm, monkeypatch):
     from meta_drn_tf import conv
 
-    fomaml = _learner("fomaml")
+    learner = _learner(algorithm)
     task = _task()
-    direct, _ = fomaml.algorithm.task_gradients(fomaml, task)
+    direct, _ = learner.algorithm.task_gradients(learner, task)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)  # every 3x3 layer of the tiny network
-    winograd, _ = fomaml.algorithm.task_gradients(fomaml, task)
+    calls, kernel_gradient = [], conv._winograd_kernel_gradient
+    monkeypatch.setattr(conv, "_winograd_kernel_gradient", lambda *args: calls.append(args) or kernel_gradient(*args))
+    winograd, _ = learner.algorithm.task_gradients(learner, task)
+    assert calls  # Winograd's forms were used
     for a, b in zip(winograd, direct):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_only_first_order_meta_steps_use_winograds_convolutions(monkeypatch):
+def test_winograds_convolutions_except_in_the_memory_mode_and_bfloat16_second_order_steps(monkeypatch):
     from meta_drn_tf import conv
     from meta_drn_tf.graphs import meta_step_graph, operations
 
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
 
-    def batched_products(algorithm, memory_saving=False):  # Winograd's 16 products per convolution: a BatchMatMulV2
-        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, memory_saving=memory_saving))
+    def batched_products(algorithm, **config):  # Winograd's 16 products per convolution: a BatchMatMulV2
+        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, **config))
         return sum(op.type == "BatchMatMulV2" for op in operations(meta_step_graph(learner, 1, 1, 1, 32)))
 
     assert batched_products("fomaml") > 0
-    assert batched_products("maml") == 0  # second order: its working set would grow more than its time shrinks
-    assert batched_products("fomaml", memory_saving=True) == 0  # the memory mode trades time for memory
+    assert batched_products("fomaml", precision="bfloat16") > 0
+    assert batched_products("maml") > 0
+    assert batched_products("maml", precision="bfloat16") == 0  # its working set would reach the peer's
+    assert batched_products("maml", memory_saving=True) == 0  # the memory mode trades time for memory
+    assert batched_products("fomaml", memory_saving=True) == 0
 
 
 @pytest.mark.parametrize("algorithm, first_order_epochs, fused", [

@@ -458,8 +458,9 @@ class MetaLearner(Adapter):
         loss_weights = (multi_step_loss_weights(epoch, self.config.inner_steps, self.config.multi_step_loss_epochs)
                         if multi_step_loss else None)
         with contextlib.ExitStack() as kernels:
-            # Second order, or the memory mode, without Winograd's convolutions: its transforms cost memory.
-            if second_order or self.config.memory_saving:
+            # Winograd's transforms cost memory: the memory mode, and bfloat16 second-order steps
+            # (whose working set they put level with the PyTorch peer's), convolve directly.
+            if self.config.memory_saving or (second_order and self.config.precision == "bfloat16"):
                 kernels.enter_context(conv.direct_convolutions())
             if not second_order:
                 kernels.enter_context(norm.first_order_norms())
