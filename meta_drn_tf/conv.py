@@ -106,18 +106,12 @@ def _convolutions(dilation: int, winograd: bool):
             # reaches this layer: otherwise every layer's full-size terms are made at the start
             # and kept until then.
             with tf.control_dependencies([g_dx]):
-                g_x = conv_flipped(dy, g_dk)
-            with tf.control_dependencies([g_x]):
-                g_dy = conv(g_dx, kernel)
-            with tf.control_dependencies([g_dy]):
-                g_dy += conv(x, g_dk)
-            with tf.control_dependencies([g_dy]):
-                g_kernel = flipped_kernel_gradient(dy, g_dx, kernel.shape)
-            return g_x, g_dy, g_kernel
+                g_x, g_dy_by_dx, g_dy_by_dk, g_kernel = _one_after_another(
+                    lambda: conv_flipped(dy, g_dk), lambda: conv(g_dx, kernel), lambda: conv(x, g_dk),
+                    lambda: flipped_kernel_gradient(dy, g_dx, kernel.shape))
+            return g_x, g_dy_by_dx + g_dy_by_dk, g_kernel
 
-        dx = conv_flipped(dy, kernel)
-        with tf.control_dependencies([dx]):
-            dk = kernel_gradient(x, dy, kernel.shape)
+        dx, dk = _one_after_another(lambda: conv_flipped(dy, kernel), lambda: kernel_gradient(x, dy, kernel.shape))
         return (dx, dk), second_order
 
     @tf.custom_gradient
@@ -161,6 +155,19 @@ def _convolutions(dilation: int, winograd: bool):
         return gradient(x, dy)
 
     return conv
+
+
+def _one_after_another(*terms) -> list[tf.Tensor]:
+    """Each of `terms` (functions of no argument) called once the previous one's result exists,
+    and their results, none of them released before the last exists. A layer's gradient terms
+    in turn, and the next layer's not beside them: each may hold Winograd's transforms, 12x an
+    activation's size while it runs, and two layers' at once were a MAML step's tensor peak."""
+    results = []
+    for term in terms:
+        with tf.control_dependencies(results[-1:]):
+            results.append(term())
+    with tf.control_dependencies(results[-1:]):
+        return [tf.identity(result) for result in results[:-1]] + results[-1:]
 
 
 # Below this many FLOPs per tap (rows x C_in x C_out x 2), one TensorFlow op beats nine small
@@ -300,47 +307,67 @@ def _tile_layout(height: int, width: int, dilation: int, channels: int) -> list[
     return [-1, height // (2 * d), 2, d, width // (2 * d), 2, d, channels]
 
 
-def _output_from_products(products: tf.Tensor, height: int, width: int, dilation: int) -> tf.Tensor:
-    """Aᵀ m A of every tile's 16 products `(16, tiles, C)`, put back in place: `(batch, H, W, C)`."""
-    channels = products.shape[-1]
-    outputs = tf.matmul(tf.constant(_OUTPUT_TRANSFORM, products.dtype), tf.reshape(products, [16, -1]))
-    d = dilation
+def _outputs_in_place(outputs: tf.Tensor, height: int, width: int, dilation: int) -> tf.Tensor:
+    """Every tile's 2x2 outputs `(4, tiles·C)`, tiles ordered as `_transformed_input`'s, put in
+    place: `(batch, H, W, C)`."""
+    channels, d = outputs.shape[-1], dilation
     outputs = tf.reshape(outputs, [2, 2, -1, height // (2 * d), d, width // (2 * d), d, channels])
     outputs = tf.transpose(outputs, [2, 3, 0, 4, 5, 1, 6, 7])  # into `_tile_layout`'s order
     return tf.reshape(outputs, [-1, height, width, channels])
+
+
+def _images(x: tf.Tensor) -> list[slice]:
+    """Winograd's pieces of a batch: one image at a time when the batch size is known (the
+    transforms of five 224x224 queries at once put MAML's working set 0.6 GiB higher), else all.
+    A slice along the batch is a view of the batch, not a copy."""
+    return [slice(None)] if x.shape[0] is None else [slice(i, i + 1) for i in range(x.shape[0])]
 
 
 def _winograd_conv(x: tf.Tensor, kernel: tf.Tensor, dilation: int, flipped: bool = False) -> tf.Tensor:
     """`tf.nn.convolution(x, kernel, padding="SAME", dilations=dilation)` by Winograd's F(2x2, 3x3);
     with `flipped`, that of `_flip(kernel)` (the input gradient), without a flipped copy.
 
-    Four ops do the work: a gather of the input tiles, and three matrix products (the input
-    transform, the 16 products of transformed tiles and kernel, the output transform) and a
-    transpose. At 56x56x512 that is 11 ms in bfloat16 where a transform of additions, row by
-    row, took 15 (docs/performance.md, change 10)."""
+    Per image, four ops do the work: a gather of the input tiles, three matrix products (the
+    input transform, the 16 products of transformed tiles and kernel, the output transform),
+    then a transpose puts the outputs in place. At 56x56x512 that is 11 ms in bfloat16 where a
+    transform of additions, row by row, took 15 (docs/performance.md, change 10)."""
     # Each transform waits for the other operand: the kernels exist from the start of a step, the
     # activations from the forward pass on, and a transform made early is kept until the layer is
     # reached (16/9 of a kernel's size, 4x an activation's), for every layer at once.
-    with tf.control_dependencies([kernel]):
-        transformed_x = _transformed_input(x, dilation)
     with tf.control_dependencies([x]):
         transformed_kernel = _transformed_kernel(kernel, flipped)
-    products = tf.matmul(transformed_x, transformed_kernel, transpose_b=flipped)
-    return _output_from_products(products, *x.shape[1:3], dilation)
+    outputs, previous = [], [kernel]
+    for images in _images(x):
+        with tf.control_dependencies(previous):  # one image's transforms alive at a time
+            transformed_x = _transformed_input(x[images], dilation)
+        products = tf.matmul(transformed_x, transformed_kernel, transpose_b=flipped)
+        outputs.append(tf.matmul(tf.constant(_OUTPUT_TRANSFORM, x.dtype), tf.reshape(products, [16, -1])))
+        outputs[-1] = tf.reshape(outputs[-1], [4, -1, products.shape[-1]])  # (2x2 outputs, tiles, C)
+        previous = outputs[-1:]
+    outputs = tf.concat(outputs, axis=1) if len(outputs) > 1 else outputs[0]
+    return _outputs_in_place(outputs, *x.shape[1:3], dilation)
 
 
 def _winograd_kernel_gradient(x: tf.Tensor, dy: tf.Tensor, dilation: int) -> tf.Tensor:
     """d<conv(x, kernel), dy>/d kernel by the transposes of `_winograd_conv`'s steps: dy's 2x2
-    tiles through Aᵀ's transpose, 16 products summed over the tiles, then Gᵀ's transpose."""
+    tiles through Aᵀ's transpose, 16 products summed over the tiles (in float32 across images),
+    then Gᵀ's transpose."""
     height, width, channels = dy.shape[1:]
-    # Not before dy exists: x's transform (4x its size) would be made during the forward pass and
-    # kept, for every layer, until the backward pass reaches it.
-    with tf.control_dependencies([dy]):
-        transformed_x = _transformed_input(x, dilation)
-    tiles = tf.reshape(dy, _tile_layout(height, width, dilation, channels))
-    tiles = tf.reshape(tf.transpose(tiles, [2, 5, 0, 1, 3, 4, 6, 7]), [4, -1])  # (2x2 outputs, tiles·C)
-    transformed_dy = tf.matmul(tf.constant(_OUTPUT_TRANSFORM.T, dy.dtype), tiles)
-    transformed_dy = tf.reshape(transformed_dy, [16, -1, channels])
-    products = tf.matmul(transformed_x, transformed_dy, transpose_a=True)  # (16, C_in, C_out)
-    kernel = tf.matmul(tf.constant(_KERNEL_TRANSFORM.T, x.dtype), tf.reshape(products, [16, -1]))
-    return tf.reshape(kernel, [3, 3, *products.shape[1:]])
+    products, previous = [], [dy]
+    for images in _images(x):
+        # Not before dy exists: x's transform (4x its size) would be made during the forward pass
+        # and kept, for every layer, until the backward pass reaches it.
+        with tf.control_dependencies(previous):
+            transformed_x = _transformed_input(x[images], dilation)
+        tiles = tf.reshape(dy[images], _tile_layout(height, width, dilation, channels))
+        tiles = tf.reshape(tf.transpose(tiles, [2, 5, 0, 1, 3, 4, 6, 7]), [4, -1])  # (2x2 outputs, tiles·C)
+        transformed_dy = tf.matmul(tf.constant(_OUTPUT_TRANSFORM.T, dy.dtype), tiles)
+        transformed_dy = tf.reshape(transformed_dy, [16, -1, channels])
+        products.append(tf.matmul(transformed_x, transformed_dy, transpose_a=True))  # (16, C_in, C_out)
+        previous = products[-1:]
+    if len(products) > 1:
+        products = tf.add_n([tf.cast(p, tf.float32) if p.dtype == tf.bfloat16 else p for p in products])
+    else:
+        products = products[0]
+    kernel = tf.matmul(tf.constant(_KERNEL_TRANSFORM.T, products.dtype), tf.reshape(products, [16, -1]))
+    return tf.cast(tf.reshape(kernel, [3, 3, *products.shape[1:]]), x.dtype)

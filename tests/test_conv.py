@@ -84,6 +84,37 @@ def test_winograd_values_and_gradients_of_three_orders_match_tensorflows(dilatio
         tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-11 * tf.reduce_max(tf.abs(b)), message=name)
 
 
+def test_winograd_goes_one_image_at_a_time_when_the_batch_size_is_known(monkeypatch):
+    """A known batch goes one image at a time; one of unknown size (a SavedModel's) all at once."""
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
+    x = tf.random.stateless_normal([3, 8, 12, 4], seed=[4, 5], dtype=tf.float64)
+    kernel = tf.random.stateless_normal([3, 3, 4, 5], seed=[6, 7], dtype=tf.float64)
+    dy = tf.random.stateless_normal([3, 8, 12, 5], seed=[8, 9], dtype=tf.float64)
+
+    def value_and_gradients(convolve):
+        def fn(x, kernel, dy):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                y = convolve(x, kernel)
+            return [y, *tape.gradient(y, [x, kernel], output_gradients=dy)]
+        return fn
+
+    def traced(batch):
+        return tf.function(value_and_gradients(lambda a, b: same_conv2d(a, b, 2)), input_signature=[
+            tf.TensorSpec([batch, 8, 12, 4], tf.float64), tf.TensorSpec([3, 3, 4, 5], tf.float64),
+            tf.TensorSpec([batch, 8, 12, 5], tf.float64)])
+
+    def batched_products(batch):  # 16 products per image, or per batch, in a BatchMatMulV2
+        return sum(op.type == "BatchMatMulV2" for op in traced(batch).get_concrete_function().graph.get_operations())
+
+    assert batched_products(3) == 3 * batched_products(1) == 9  # convolution, input and kernel gradients
+    assert batched_products(None) == 3
+    expected = value_and_gradients(lambda a, b: _reference(a, b, 2))(x, kernel, dy)
+    for batch in (3, None):
+        for name, a, b in zip(("output", "d/dx", "d/dkernel"), traced(batch)(x, kernel, dy), expected):
+            tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=f"{name}, batch {batch}")
+
+
 def test_winograd_only_where_it_was_measured_faster():
     wide, narrow = tf.TensorShape([3, 3, 512, 512]), tf.TensorShape([3, 3, 128, 256])
     image = tf.TensorShape([None, 56, 56, 512])

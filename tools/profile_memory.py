@@ -1,11 +1,12 @@
 """Where a meta-step's memory goes: the tensors alive at its peak, by op type, layer group and op.
 
-    python tools/profile_memory.py [--algo=maml] [--size=224] [--width=1.0] [--precision=float32] [--top=20]
+    python tools/profile_memory.py [--algo=maml] [--size=224] [--width=1.0] [--precision=float32]
+                                   [--queries=1] [--top=20]
 
 Runs TensorFlow's BFC allocator on the CPU too (`TF_CPU_ALLOCATOR_USE_BFC`, set
 here before TensorFlow starts; GPUs use it anyway), which records every
 allocation and free in the profiler's trace. Profiles one meta-step
-(k = q = 1, meta-batch 1) after a warm-up step, replays the allocations, and
+(k = 1, q = `--queries`, meta-batch 1) after a warm-up step, replays the allocations, and
 prints the step's tensor peak and, at that moment, what is alive: Markdown
 tables by op type, by layer group of Fig. 1 and by op (loop iterations and
 numbered copies of an op merged). The figures of docs/performance.md.
@@ -76,7 +77,7 @@ def main(argv):
 
     print(describe())
     s = FLAGS.size
-    print(f"{FLAGS.algo}, {FLAGS.precision}, {s}x{s}, width {FLAGS.width}, k=q=1 (trace: {path})\n")
+    print(f"{FLAGS.algo}, {FLAGS.precision}, {s}x{s}, width {FLAGS.width}, k=1, q={FLAGS.queries} (trace: {path})\n")
     print(f"tensor memory: {start / 2**20:.1f} MiB before the step (weights, optimizer slots), "
           f"peak {peak / 2**20:.1f} MiB; alive at the peak and made during the step: {made_in_step / 2**20:.1f} MiB\n")
     tables = (("op type", lambda op: op_types.get(op, "(not in the trace)")),

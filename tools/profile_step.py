@@ -3,7 +3,7 @@
     python tools/profile_step.py [--algo=maml] [--size=224] [--width=1.0] [--precision=float32] [--steps=2]
                                  [--logdir=runs/profile] [--top=15]
 
-Profiles `--steps` meta-steps (k = q = 1, meta-batch 1) after a warm-up step
+Profiles `--steps` meta-steps (k = 1, q = `--queries`, meta-batch 1) after a warm-up step
 with `tf.profiler.experimental`, then sums the executed kernels' times from
 the trace (`<logdir>/plugins/profile/*/*.xplane.pb`, which TensorBoard's
 Profile tab also opens) by op type and by layer group of Fig. 1, and prints
@@ -26,6 +26,7 @@ flags.DEFINE_enum("algo", "maml", ["maml", "fomaml", "metasgd", "reptile"], "Alg
 flags.DEFINE_integer("size", 224, "Image size.")
 flags.DEFINE_float("width", 1.0, "Network width.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute precision.")
+flags.DEFINE_integer("queries", 1, "Query images per task (q).")
 flags.DEFINE_integer("steps", 2, "Profiled meta-steps.")
 flags.DEFINE_string("logdir", "runs/profile", "Where the profiler writes its trace.")
 flags.DEFINE_integer("top", 15, "Rows of the op-type table.")
@@ -84,7 +85,7 @@ def layer_group(op_name: str) -> str:
 
 
 def profiled_step(steps: int, logdir: str, host_tracer_level: int = 2) -> str:
-    """Builds the flags' learner and a k = q = 1 task, warms up, profiles `steps` meta-steps into
+    """Builds the flags' learner and a task (k = 1, q = --queries), warms up, profiles `steps` meta-steps into
     `logdir`; returns the trace's path (`*.xplane.pb`)."""
     import keras
     import numpy as np
@@ -100,8 +101,8 @@ def profiled_step(steps: int, logdir: str, host_tracer_level: int = 2) -> str:
     s = FLAGS.size
     batch = {"support_images": rng.uniform(size=(1, 1, s, s, 3)).astype("float32"),
              "support_masks": (rng.uniform(size=(1, 1, s, s, 1)) > 0.7).astype("float32"),
-             "query_images": rng.uniform(size=(1, 1, s, s, 3)).astype("float32"),
-             "query_masks": (rng.uniform(size=(1, 1, s, s, 1)) > 0.7).astype("float32")}
+             "query_images": rng.uniform(size=(1, FLAGS.queries, s, s, 3)).astype("float32"),
+             "query_masks": (rng.uniform(size=(1, FLAGS.queries, s, s, 1)) > 0.7).astype("float32")}
     learner.meta_train_step(batch)["loss"].numpy()  # trace and warm up outside the profile
     options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=host_tracer_level)
     tf.profiler.experimental.start(logdir, options)
@@ -119,8 +120,8 @@ def main(argv):
     total = sum(ms for _, _, ms in records)
 
     print(describe())
-    print(f"{FLAGS.algo}, {FLAGS.precision}, {s}x{s}, width {FLAGS.width}, k=q=1: {FLAGS.steps} step(s) profiled, "
-          f"{total / FLAGS.steps:.0f} ms of op time per step (trace: {path})\n")
+    print(f"{FLAGS.algo}, {FLAGS.precision}, {s}x{s}, width {FLAGS.width}, k=1, q={FLAGS.queries}: "
+          f"{FLAGS.steps} step(s) profiled, {total / FLAGS.steps:.0f} ms of op time per step (trace: {path})\n")
     by_type, count = collections.Counter(), collections.Counter()
     for _, kind, ms in records:
         by_type[kind] += ms
