@@ -39,8 +39,8 @@ def direct_convolutions() -> Iterator[None]:
     and bfloat16 second-order meta-steps trace within it.
 
     Winograd's transforms are 4x an activation's size. A bfloat16 MAML step at 224x224 took 0.70-0.85
-    s with them instead of 0.97-1.01, but its working set grew from 0.48 to 0.55-0.58 GiB, the
-    PyTorch peer's; in float32 (1.2 s instead of 1.8, 0.52 -> 0.68 GiB) it stays below the peer's
+    s with them instead of 0.97-1.01, but its working set grew from 0.48 to 0.53-0.58 GiB, the
+    PyTorch peer's; in float32 (1.2 s instead of 1.8, 0.52 -> 0.63 GiB) it stays below the peer's
     0.79 (docs/performance.md, change 10). A plain flag, not a thread-local one:
     `tf.distribute.MirroredStrategy` traces its replicas on threads of its own.
     """
@@ -318,7 +318,7 @@ def _outputs_in_place(outputs: tf.Tensor, height: int, width: int, dilation: int
 
 def _images(x: tf.Tensor) -> list[slice]:
     """Winograd's pieces of a batch: one image at a time when the batch size is known (the
-    transforms of five 224x224 queries at once put MAML's working set 0.6 GiB higher), else all.
+    transforms of five 224x224 queries at once put MAML's working set 0.3 GiB higher), else all.
     A slice along the batch is a view of the batch, not a copy."""
     return [slice(None)] if x.shape[0] is None else [slice(i, i + 1) for i in range(x.shape[0])]
 

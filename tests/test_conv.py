@@ -140,15 +140,15 @@ def test_taps_only_for_large_layers_of_known_size():
     assert not conv_module.kernel_gradient_by_taps(tf.TensorShape([1, None, None, 64]), tf.TensorShape([3, 3, 64, 64]))
 
 
-@pytest.mark.parametrize("dilation", [1, 2])
-def test_bfloat16_winograd_errs_a_few_roundings_more_than_a_direct_bfloat16_convolution(dilation, monkeypatch):
+@pytest.mark.parametrize("dilation, batch", [(1, 1), (2, 2)])  # a batch of 2: kernel gradients summed over images
+def test_bfloat16_winograd_errs_a_few_roundings_more_than_a_direct_bfloat16_convolution(dilation, batch, monkeypatch):
     """bfloat16 Winograd rounds its transformed tiles and kernels too: its values and kernel gradient
     stay within 3x the relative error of the direct bfloat16 forms (2x measured here; a wrong transform
     would be off by 100%)."""
     monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
-    x = tf.random.stateless_normal([1, 16, 16, 48], seed=[8, 9], dtype=tf.float64)
+    x = tf.random.stateless_normal([batch, 16, 16, 48], seed=[8, 9], dtype=tf.float64)
     kernel = tf.random.stateless_normal([3, 3, 48, 40], seed=[10, 11], dtype=tf.float64) / 20.0
-    dy = tf.random.stateless_normal([1, 16, 16, 40], seed=[12, 13], dtype=tf.float64)
+    dy = tf.random.stateless_normal([batch, 16, 16, 40], seed=[12, 13], dtype=tf.float64)
 
     def value_and_kernel_gradient(convolve, x, kernel):
         with tf.GradientTape() as tape:
