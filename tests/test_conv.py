@@ -84,6 +84,20 @@ def test_winograd_values_and_gradients_of_three_orders_match_tensorflows(dilatio
         tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-11 * tf.reduce_max(tf.abs(b)), message=name)
 
 
+@pytest.mark.parametrize("in_turn", [True, False])
+@pytest.mark.parametrize("winograd", [True, False])
+def test_gradients_are_the_same_with_a_layers_terms_in_turn_or_side_by_side(in_turn, winograd, monkeypatch):
+    """The order of a layer's gradient terms (oneDNN's kernels: in turn) changes no value."""
+    monkeypatch.setattr(conv_module, "FIRST_ORDER_TERMS_IN_TURN", in_turn)
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0 if winograd else 2**30)
+    x = tf.random.stateless_normal([2, 8, 8, 3], seed=[14, 15], dtype=tf.float64)
+    kernel = tf.random.stateless_normal([3, 3, 3, 4], seed=[16, 17], dtype=tf.float64)
+    ours = tf.function(lambda a, b: _first_and_second_order(lambda a, b: same_conv2d(a, b, 2), a, b))(x, kernel)
+    expected = _first_and_second_order(lambda a, b: _reference(a, b, 2), x, kernel)
+    for name, a, b in zip(("output", "d/dx", "d/dkernel", "d2/dx", "d2/dkernel"), ours, expected):
+        tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
+
+
 def test_winograd_goes_one_image_at_a_time_when_the_batch_size_is_known(monkeypatch):
     """A known batch goes one image at a time; one of unknown size (a SavedModel's) all at once."""
     monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
