@@ -82,7 +82,8 @@ def _convolutions(dilation: int, winograd: bool):
 
     def convolve(x, kernel, flipped=False):
         """conv(x, kernel), or with `flipped` conv(x, _flip(kernel)), forward only."""
-        if winograd and winograd_applies(x.shape, kernel.shape, dilation, x.dtype):  # symmetric in the channels
+        # The flipped kernel's channel product is the kernel's: the same test for both.
+        if winograd and winograd_applies(x.shape, kernel.shape, dilation, x.dtype):
             return _winograd_conv(x, kernel, dilation, flipped)
         if flipped:
             # Not before x exists: the kernels are there from the start of a step, and every
@@ -351,8 +352,8 @@ def _winograd_conv(x: tf.Tensor, kernel: tf.Tensor, dilation: int, flipped: bool
         with tf.control_dependencies(previous):  # one image's transforms alive at a time
             transformed_x = _transformed_input(x[images], dilation)
         products = tf.matmul(transformed_x, transformed_kernel, transpose_b=flipped)
-        outputs.append(tf.matmul(tf.constant(_OUTPUT_TRANSFORM, x.dtype), tf.reshape(products, [16, -1])))
-        outputs[-1] = tf.reshape(outputs[-1], [4, -1, products.shape[-1]])  # (2x2 outputs, tiles, C)
+        image_outputs = tf.matmul(tf.constant(_OUTPUT_TRANSFORM, x.dtype), tf.reshape(products, [16, -1]))
+        outputs.append(tf.reshape(image_outputs, [4, -1, products.shape[-1]]))  # (2x2 outputs, tiles, C)
         previous = outputs[-1:]
     outputs = tf.concat(outputs, axis=1) if len(outputs) > 1 else outputs[0]
     return _outputs_in_place(outputs, *x.shape[1:3], dilation)
@@ -375,9 +376,8 @@ def _winograd_kernel_gradient(x: tf.Tensor, dy: tf.Tensor, dilation: int) -> tf.
         transformed_dy = tf.reshape(transformed_dy, [16, -1, channels])
         products.append(tf.matmul(transformed_x, transformed_dy, transpose_a=True))  # (16, C_in, C_out)
         previous = products[-1:]
-    if len(products) > 1:
-        products = tf.add_n([tf.cast(p, tf.float32) if p.dtype == tf.bfloat16 else p for p in products])
-    else:
-        products = products[0]
+    if len(products) > 1:  # bfloat16 images' products summed in float32
+        products = [tf.cast(p, tf.float32) if p.dtype == tf.bfloat16 else p for p in products]
+    products = tf.add_n(products)
     kernel = tf.matmul(tf.constant(_KERNEL_TRANSFORM.T, products.dtype), tf.reshape(products, [16, -1]))
     return tf.cast(tf.reshape(kernel, [3, 3, *products.shape[1:]]), x.dtype)

@@ -1,7 +1,7 @@
 """Where a meta-step's time goes, op by op: the TensorFlow profiler's trace of one algorithm's step.
 
-    python tools/profile_step.py [--algo=maml] [--size=224] [--width=1.0] [--precision=float32] [--steps=2]
-                                 [--logdir=runs/profile] [--top=15]
+    python tools/profile_step.py [--algo=maml] [--size=224] [--width=1.0] [--precision=float32] [--queries=1]
+                                 [--steps=2] [--logdir=runs/profile] [--top=15]
 
 Profiles `--steps` meta-steps (k = 1, q = `--queries`, meta-batch 1) after a warm-up step
 with `tf.profiler.experimental`, then sums the executed kernels' times from
