@@ -127,6 +127,7 @@ def _guarded(main: Callable[[list[str]], object], argv: list[str]) -> object:
     if not verbose():
         logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress bars
     start_tensorflow(verbose())
+    print(hardware.devices_line(), flush=True)  # where the work runs, before any of it
     try:
         return main(argv)
     except errors.NonFiniteLoss as e:

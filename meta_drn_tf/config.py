@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.kernels import KERNEL_CHOICES
 
 FLAGS_FILE = "flags.json"
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
@@ -110,7 +111,16 @@ class RunConfig:
     eval_inner_steps: int | None = _setting(None, "Inner steps at validation/test time (default: training's).")
     seed: int = _setting(0, "Seeds the initial weights and the task stream.")
     precision: str = _setting("float32", "Compute precision.", PRECISIONS)
-    jit_compile: bool = _setting(False, "Compile the meta-train step with XLA.")
+    jit_compile: bool = _setting(False, "Compile the meta-train step with XLA (each replica's part of it).")
+    kernels: str = _setting("auto", "Which forms the convolutions and norms take: stock (TensorFlow's own ops and "
+                                    "gradients: cuDNN, XLA), cpu (CPU-tuned forms: Winograd, per-tap kernel "
+                                    "gradients, fused norms), auto (cpu on a CPU, stock on an accelerator). The "
+                                    "export at the end holds stock graphs unless this is cpu.", KERNEL_CHOICES)
+    parallel_tasks: str = _setting("auto", "Tasks of a replica's meta-batch processed at once (the same "
+                                           "meta-gradient; more memory): N, or auto (1 on a CPU, the whole "
+                                           "meta-batch on an accelerator).")
+    require_gpu: bool = _setting(False, "Stop with an error when no GPU is usable (instead of a warning when "
+                                        "tensorflow[and-cuda] is installed but finds none).")
     deterministic: bool = _setting(False, "Enable TensorFlow op determinism (bit-exact resumes on GPUs).")
     save_every_minutes: float = _setting(10.0, "Also checkpoint mid-epoch this often.")
     save_every_steps: int = _setting(0, "Also checkpoint every N meta-steps (0: off).")
@@ -149,6 +159,8 @@ class RunConfig:
         for name in ("inner_steps", "eval_inner_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 yield name, "must be at least 1"
+        if self.parallel_tasks != "auto" and not (self.parallel_tasks.isdigit() and int(self.parallel_tasks) >= 1):
+            yield "parallel_tasks", "must be auto or a positive integer"
         if self.image_size < 4 or self.image_size % 4:
             yield "image_size", "must be a positive multiple of 4 (two stride-2 stages, then x4 upsampling)"
         if self.synthetic_classes < 3:

@@ -1,73 +1,60 @@
-"""A stride-1 "same" convolution whose input gradient is a forward convolution.
+"""A stride-1 "same" convolution in the forms a `kernels.KernelPolicy` names.
 
-For stride 1, "same" padding and an odd kernel, the gradient of a
-convolution with respect to its input is the same convolution of the output
-gradient with the kernel flipped in space and its channel axes swapped.
-TensorFlow's CPU kernels run that forward convolution 1.5-3x faster than
-`Conv2DBackpropInput` (at 56x56, 512 -> 512 channels: 100 vs 151 ms at
-dilation 1, 99 vs 171 ms at dilation 2, 110 vs 354 ms at dilation 4, where
-the dilated backward pass works on the space-to-batch layout), and a MAML
-step computes such gradients several times per convolution (inner gradient,
-then its second-order terms). The gradient is itself built from this
-convolution, so every order of differentiation gets the faster form. On CPUs
-the kernel gradient is one matrix product per kernel tap (faster than
-TensorFlow's `Conv2DBackpropFilter` there; on GPUs it is TensorFlow's), and its
-own gradients (second order) are forward convolutions: <dK, g> = <conv(x, g), dy>.
+Under the stock policy it is TensorFlow's own convolution and gradients. Under
+the cpu policy, the forms of this module, faster with TensorFlow's CPU kernels
+(docs/performance.md measures each):
 
-On CPUs, wide 3x3 layers (>= 256 x 256 channels) compute the convolution and its kernel
-gradient by Winograd's F(2x2, 3x3): 16 products of a quarter of the pixels where the direct
-forms need 9 of all of them, 1.1-1.5x faster here (docs/performance.md, changes 7, 9 and 10).
-The memory mode and bfloat16 second-order steps trace inside `direct_convolutions()`: there
-Winograd's transforms cost more memory than the step can spare.
+- For stride 1, "same" padding and an odd kernel, the gradient with respect to
+  the input is the same convolution of the output gradient with the kernel
+  flipped in space and its channel axes swapped: a forward convolution, which
+  TensorFlow's CPU kernels run faster than `Conv2DBackpropInput` (whose dilated
+  form works on the space-to-batch layout). The gradient is itself built from
+  this convolution, so every order of differentiation gets the faster form.
+- The kernel gradient is one matrix product per kernel tap for large enough
+  layers, and its own gradients (second order) are forward convolutions:
+  <dK, g> = <conv(x, g), dy>.
+- Wide 3x3 layers compute the convolution and its kernel gradient by
+  Winograd's F(2x2, 3x3): 16 products of a quarter of the pixels where the
+  direct forms need 9 of all of them. The policy leaves it out where its
+  transforms cost more memory than the step can spare (the memory mode,
+  bfloat16 second-order steps).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from meta_drn_tf import hardware
-
-_direct_only = False  # set while `direct_convolutions()` is open
+from meta_drn_tf.kernels import MIN_TAP_FLOPS, STOCK, WINOGRAD_MIN_CHANNEL_PRODUCT, KernelPolicy
 
 
-@contextlib.contextmanager
-def direct_convolutions() -> Iterator[None]:
-    """`same_conv2d`s created inside use no Winograd: the memory mode (`MetaConfig.memory_saving`)
-    and bfloat16 second-order meta-steps trace within it.
-
-    Winograd's transforms are 4x an activation's size. A bfloat16 MAML step at 224x224 took 0.70-0.85
-    s with them instead of 0.97-1.01, but its working set grew from 0.48 to 0.53-0.58 GiB, the
-    PyTorch peer's; in float32 (1.2 s instead of 1.8, 0.52 -> 0.63 GiB) it stays below the peer's
-    0.79 (docs/performance.md, change 10). A plain flag, not a thread-local one:
-    `tf.distribute.MirroredStrategy` traces its replicas on threads of its own.
-    """
-    global _direct_only
-    previous, _direct_only = _direct_only, True
-    try:
-        yield
-    finally:
-        _direct_only = previous
-
-
-def same_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, dilation: int = 1) -> tf.Tensor:
+def same_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, dilation: int = 1, policy: KernelPolicy = STOCK) -> tf.Tensor:
     """`tf.nn.convolution(inputs, kernel, padding="SAME", dilations=dilation)` at stride 1.
 
     Args:
         inputs: `(batch, H, W, C_in)`.
         kernel: `(k, k, C_in, C_out)` with k odd.
         dilation: the dilation rate.
+        policy: which forms (`kernels.KernelPolicy`): stock, TensorFlow's op and its gradients;
+            cpu, the forms of this module.
 
     Returns:
         `(batch, H, W, C_out)`.
     """
     if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
         raise ValueError(f"same_conv2d needs an odd kernel size, got {kernel.shape[:2]}")
-    return _convolutions(int(dilation), winograd=not _direct_only)(inputs, kernel)
+    dilation = int(dilation)
+    if policy.cpu_forms:
+        return _convolutions(dilation, policy)(inputs, kernel)
+    if dilation == 1 or policy.dilated_gradients_in_one_op:
+        # One op whose registered gradients take the dilation (cuDNN, XLA); tf.nn.convolution
+        # would go through space-to-batch for a dilated one.
+        return tf.raw_ops.Conv2D(input=inputs, filter=kernel, strides=[1, 1, 1, 1], padding="SAME",
+                                 dilations=[1, dilation, dilation, 1])
+    # TensorFlow's CPU kernels have no dilated gradients: its space-to-batch form runs everywhere.
+    return tf.nn.convolution(inputs, kernel, padding="SAME", dilations=dilation)
 
 
 def _flip(kernel: tf.Tensor) -> tf.Tensor:
@@ -76,14 +63,15 @@ def _flip(kernel: tf.Tensor) -> tf.Tensor:
 
 
 @functools.cache
-def _convolutions(dilation: int, winograd: bool):
-    """conv(x, kernel) with its gradients of every order, for one dilation; with `winograd`, its
-    first-order functions use Winograd's F(2x2, 3x3) where `winograd_applies`."""
+def _convolutions(dilation: int, policy: KernelPolicy):
+    """conv(x, kernel) with its gradients of every order, for one dilation, in `policy`'s CPU forms:
+    its first-order functions use Winograd's F(2x2, 3x3) where `winograd_applies`."""
+    winograd_from = policy.winograd_min_channel_product
 
     def convolve(x, kernel, flipped=False):
         """conv(x, kernel), or with `flipped` conv(x, _flip(kernel)), forward only."""
         # The flipped kernel's channel product is the kernel's: the same test for both.
-        if winograd and winograd_applies(x.shape, kernel.shape, dilation, x.dtype):
+        if winograd_applies(x.shape, kernel.shape, dilation, x.dtype, winograd_from):
             return _winograd_conv(x, kernel, dilation, flipped)
         if flipped:
             # Not before x exists: the kernels are there from the start of a step, and every
@@ -115,7 +103,7 @@ def _convolutions(dilation: int, winograd: bool):
             return g_x, g_dy_by_dx + g_dy_by_dk, g_kernel
 
         terms = (lambda: conv_flipped(dy, kernel), lambda: kernel_gradient(x, dy, kernel.shape))
-        dx, dk = _one_after_another(*terms) if FIRST_ORDER_TERMS_IN_TURN else [term() for term in terms]
+        dx, dk = _one_after_another(*terms) if policy.terms_in_turn else [term() for term in terms]
         return (dx, dk), second_order
 
     @tf.custom_gradient
@@ -141,9 +129,9 @@ def _convolutions(dilation: int, winograd: bool):
 
         @tf.custom_gradient
         def gradient(x, dy):
-            if winograd and winograd_applies(x.shape, kernel_shape, dilation, x.dtype):
+            if winograd_applies(x.shape, kernel_shape, dilation, x.dtype, winograd_from):
                 value = _winograd_kernel_gradient(x, dy, dilation)
-            elif kernel_gradient_by_taps(x.shape, kernel_shape):
+            elif kernel_gradient_by_taps(x.shape, kernel_shape, policy.min_tap_flops):
                 value = _kernel_gradient_by_taps(x, dy, kernel_shape, dilation)
             else:
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -174,29 +162,20 @@ def _one_after_another(*terms) -> list[tf.Tensor]:
         return [tf.identity(result) for result in results[:-1]] + results[-1:]
 
 
-# A layer's input and kernel gradients in turn too (its second-order terms always are) where
-# TensorFlow runs oneDNN's kernels: there MAML float32's working set is 0.63 GiB instead of
-# 0.69-0.71 and FOMAML's 0.25-0.26 instead of 0.37-0.38, for ~3% of FOMAML's time. With Eigen's
-# kernels (TensorFlow's default on CPUs without AVX512) the two side by side were faster (FOMAML
-# float32 0.78-0.83 s against 1.0-1.1) and in turn saved no memory (MAML 0.67 against 0.70 GiB).
-FIRST_ORDER_TERMS_IN_TURN = hardware.onednn_kernels() == "on"
-
-# Below this many FLOPs per tap (rows x C_in x C_out x 2), one TensorFlow op beats nine small
-# products and their copies: per-op overhead dominates at the tests' and the quickstart's sizes.
-MIN_TAP_FLOPS = 2**24
 # From this ratio of the unshifted side's channels to the shifted side's, the shifted copies are
 # stacked into one product (512 -> 16 at 56x56: 6.5 ms instead of 29-31; 16 -> 64, ratio 4: 6 instead of 4).
 SIDE_BY_SIDE_CHANNEL_RATIO = 8
 
 
-def kernel_gradient_by_taps(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape) -> bool:
-    """Whether the kernel gradient is computed tap by tap: on CPUs, for large enough layers
-    (every layer of the full-width network at 224x224). With a GPU, cuDNN's kernel gradient is
-    one launch where the taps would be nine matrix products and eight copies."""
-    if tf.config.list_logical_devices("GPU"):
+def kernel_gradient_by_taps(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape,
+                            min_tap_flops: int | None = MIN_TAP_FLOPS) -> bool:
+    """Whether the kernel gradient is computed tap by tap: for layers of at least `min_tap_flops`
+    per tap (None: never), where a CPU's matrix products beat `Conv2DBackpropFilter`. On a GPU,
+    cuDNN's kernel gradient is one launch where the taps would be nine products and eight copies."""
+    if min_tap_flops is None:
         return False
     rows = input_shape[0:3].num_elements()  # None while the batch or image size is unknown
-    return rows is not None and 2 * rows * kernel_shape[2] * kernel_shape[3] >= MIN_TAP_FLOPS
+    return rows is not None and 2 * rows * kernel_shape[2] * kernel_shape[3] >= min_tap_flops
 
 
 def _kernel_gradient_by_taps(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation: int) -> tf.Tensor:
@@ -239,27 +218,19 @@ def _kernel_gradient_by_taps(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation
     return product if shift_x else tf.transpose(product, [0, 1, 3, 2])
 
 
-# Winograd's F(2x2, 3x3) is used from this many input x output channels (256 x 256). Below, at
-# 128 x 256 and 56x56, its transforms cost more than the products save (3.1 against 2.5 ms in
-# bfloat16); from 256 x 256 on, FOMAML steps were 3-8% faster than from 512 x 512, for 0.01-0.02
-# GiB more working set (docs/performance.md, change 10).
-WINOGRAD_MIN_CHANNEL_PRODUCT = 2**16
-
-
-def winograd_applies(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape, dilation: int, dtype) -> bool:
-    """Whether a 3x3 convolution (and its kernel gradient) goes through Winograd's F(2x2, 3x3): on
-    CPUs, in float32, float64 or bfloat16, for layers of >= `WINOGRAD_MIN_CHANNEL_PRODUCT` channel
-    pairs whose height and width are known and multiples of 2 x dilation (2x2 output tiles of
+def winograd_applies(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape, dilation: int, dtype,
+                     min_channel_product: int | None = WINOGRAD_MIN_CHANNEL_PRODUCT) -> bool:
+    """Whether a 3x3 convolution (and its kernel gradient) goes through Winograd's F(2x2, 3x3): in
+    float32, float64 or bfloat16, for layers of >= `min_channel_product` channel pairs (None:
+    never) whose height and width are known and multiples of 2 x dilation (2x2 output tiles of
     every space-to-batch phase). Winograd needs 16 products of (pixels / 4) rows where the direct
     convolution needs 9 of (pixels) rows: 2.25x fewer multiplications, for transforms that only
     add. In bfloat16 the transformed tiles and kernels round too: relative errors 3x a direct
     bfloat16 convolution's at 56x56x512 (5.0e-3 against 1.7e-3, to the exact convolution of the
     same bfloat16 inputs; 7.2e-3 when the transforms were bfloat16 additions)."""
-    if tuple(kernel_shape[:2]) != (3, 3) or dtype not in (tf.float32, tf.float64, tf.bfloat16):
+    if min_channel_product is None or tuple(kernel_shape[:2]) != (3, 3):
         return False
-    if kernel_shape[2] * kernel_shape[3] < WINOGRAD_MIN_CHANNEL_PRODUCT:
-        return False
-    if tf.config.list_logical_devices("GPU"):
+    if dtype not in (tf.float32, tf.float64, tf.bfloat16) or kernel_shape[2] * kernel_shape[3] < min_channel_product:
         return False
     height, width = input_shape[1], input_shape[2]
     return height is not None and width is not None and height % (2 * dilation) == 0 and width % (2 * dilation) == 0

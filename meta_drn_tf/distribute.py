@@ -1,10 +1,13 @@
 """tf.distribute plumbing: strategies, the chief, and which tasks each replica reads.
 
-The global meta-batch of B tasks is split evenly over R replicas (B must be a
-multiple of R). Replica r of meta-step g adapts tasks g*B + r*B/R ...
-g*B + (r+1)*B/R - 1 - the very tasks one device would take at step g - and
-the gradients are summed over replicas after each replica divides by B. One
-device and R replicas therefore make the same update.
+The global meta-batch of B tasks is split over R replicas as evenly as it
+goes: the first B mod R replicas take one task more (the paper's B = 5 on 2
+GPUs: 3 and 2; on 8: five replicas take one, three none). Replica r of
+meta-step g adapts consecutive tasks of g*B ... g*B + B - 1 - the very tasks
+one device would take at step g. Every replica's batch has the size of the
+largest share, padded, and says how many of its tasks are real; the gradient
+and task-count sums are all-reduced and divided once. One device and R
+replicas therefore make the same update.
 """
 
 from __future__ import annotations
@@ -75,25 +78,39 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def check_meta_batch(meta_batch_size: int, strategy: tf.distribute.Strategy) -> int:
-    """Tasks per replica; a meta-batch that does not split evenly is refused."""
-    replicas = strategy.num_replicas_in_sync
-    if meta_batch_size % replicas:
-        raise ConfigError(
-            f"--meta_batch_size={meta_batch_size} does not divide over {replicas} replicas; "
-            f"use a multiple of {replicas}"
-        )
-    return meta_batch_size // replicas
+def replica_shares(meta_batch_size: int, replicas: int) -> list[tuple[int, int]]:
+    """(first task, task count) of each replica's share of a meta-batch, in replica order."""
+    base, extra = divmod(meta_batch_size, replicas)
+    counts = [base + (r < extra) for r in range(replicas)]
+    return [(sum(counts[:r]), counts[r]) for r in range(replicas)]
 
 
-def replica_task_ids(start_step: int, num_steps: int, meta_batch_size: int,
-                     tasks_per_pipeline: int, pipeline_id: int) -> tf.data.Dataset:
-    """Task indices an input pipeline reads, in the order its replicas consume them.
+def tasks_per_replica(meta_batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """The size of every replica's (padded) batch: the largest share of the meta-batch."""
+    return -(-meta_batch_size // strategy.num_replicas_in_sync)
 
-    Each meta-step takes tasks g*B .. g*B+B-1; pipeline p (a worker) reads its
-    `tasks_per_pipeline` consecutive ones - the tasks of its local replicas,
-    replica after replica - step after step.
+
+def replica_task_ids(start_step: int, num_steps: int, meta_batch_size: int, replicas: int,
+                     local_replicas: int, pipeline_id: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Task indices an input pipeline reads, in the order its replicas consume them, and the
+    count of real tasks in each replica's batch.
+
+    Each meta-step takes tasks g*B .. g*B+B-1; pipeline p (a worker) serves its
+    `local_replicas` replicas, replica after replica, step after step: each gets
+    `tasks_per_replica` ids (its share, padded by repeating its last task, or the
+    step's first where its share is empty) and one count.
     """
-    per = tasks_per_pipeline
-    base = start_step * meta_batch_size + pipeline_id * per
-    return tf.data.Dataset.range(num_steps * per).map(lambda i: base + (i // per) * meta_batch_size + i % per)
+    shares = replica_shares(meta_batch_size, replicas)[pipeline_id * local_replicas:(pipeline_id + 1) * local_replicas]
+    size = -(-meta_batch_size // replicas)
+    offsets = [[first + min(j, max(count - 1, 0)) if count else 0 for j in range(size)] for first, count in shares]
+    offsets = tf.constant(offsets, tf.int64)  # (local replicas, size)
+    counts = tf.constant([count for _, count in shares], tf.int32)
+    per_step = local_replicas * size
+
+    def task_id(i):
+        step, within = start_step + i // per_step, i % per_step
+        return step * meta_batch_size + offsets[within // size, within % size]
+
+    ids = tf.data.Dataset.range(num_steps * per_step).map(task_id)
+    task_counts = tf.data.Dataset.range(num_steps * local_replicas).map(lambda i: counts[i % local_replicas])
+    return ids, task_counts

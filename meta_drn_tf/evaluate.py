@@ -30,6 +30,7 @@ flags.DEFINE_float("inner_lr", None, "Test-time inner rate (default: the run's; 
 flags.DEFINE_integer("episodes", 0, "Evaluate at most this many episodes per row, evenly spread (0: all).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
 flags.DEFINE_bool("baseline", True, "Also evaluate the same adaptation from a random initialisation.")
+flags.DEFINE_enum("kernels", None, ["auto", "stock", "cpu"], "Kernel forms (default: the run's; see train --help).")
 flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>).")
 
 FLAGS = flags.FLAGS
@@ -42,7 +43,8 @@ def main(argv):
     from meta_drn_tf import runs
     from meta_drn_tf.evaluation import evaluate_settings, write_reports
 
-    learner, config = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir)
+    learner, config = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir,
+                                           kernels=FLAGS.kernels)
     shots = [int(k) for k in FLAGS.shots] if FLAGS.shots else [config.shots]
     bank = runs.load(config, FLAGS.split, classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
     which = os.path.splitext(os.path.basename(FLAGS.classes_file))[0] if FLAGS.classes_file else FLAGS.split

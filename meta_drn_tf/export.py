@@ -1,6 +1,7 @@
 """Export a trained run as a TF Serving SavedModel with in-graph 1-shot adaptation.
 
     python -m meta_drn_tf.export --model_dir=runs/maml [--export_dir=saved_models/maml] [--precision=bfloat16]
+        [--kernels=stock|cpu]
 
 Writes `<export_dir>/<version>/` (the next free integer version); point TF
 Serving's model_base_path at <export_dir>. See meta_drn_tf/serving.py for the
@@ -20,6 +21,8 @@ flags.DEFINE_string("export_dir", None, "TF Serving model_base_path (default: sa
 flags.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16"], "Compute precision (default: the run's).")
 flags.DEFINE_integer("inner_steps", None, "Inner steps inside the graph (default: the run's test-time setting).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
+flags.DEFINE_enum("kernels", "stock", ["stock", "cpu"], "The graphs' kernel forms: stock (TensorFlow's own ops: "
+                  "any server, cuDNN on GPUs) or cpu (CPU-tuned: faster on CPU servers only; see README, Serving).")
 
 FLAGS = flags.FLAGS
 
@@ -32,8 +35,9 @@ def main(argv):
     name = os.path.basename(os.path.normpath(FLAGS.model_dir))
     export_dir = FLAGS.export_dir or os.path.join("saved_models", name)
     path = serving.export(learner, export_dir, config.image_size, config.width,
-                          inner_steps=FLAGS.inner_steps or config.eval_inner_steps, precision=FLAGS.precision)
-    print(f"SavedModel written to {path}")
+                          inner_steps=FLAGS.inner_steps or config.eval_inner_steps, precision=FLAGS.precision,
+                          kernels=FLAGS.kernels)
+    print(f"SavedModel written to {path} ({FLAGS.kernels} kernels)")
 
 
 if __name__ == "__main__":

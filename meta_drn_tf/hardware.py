@@ -79,6 +79,55 @@ def onednn_kernels() -> str:
     return "on" if _pywrap_util_port.IsMklEnabled() else "off"
 
 
+def compute_device() -> str:
+    """Where this process's TensorFlow functions run by default: "gpu", "tpu" or "cpu"."""
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return "gpu"
+    return "tpu" if tf.config.list_logical_devices("TPU") else "cpu"
+
+
+def cuda_packages() -> list[str]:
+    """The NVIDIA CUDA libraries pip installed (`tensorflow[and-cuda]` brings them), by distribution name."""
+    from importlib import metadata
+
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    return sorted(n for n in names if n.startswith("nvidia-") and "-cu1" in n)
+
+
+def devices_line() -> str:
+    """The devices TensorFlow runs on, in one line (every command prints it)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    names = []
+    for gpu in gpus:
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(details.get("device_name", gpu.name))
+    if gpus:
+        return f"devices: {len(gpus)} GPU(s) ({', '.join(sorted(set(names)))}) and the CPU"
+    return f"devices: CPU only ({os.cpu_count()} cores; oneDNN kernels {onednn_kernels()})"
+
+
+def gpu_problem() -> str | None:
+    """Why no GPU is usable although CUDA's libraries are installed, or None (a GPU is there, or none
+    was expected: no CUDA libraries)."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return None
+    packages = cuda_packages()
+    if not packages:
+        return None
+    if not tf.test.is_built_with_cuda():
+        return f"CUDA libraries are installed ({packages[0]}, ...) but this TensorFlow build has no CUDA support"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return "CUDA_VISIBLE_DEVICES hides every GPU"
+    return ("tensorflow[and-cuda] is installed but TensorFlow found no usable GPU (driver missing or too old, "
+            "or no GPU on this machine); run with --verbosity=0 to see TensorFlow's CUDA messages")
+
+
 def describe() -> str:
     """The machine in one line (printed by every benchmark with its figures)."""
     import tensorflow as tf

@@ -2,6 +2,12 @@
 
 Every layer is a small registered-serializable class with `get_config`, so a
 `.keras` file of the model loads with `safe_mode=True` (no `Lambda`).
+
+The layers take a `kernels` call argument (a `kernels.KernelPolicy`: which
+forms the convolutions and norms take; default: TensorFlow's own ops). It is a
+Keras call-context argument, like `training`: given to the model
+(`model(x, kernels=policy)`, `model.stateless_call(..., kernels=policy)`), it
+reaches every layer inside.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ import keras
 from keras import layers, ops
 
 from meta_drn_tf.conv import same_conv2d
+from meta_drn_tf.kernels import STOCK
 from meta_drn_tf.norm import instance_norm
 
 PACKAGE = "meta_drn_tf"
+KERNELS_ARG = "kernels"  # the call-context argument that carries the kernel policy
 LEAKY_SLOPE = 0.1
 
 
@@ -39,19 +47,20 @@ class InstanceNorm(layers.Layer):
     def __init__(self, epsilon: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
+        self._register_call_context_args(KERNELS_ARG)
 
     def build(self, input_shape):
         channels = input_shape[-1]
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
 
-    def call(self, inputs, leaky_slope: float | None = None):
+    def call(self, inputs, leaky_slope: float | None = None, kernels=None):
         """Normalizes `inputs`; `leaky_slope` also applies LeakyReLU (one op, one gradient)."""
         # Statistics in float32 even under a bfloat16/float16 policy; inputs and outputs in the
         # compute dtype (instance_norm casts inside, and keeps the narrow ones for the gradient).
         stats_dtype = "float64" if self.compute_dtype == "float64" else "float32"
         return instance_norm(ops.cast(inputs, self.compute_dtype), ops.cast(self.gamma, stats_dtype),
-                             ops.cast(self.beta, stats_dtype), self.epsilon, leaky_slope)
+                             ops.cast(self.beta, stats_dtype), self.epsilon, leaky_slope, kernels or STOCK)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -128,21 +137,22 @@ class ConvNormAct(layers.Layer):
         )
         self.norm = _normalization(normalization, "norm", self.dtype_policy)
         self.act = layers.LeakyReLU(LEAKY_SLOPE, dtype=self.dtype_policy, name="act") if use_activation else None
+        self._register_call_context_args(KERNELS_ARG)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
         self.norm.build(self.compute_output_shape(input_shape))
 
-    def call(self, inputs):
+    def call(self, inputs, kernels=None):
         if self.subsample > 1:
             inputs = inputs[:, :: self.subsample, :: self.subsample, :]
         if self.conv.strides == (1, 1):
             # The conv layer's own kernel, through a convolution with a faster input gradient.
-            x = same_conv2d(inputs, ops.cast(self.conv.kernel, inputs.dtype), self.dilation_rate)
+            x = same_conv2d(inputs, ops.cast(self.conv.kernel, inputs.dtype), self.dilation_rate, kernels or STOCK)
         else:
             x = self.conv(inputs)
         if isinstance(self.norm, InstanceNorm):
-            return self.norm(x, leaky_slope=LEAKY_SLOPE if self.act is not None else None)
+            return self.norm(x, leaky_slope=LEAKY_SLOPE if self.act is not None else None, kernels=kernels)
         x = self.norm(x)
         return self.act(x) if self.act is not None else x
 
@@ -207,6 +217,7 @@ class ResBlock(layers.Layer):
                                  normalization=normalization, dtype=policy, name="conv2")
         self.shortcut = None
         self.act = layers.LeakyReLU(LEAKY_SLOPE, dtype=policy, name="act")
+        self._register_call_context_args(KERNELS_ARG)  # handed on to the convolutions inside
 
     def build(self, input_shape):
         if self.strides != 1 or input_shape[-1] != self.filters:
@@ -254,13 +265,15 @@ class SubPixelUpsample(layers.Layer):
         self.conv = layers.Conv2D(
             classes * scale * scale, 3, padding="same", dtype=self.dtype_policy, name="conv",
         )
+        self._register_call_context_args(KERNELS_ARG)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
 
-    def call(self, inputs):
-        # The conv layer's own weights, through the convolution with faster gradients (see ConvNormAct).
-        x = same_conv2d(inputs, ops.cast(self.conv.kernel, inputs.dtype)) + ops.cast(self.conv.bias, inputs.dtype)
+    def call(self, inputs, kernels=None):
+        # The conv layer's own weights, through the convolution in the policy's forms (see ConvNormAct).
+        kernel = ops.cast(self.conv.kernel, inputs.dtype)
+        x = same_conv2d(inputs, kernel, 1, kernels or STOCK) + ops.cast(self.conv.bias, inputs.dtype)
         return ops.depth_to_space(x, self.scale, data_format="channels_last")
 
     def compute_output_shape(self, input_shape):

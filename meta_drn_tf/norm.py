@@ -28,42 +28,25 @@ statistics are still the forward pass's. (With the float32 copies, a bfloat16
 MAML step's working set was 1.3x the PyTorch peer's; docs/performance.md, change 8.)
 
 First-order meta-steps (FOMAML, Reptile, adaptation and evaluation) need no
-gradient of the gradient: inside `first_order_norms()` the norm runs
-TensorFlow's fused batch-norm kernels instead, per image (1.3x faster in
-float32, 2x in bfloat16, values and gradients equal within float tolerance;
-docs/performance.md, change 9). Should their gradient be differentiated again,
-its gradient is the closed form's.
+gradient of the gradient: under the cpu kernel policy (`KernelPolicy.fused_norm`)
+the norm runs TensorFlow's fused batch-norm kernels instead, per image (faster
+on CPUs; values and gradients equal within float tolerance; docs/performance.md,
+change 9). Should their gradient be differentiated again, its gradient is the
+closed form's. The stock policy keeps the closed form, which needs no layout
+transposes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import tensorflow as tf
 
-_first_order_only = False  # set while `first_order_norms()` is open
-
-
-@contextlib.contextmanager
-def first_order_norms() -> Iterator[None]:
-    """`instance_norm`s created inside use TensorFlow's fused batch-norm kernels for their values and
-    first-order gradients: first-order meta-steps, adaptation and evaluation trace within it.
-
-    A plain flag, not a thread-local one: `tf.distribute.MirroredStrategy` traces its replicas on
-    threads of its own.
-    """
-    global _first_order_only
-    previous, _first_order_only = _first_order_only, True
-    try:
-        yield
-    finally:
-        _first_order_only = previous
+from meta_drn_tf.kernels import STOCK, KernelPolicy
 
 
 def instance_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float,
-                  leaky_slope: float | None = None) -> tf.Tensor:
+                  leaky_slope: float | None = None, policy: KernelPolicy = STOCK) -> tf.Tensor:
     """Per-image, per-channel normalization, scale and shift, then LeakyReLU if `leaky_slope` is set.
 
     Args:
@@ -71,13 +54,16 @@ def instance_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: floa
         gamma, beta: `(C,)`, in the statistics' dtype (float32 or float64): x is normalized in it.
         epsilon: added to the variance.
         leaky_slope: the LeakyReLU slope for negative inputs (> 0), or None for no activation.
+        policy: with `fused_norm` (the cpu policy's first-order steps), TensorFlow's fused
+            batch-norm kernels, per image; otherwise the closed form (elementwise ops and
+            per-image reductions, no layout change: what GPUs and XLA fuse).
 
     Returns:
         `(batch, H, W, C)`, x's dtype.
     """
     if leaky_slope is not None and leaky_slope <= 0:
         raise ValueError(f"leaky_slope must be positive (the gradient reads the output's sign), got {leaky_slope}")
-    if _first_order_only and x.dtype in FUSED_DTYPES and gamma.dtype == tf.float32:
+    if policy.fused_norm and x.dtype in FUSED_DTYPES and gamma.dtype == tf.float32:
         return _fused_norm(float(epsilon), leaky_slope)(x, gamma, beta)
     return _norm_with_closed_form_gradient(float(epsilon), leaky_slope)(x, gamma, beta)
 

@@ -20,7 +20,8 @@ def meta_config(config: RunConfig):
                       jit_compile=config.jit_compile, lslr=config.lslr,
                       multi_step_loss_epochs=config.multi_step_loss_epochs,
                       first_order_epochs=config.first_order_epochs, per_step_norm=config.per_step_norm,
-                      adapt_layers=config.adapt_layers, memory_saving=config.memory_saving)
+                      adapt_layers=config.adapt_layers, memory_saving=config.memory_saving, kernels=config.kernels,
+                      parallel_tasks=None if config.parallel_tasks == "auto" else int(config.parallel_tasks))
 
 
 def build_learner(config: RunConfig, strategy=None):

@@ -34,6 +34,8 @@ flags.DEFINE_float("threshold", 0.5, "Foreground where the probability exceeds t
 flags.DEFINE_bool("overlay", False, "Also write <name>_overlay.png pictures.")
 flags.DEFINE_integer("batch_size", 8, "Images per forward pass (bounds memory).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With a training run: which checkpoint.")
+flags.DEFINE_enum("kernels", "auto", ["auto", "stock", "cpu"], "With a training run: kernel forms (auto: cpu on a "
+                  "CPU, stock on a GPU). A SavedModel keeps the forms it was exported with.")
 flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie strictly between 0 and 1")
 flags.register_validator("batch_size", lambda b: b >= 1, message="must be at least 1")
 FLAGS = flags.FLAGS
@@ -127,7 +129,7 @@ def main(argv):
     support_images, support_masks = read_support(FLAGS.support, FLAGS.support_mask)
     paths = image_paths(FLAGS.images)
     names = output_names(paths)
-    segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint)
+    segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels)
     print(f"Adapting {segmenter.description} to {len(support_images)} example(s); segmenting {len(paths)} image(s)")
     segmenter.adapt(support_images, support_masks)
     os.makedirs(FLAGS.out, exist_ok=True)

@@ -56,13 +56,15 @@ class Segmenter:
         self._fast_weights = None
 
     @classmethod
-    def from_run(cls, model_dir: str, checkpoint: str = "best", inner_steps: int | None = None) -> Segmenter:
-        """A training run's network (its best or latest checkpoint) and test-time inner loop."""
+    def from_run(cls, model_dir: str, checkpoint: str = "best", inner_steps: int | None = None,
+                 kernels: str = "auto") -> Segmenter:
+        """A training run's network (its best or latest checkpoint) and test-time inner loop, in the
+        kernel forms `kernels` chooses for this machine ("auto", "stock" or "cpu")."""
         from meta_drn_tf import runs, serving
 
         learner, config = runs.restore_learner(model_dir, checkpoint)
         module = serving.serving_module(learner, config.image_size, config.width,
-                                        inner_steps=inner_steps or config.eval_inner_steps)
+                                        inner_steps=inner_steps or config.eval_inner_steps, kernels=kernels)
         return cls(module, f"run {model_dir} ({config.algo}, {checkpoint} checkpoint, {config.image_size}px)")
 
     @classmethod
@@ -74,10 +76,11 @@ class Segmenter:
         return cls(tf.saved_model.load(version), f"SavedModel {version}")
 
     @classmethod
-    def load(cls, path: str, checkpoint: str = "best") -> Segmenter:
-        """A training run if `path` holds one, else a SavedModel."""
+    def load(cls, path: str, checkpoint: str = "best", kernels: str = "auto") -> Segmenter:
+        """A training run if `path` holds one (in the kernel forms `kernels` chooses), else a SavedModel
+        (whose forms were chosen at export)."""
         if os.path.isfile(os.path.join(path, FLAGS_FILE)):
-            return cls.from_run(path, checkpoint)
+            return cls.from_run(path, checkpoint, kernels=kernels)
         if not os.path.exists(path):
             raise ConfigError(f"--model {path}: no such file or directory")
         return cls.from_saved_model(path)

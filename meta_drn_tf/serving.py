@@ -19,7 +19,15 @@ Layout: `<export_base>/<version>/` with integer versions (TF Serving's
 
 Malformed requests (empty support, sizes that do not match, mask values
 outside [0, 1]) fail with an InvalidArgument error naming the problem; wrong
-ranks and dtypes are refused by the signature itself.
+ranks and dtypes are refused by the signature itself. A float16 export adapts
+with the trained loss scale; an adaptation that overflows anyway fails with an
+InvalidArgument error saying so, never silent all-zero masks.
+
+The graphs are device-neutral by default: the stock kernel policy
+(`kernels.py`: TensorFlow's own ops, which TF Serving runs with cuDNN on a GPU
+and with its CPU kernels elsewhere). `kernels="cpu"` writes the CPU-tuned forms
+instead (faster on CPU servers, never what a GPU should run). The SavedModel
+records which it holds: its `kernels` variable ("stock" or "cpu").
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class ServingModule(tf.Module):
         self.adapter = adapter
         self._size = image_size
         self._inner_steps = inner_steps or adapter.config.inner_steps
+        # Saved with the model: which kernel forms its graphs hold.
+        self.kernels = tf.Variable(adapter.kernel_policy().name, trainable=False, name="kernels")
 
     def _resize(self, images: tf.Tensor) -> tf.Tensor:
         return tf.image.resize(images, [self._size, self._size], method="bilinear")
@@ -72,7 +82,14 @@ class ServingModule(tf.Module):
         with tf.control_dependencies(checks):
             support = self._resize(support_images)
             masks = tf.cast(self._resize(support_masks[..., None]) > 0.5, tf.float32)
-        return self.adapter.adapt(support, masks, inner_steps=self._inner_steps)
+        weights = self.adapter.adapt(support, masks, inner_steps=self._inner_steps)
+        if self.adapter.config.precision != "float16":
+            return weights
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in weights])
+        check = tf.debugging.Assert(finite, ["float16 adaptation overflowed (non-finite fast weights): export "
+                                             "with --precision=float32 or bfloat16, or lower the inner rate"])
+        with tf.control_dependencies([check]):
+            return [tf.identity(w) for w in weights]
 
     def _segment(self, weights, query_images, threshold) -> dict:
         """Outputs for float query images under `weights`, at the queries' own size."""
@@ -160,6 +177,7 @@ def export(
     width: float,
     inner_steps: int | None = None,
     precision: str | None = None,
+    kernels: str = "stock",
 ) -> str:
     """Writes a TF Serving SavedModel of `learner` at `<export_base>/<next version>/`.
 
@@ -170,11 +188,15 @@ def export(
         width: the network's width multiplier.
         inner_steps: test-time inner steps (default: training's).
         precision: compute precision of the export (default: the learner's).
+        kernels: "stock" (device-neutral: TensorFlow's own ops) or "cpu" (the CPU-tuned forms).
 
     Returns:
         The version directory written.
     """
-    module = serving_module(learner, image_size, width, inner_steps, precision)
+    if kernels not in ("stock", "cpu"):
+        raise ValueError(f"an export's kernels are 'stock' or 'cpu', got {kernels!r}")
+    module = serving_module(learner, image_size, width, inner_steps, precision,
+                            kernels=kernels, device="any" if kernels == "stock" else "cpu")
     version = next_version(export_base)
     final = os.path.join(export_base, str(version))
     partial = os.path.join(export_base, f".{version}.partial")
@@ -193,13 +215,18 @@ def serving_module(
     width: float,
     inner_steps: int | None = None,
     precision: str | None = None,
+    kernels: str = "auto",
+    device: str | None = None,
 ) -> ServingModule:
-    """What `export` saves, in memory: the adaptation side of `learner` in the export precision."""
+    """What `export` saves, in memory: the adaptation side of `learner` in the export precision, with
+    the kernel policy `kernels` chooses for `device` (default: this process's)."""
     precision = precision or learner.config.precision
-    config = dataclasses.replace(learner.config, precision=precision)
+    config = dataclasses.replace(learner.config, precision=precision, kernels=kernels)
     # A fresh copy in the export precision (the source may be distributed or float16).
-    adapter = Adapter(build_meta_drn(image_size, width, dtype=config.dtype_policy), config)
+    adapter = Adapter(build_meta_drn(image_size, width, dtype=config.dtype_policy), config, device=device)
     adapter.model.set_weights(learner.model.get_weights())
     for target, source in zip(adapter.extra_variables, learner.extra_variables, strict=True):
         target.assign(source)
+    if precision == "float16" and learner.config.precision == "float16":
+        adapter.loss_scale.assign(learner.loss_scale)  # the trained scale, not a fresh 2**15
     return ServingModule(adapter, image_size, inner_steps)

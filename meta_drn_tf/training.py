@@ -30,12 +30,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from meta_drn_tf import distribute, serving, visualize
+from meta_drn_tf import distribute, hardware, serving, visualize
 from meta_drn_tf.config import FLAGS_FILE, RunConfig
 from meta_drn_tf.data.episodes import BankTensors, training_tasks
 from meta_drn_tf.errors import ConfigError, NonFiniteLoss
 from meta_drn_tf.evaluation import METRICS, evaluate_bank, evaluate_settings, write_reports
 from meta_drn_tf.hardware import bfloat16_is_emulated
+from meta_drn_tf.meta.learner import TASK_COUNT_KEY
 from meta_drn_tf.runs import build_learner, load_splits, random_init_learner
 
 # Settings that define the network and its weights: a run cannot resume under others.
@@ -179,7 +180,8 @@ class Trainer:
         distribute.split_cpu(config.cpu_devices)
         self.strategy = distribute.make_strategy(config.strategy, config.collective_timeout_s)
         self.chief = distribute.is_chief(self.strategy)
-        self.per_replica = distribute.check_meta_batch(config.meta_batch_size, self.strategy)
+        self.per_replica = distribute.tasks_per_replica(config.meta_batch_size, self.strategy)
+        self._check_gpu()
         if self.chief and config.fresh and os.path.isdir(self.dirs.root):
             shutil.rmtree(self.dirs.root)
         if self.chief:
@@ -187,6 +189,15 @@ class Trainer:
         if config.precision == "bfloat16" and bfloat16_is_emulated():
             logging.warning("--precision=bfloat16 on a CPU without AVX512-BF16/AMX: TensorFlow emulates it, "
                             "about 15x slower than float32 here (see README, Benchmarks). Use float32.")
+
+    def _check_gpu(self) -> None:
+        """Says when CUDA is installed but no GPU is usable (an error with --require_gpu)."""
+        problem = hardware.gpu_problem()
+        if self.config.require_gpu and not tf.config.list_physical_devices("GPU"):
+            why = problem or "no CUDA libraries are installed: pip install -e '.[and-cuda]'"
+            raise ConfigError(f"--require_gpu: no usable GPU ({why}); training would run on the CPU")
+        if problem:
+            logging.warning("%s: training runs on the CPU (pass --require_gpu to stop instead)", problem)
 
     def _load_data(self) -> None:
         config = self.config
@@ -246,38 +257,60 @@ class Trainer:
         start_step, remaining = int(self.state.global_step), self.steps_per_epoch - int(self.state.step)
 
         def dataset_fn(context: tf.distribute.InputContext):
-            per_pipeline = per_replica * (context.num_replicas_in_sync // context.num_input_pipelines)
-            ids = distribute.replica_task_ids(start_step, remaining, config.meta_batch_size,
-                                              per_pipeline, context.input_pipeline_id)
+            local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+            ids, counts = distribute.replica_task_ids(start_step, remaining, config.meta_batch_size,
+                                                      context.num_replicas_in_sync, local_replicas,
+                                                      context.input_pipeline_id)
             tasks = training_tasks(self.bank_tensors, config.shots, config.queries, seed=config.seed, task_ids=ids)
-            return tasks.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+            batches = tf.data.Dataset.zip(tasks.batch(per_replica, drop_remainder=True), counts)
+            return batches.map(lambda batch, count: {**batch, TASK_COUNT_KEY: count}).prefetch(tf.data.AUTOTUNE)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def train_epoch(self) -> None:
-        """The meta-steps left in the current epoch, with a progress bar and mid-epoch checkpoints."""
+        """The meta-steps left in the current epoch, with a progress bar and mid-epoch checkpoints.
+
+        The step's logs stay on the device until every `log_every_steps` steps (and before a
+        checkpoint): then the window's logs come back in one fetch, which checks every step's
+        finiteness, updates the bar's figures and writes TensorBoard's scalars. A device that
+        runs ahead of the host is never stopped to read one step's loss.
+        """
         epoch = int(self.state.epoch)
         print(f"Epoch {epoch + 1}/{self.config.epochs}")
         self._announce_phase(epoch)
         bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["tasks/s", "meta_lr"], unit_name="step")
         if int(self.state.step):
             bar.update(int(self.state.step))
-        tick = time.time()
+        self._window, self._window_start = [], time.time()
         for batch in self._batches():
             self.schedule.before_step(self.learner.optimizer.learning_rate, int(self.state.global_step))
-            logs = self.learner.meta_train_step(batch, epoch)
-            loss = float(logs["loss"])
-            now = time.time()
-            step_time, tick = now - tick, now
-            if not bool(logs["finite"]):
-                self._non_finite()
+            self._window.append(self.learner.meta_train_step(batch, epoch))
             self.state.step.assign_add(1)
             self.state.global_step.assign_add(1)
-            lr = float(self.learner.optimizer.learning_rate.numpy())
-            tasks_per_s = self.config.meta_batch_size / step_time
-            bar.update(int(self.state.step), [("loss", loss), ("tasks/s", tasks_per_s), ("meta_lr", lr)])
-            self._log_step(loss, float(logs["grad_norm"]), lr, step_time)
-            self._maybe_save_mid_epoch()
+            at_end = int(self.state.step) == self.steps_per_epoch
+            if at_end or int(self.state.global_step) % self.config.log_every_steps == 0:
+                self._fetch_logs(bar)
+            else:
+                bar.update(int(self.state.step))
+            self._maybe_save_mid_epoch(bar)
+
+    def _fetch_logs(self, bar: keras.utils.Progbar) -> None:
+        """The pending steps' logs in one fetch: finiteness checked step by step, the bar and
+        TensorBoard updated with the last step's figures."""
+        if not self._window:
+            return
+        window, self._window = self._window, []
+        fetched = {k: np.asarray(tf.stack([logs[k] for logs in window])) for k in ("loss", "grad_norm", "finite")}
+        now = time.time()
+        step_time, self._window_start = (now - self._window_start) / len(window), now
+        first_step = int(self.state.step) - len(window)
+        for i in np.flatnonzero(fetched["finite"] < 0.5):
+            self._non_finite(first_step + int(i))
+        lr = float(self.learner.optimizer.learning_rate.numpy())
+        loss = float(fetched["loss"][-1])
+        bar.update(int(self.state.step), [("loss", loss), ("tasks/s", self.config.meta_batch_size / step_time),
+                                          ("meta_lr", lr)])
+        self._log_step(loss, float(fetched["grad_norm"][-1]), lr, step_time)
 
     def _announce_phase(self, epoch: int) -> None:
         """Says what the meta-step computes at the start and whenever MAML++'s annealing switches it."""
@@ -287,19 +320,18 @@ class Trainer:
             print(f"  meta-gradient: {'second' if phase.second_order else 'first'} order; meta-loss: "
                   + ("weighted query losses of every inner step" if phase.multi_step_loss else "final query loss"))
 
-    def _non_finite(self) -> None:
+    def _non_finite(self, step: int) -> None:
+        """A non-finite meta-step at (0-based) `step` of this epoch: its update was skipped in the graph."""
         self.state.bad_batches.assign_add(1)
         if not self.config.skip_nonfinite:
             raise NonFiniteLoss(
-                f"non-finite loss at epoch {int(self.state.epoch) + 1}, step {int(self.state.step) + 1}; the update "
+                f"non-finite loss at epoch {int(self.state.epoch) + 1}, step {step + 1}; its update "
                 f"was not applied and nothing was saved. Last good checkpoint: {self.latest.latest_checkpoint}. "
                 "Lower --meta_lr/--inner_lr, or pass --skip_nonfinite to skip such batches.")
         logging.warning("skipped a meta-batch with a non-finite loss (%d so far)", int(self.state.bad_batches))
 
     def _log_step(self, loss: float, grad_norm: float, lr: float, step_time: float) -> None:
         step = int(self.state.global_step)
-        if step % self.config.log_every_steps and int(self.state.step) != self.steps_per_epoch:
-            return
         with self.writer.as_default(step=step):
             tf.summary.scalar("loss", loss)
             tf.summary.scalar("grad_norm", grad_norm)
@@ -320,11 +352,12 @@ class Trainer:
                 tf.summary.scalar("alpha/max", float(tf.reduce_max(alpha)))
                 tf.summary.histogram("alpha/values", alpha)
 
-    def _maybe_save_mid_epoch(self) -> None:
+    def _maybe_save_mid_epoch(self, bar: keras.utils.Progbar) -> None:
         every = self.config.save_every_steps
         due = (every and int(self.state.global_step) % every == 0) or \
             time.time() - self.last_save > 60 * self.config.save_every_minutes
         if due and int(self.state.step) < self.steps_per_epoch:
+            self._fetch_logs(bar)  # every saved step checked first
             self.save(self.latest, "mid-epoch")
             self.last_save = time.time()
 
@@ -382,7 +415,8 @@ class Trainer:
                   f"(reports in {self.dirs.test})")
         if config.export_at_end:
             final["export"] = serving.export(self.learner, self.dirs.export, config.image_size, config.width,
-                                             inner_steps=config.eval_inner_steps)
+                                             inner_steps=config.eval_inner_steps,
+                                             kernels="cpu" if config.kernels == "cpu" else "stock")
             print(f"SavedModel: {final['export']}")
         return final
 

@@ -194,31 +194,59 @@ def test_xla_compiled_step_matches_the_plain_step(tiny_bank):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["fomaml", "maml"])
-def test_meta_gradients_are_the_same_through_winograds_convolutions(algorithm, monkeypatch):
+@pytest.mark.parametrize("algorithm", ["fomaml", "maml", "metasgd", "reptile"])
+def test_stock_and_cpu_kernel_policies_give_the_same_meta_gradients(algorithm, monkeypatch):
+    """float64: TensorFlow's own ops (stock) and the CPU forms, Winograd in every 3x3 layer and kernel
+    gradients tap by tap, give one meta-gradient."""
     from meta_drn_tf import conv
 
-    learner = _learner(algorithm)
     task = _task()
-    direct, _ = learner.algorithm.task_gradients(learner, task)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)  # every 3x3 layer of the tiny network
+    keras.utils.set_random_seed(0)
+    stock = MetaLearner(build_meta_drn(SIZE, 0.0625, dtype="float64"),
+                        MetaConfig(algorithm=algorithm, inner_lr=0.5, kernels="stock"))
+    stock_grads, _ = stock.algorithm.task_gradients(stock, task)
+    keras.utils.set_random_seed(0)
+    cpu = MetaLearner(build_meta_drn(SIZE, 0.0625, dtype="float64"),
+                      MetaConfig(algorithm=algorithm, inner_lr=0.5, kernels="cpu"),
+                      winograd_min_channel_product=0, min_tap_flops=0)
     calls, kernel_gradient = [], conv._winograd_kernel_gradient
     monkeypatch.setattr(conv, "_winograd_kernel_gradient", lambda *args: calls.append(args) or kernel_gradient(*args))
-    winograd, _ = learner.algorithm.task_gradients(learner, task)
+    cpu_grads, _ = cpu.algorithm.task_gradients(cpu, task)
     assert calls  # Winograd's forms were used
-    for a, b in zip(winograd, direct):
+    for a, b in zip(cpu_grads, stock_grads, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_winograds_convolutions_except_in_the_memory_mode_and_bfloat16_second_order_steps(monkeypatch):
-    from meta_drn_tf import conv
+def _op_list(learner, epoch: int = 0) -> list[str]:
     from meta_drn_tf.graphs import meta_step_graph, operations
 
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 0)
+    return [op.type for op in operations(meta_step_graph(learner, 2, 1, 1, 32, epoch))]
 
+
+def _op_types(learner, epoch: int = 0) -> set[str]:
+    return set(_op_list(learner, epoch))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "reptile"])
+def test_stock_meta_steps_hold_tensorflows_own_ops_only(algorithm):
+    """What a GPU gets (auto on an accelerator): no Winograd gathers and products, no per-tap kernel
+    gradients, no fused-norm layout transposes; dilated convolutions' gradients in one op each."""
+    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm), device="gpu")
+    assert learner.kernel_policy(second_order=True).dilated_gradients_in_one_op
+    types = _op_types(learner)
+    assert "Conv2DBackpropFilter" in types and "Conv2DBackpropInput" in types
+    assert not types & {"BatchMatMulV2", "GatherV2", "FusedBatchNormV3", "SpaceToBatchND"}, types
+    # The same model and algorithm under the cpu policy, Winograd from every 3x3 layer: its ops are there.
+    cpu = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, kernels="cpu"), device="gpu",
+                      winograd_min_channel_product=0)
+    assert {"BatchMatMulV2", "GatherV2"} <= _op_types(cpu)
+
+
+def test_winograds_convolutions_except_in_the_memory_mode_and_bfloat16_second_order_steps():
     def batched_products(algorithm, **config):  # Winograd's 16 products per convolution: a BatchMatMulV2
-        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, **config))
-        return sum(op.type == "BatchMatMulV2" for op in operations(meta_step_graph(learner, 1, 1, 1, 32)))
+        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, kernels="cpu", **config),
+                              winograd_min_channel_product=0)
+        return _op_list(learner).count("BatchMatMulV2")
 
     assert batched_products("fomaml") > 0
     assert batched_products("fomaml", precision="bfloat16") > 0
@@ -235,6 +263,7 @@ def test_only_first_order_meta_steps_use_fused_norms(algorithm, first_order_epoc
     keep the closed form; first-order ones (MAML++'s first-order epochs too) take the fused kernels."""
     from meta_drn_tf.graphs import meta_step_graph, operations
 
-    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, first_order_epochs=first_order_epochs))
+    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, first_order_epochs=first_order_epochs,
+                                                                 kernels="cpu"))
     types = {op.type for op in operations(meta_step_graph(learner, 1, 1, 1, 32))}
     assert ("FusedBatchNormGradV3" in types) == fused

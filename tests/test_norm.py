@@ -3,7 +3,10 @@
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf.norm import first_order_norms, instance_norm
+from meta_drn_tf.kernels import KernelPolicy
+from meta_drn_tf.norm import instance_norm
+
+FUSED = KernelPolicy("cpu", fused_norm=True)  # the cpu policy's first-order steps
 
 
 def _reference(x, gamma, beta, epsilon, slope):
@@ -103,7 +106,7 @@ def _assert_float32_rounding(ours, expected, names):
 
 @pytest.mark.parametrize("batch, slope, graph", [(1, 0.1, True), (3, 0.1, False), (3, None, True), (1, None, False)])
 def test_first_order_norms_run_fused_kernels_with_the_same_values_and_gradients(batch, slope, graph):
-    """Inside `first_order_norms()` (batches of 1 and of several images, each normalized on its own):
+    """Under a policy with fused norms (batches of 1 and of several images, each normalized on its own):
     float32 values and gradients of the float64 composite's, rounded."""
     x = tf.random.stateless_normal([batch, 6, 5, 4], seed=[18, 19], dtype=tf.float64) * 2.0 + 0.5
     gamma = tf.random.stateless_normal([4], seed=[20, 21], dtype=tf.float64)
@@ -111,8 +114,7 @@ def test_first_order_norms_run_fused_kernels_with_the_same_values_and_gradients(
     expected = _first_order(lambda x, g, b: _reference(x, g, b, 1e-3, slope), x, gamma, beta)
 
     def fused(x, gamma, beta):
-        with first_order_norms():
-            return _first_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, slope), x, gamma, beta)
+        return _first_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, slope, FUSED), x, gamma, beta)
 
     inputs = [tf.cast(t, tf.float32) for t in (x, gamma, beta)]
     run = tf.function(fused) if graph else fused
@@ -133,8 +135,7 @@ def test_first_order_norms_still_have_exact_second_order_gradients(batch):
 
     @tf.function
     def fused(x, gamma, beta):
-        with first_order_norms():
-            return _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, 0.1), x, gamma, beta)
+        return _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, 0.1, FUSED), x, gamma, beta)
 
     names = ("output", "d/dx", "d/dgamma", "d/dbeta", "d2/dx", "d2/dgamma", "d2/dbeta")
     _assert_float32_rounding(fused(*(tf.cast(t, tf.float32) for t in (x, gamma, beta))), expected, names)
@@ -145,8 +146,7 @@ def test_first_order_norms_keep_the_closed_form_where_no_fused_kernel_applies():
     second order included."""
     x = tf.random.stateless_normal([1, 4, 4, 2], seed=[26, 27], dtype=tf.float64)
     gamma, beta = tf.ones([2], tf.float64), tf.zeros([2], tf.float64)
-    with first_order_norms():
-        ours = _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, 0.1), x, gamma, beta)
+    ours = _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, 0.1, FUSED), x, gamma, beta)
     expected = _first_and_second_order(lambda x, g, b: _reference(x, g, b, 1e-3, 0.1), x, gamma, beta)
     for a, b in zip(ours, expected):
         tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10)

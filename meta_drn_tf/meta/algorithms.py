@@ -72,10 +72,13 @@ class MAML(Algorithm):
             fast, _ = learner.inner_loop(theta, task["support_images"], task["support_masks"], steps,
                                          phase.second_order)
             weights = learner.weights_at(theta, fast, steps - 1)
-        query_grads, loss = learner.query_gradient(weights, task["query_images"], task["query_masks"])
+        # Seeded with float16's scaled gradients, unscaled at the end: seeded with unscaled ones, the
+        # backward pass through the inner loop underflows (its second-order part became zero).
+        query_grads, loss = learner.query_gradient(weights, task["query_images"], task["query_masks"],
+                                                   phase.second_order, unscale=False)
         grads = tape.gradient(weights, learner.meta_variables, output_gradients=query_grads,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return grads, loss
+        return learner.unscaled(grads), loss
 
 
 class FOMAML(MAML):

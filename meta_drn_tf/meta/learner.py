@@ -13,12 +13,18 @@ Fast weights are plain tensors passed through Keras 3 `stateless_call`; the
 model's variables are never assigned during adaptation, so second-order
 gradients flow through the inner loop (nested GradientTapes).
 
-Inside `meta_train_step` the tasks of a meta-batch are processed one after the
-other (a `tf.while_loop` with `parallel_iterations=1`) and their meta-gradients
-accumulated, so peak memory does not grow with the meta-batch size. Under a
-`tf.distribute` strategy every replica does this for its share of the tasks;
-gradients are divided by the *global* meta-batch size and summed across
-replicas by the optimizer, which gives the same update as one device.
+Inside `meta_train_step` the tasks of a meta-batch go through a `tf.while_loop`
+and their meta-gradients are accumulated: one after the other by default, so
+peak memory does not grow with the meta-batch size, or `parallel_tasks` at once
+where the device has the memory. Under a `tf.distribute` strategy every replica
+does this for its share of the tasks (shares may differ by one: a replica's
+batch carries its task count); gradients are divided by the *global* number of
+tasks and summed across replicas, which gives the same update as one device.
+
+Which forms the network's convolutions and norms take is a `kernels.KernelPolicy`,
+chosen from `MetaConfig.kernels`, the device the learner runs on, the precision,
+the memory mode and whether a step is second order (`Adapter.kernel_policy`), and handed
+to the layers with every call.
 
 BatchNorm: the network normalises with per-image statistics
 (`InstanceNorm`), so adaptation, meta-training and serving behave the same
@@ -27,14 +33,13 @@ and a query's mask never depends on the other images of its batch.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
-from meta_drn_tf import conv, norm
+from meta_drn_tf import hardware, kernels
 from meta_drn_tf.config import ADAPT_LAYERS, algorithm_problems
 from meta_drn_tf.meta import algorithms
 from meta_drn_tf.meta.adamw import FusedAdamW
@@ -43,6 +48,8 @@ from meta_drn_tf.model import group_of
 
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 TASK_KEYS = ("support_images", "support_masks", "query_images", "query_masks")
+# A replica's meta-batch may carry how many of its tasks are real (the rest pad an uneven split).
+TASK_COUNT_KEY = "tasks"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +75,12 @@ class MetaConfig:
         adapt_layers: what the inner loop updates: "all", "head" (the dilated
             head at the input) or "upsample" (the output layer, ANIL).
         memory_saving: backpropagate the queries one at a time to the adapted
-            weights, then once through the inner loop (the same gradient); on
-            CPUs, also no Winograd convolutions (`conv.direct_convolutions`).
+            weights, then once through the inner loop (the same gradient); under
+            the cpu kernel policy, also no Winograd convolutions.
+        kernels: the kernel policy's family: "auto" (cpu on a CPU, stock on an
+            accelerator), "stock" (TensorFlow's own ops) or "cpu" (`kernels.py`).
+        parallel_tasks: tasks of a replica's meta-batch processed at once; None:
+            1 on a CPU, the whole meta-batch on an accelerator.
     """
 
     algorithm: str = "maml"
@@ -85,6 +96,8 @@ class MetaConfig:
     per_step_norm: bool = False
     adapt_layers: str = "all"
     memory_saving: bool = False
+    kernels: str = "auto"
+    parallel_tasks: int | None = None
 
     def __post_init__(self):
         if self.algorithm not in algorithms.ALGORITHMS:
@@ -93,6 +106,10 @@ class MetaConfig:
             raise ValueError(f"precision must be one of {sorted(PRECISION_POLICIES)}, got {self.precision!r}")
         if self.adapt_layers not in ADAPT_LAYERS:
             raise ValueError(f"adapt_layers must be one of {ADAPT_LAYERS}, got {self.adapt_layers!r}")
+        if self.kernels not in kernels.KERNEL_CHOICES:
+            raise ValueError(f"kernels must be one of {kernels.KERNEL_CHOICES}, got {self.kernels!r}")
+        if self.parallel_tasks is not None and self.parallel_tasks < 1:
+            raise ValueError(f"parallel_tasks must be >= 1 (or None: auto), got {self.parallel_tasks}")
         if self.inner_steps is None:
             object.__setattr__(self, "inner_steps", algorithms.ALGORITHMS[self.algorithm].default_inner_steps)
         if self.inner_steps < 1:
@@ -167,12 +184,21 @@ class Adapter(tf.Module):
         model: maps images `(n, H, W, 3)` to foreground logits `(n, H, W, 1)`;
             build it with `dtype=config.dtype_policy` for mixed precision.
         config: the algorithm settings.
+        device: where its functions run ("cpu", "gpu", "tpu", or "any": a
+            device-neutral export); default: this process's accelerator, else "cpu".
+        **kernel_tuning: `kernels.KernelPolicy` fields that replace the chosen
+            ones (thresholds; for tools and tests).
     """
 
-    def __init__(self, model: keras.Model, config: MetaConfig = MetaConfig()):
+    def __init__(self, model: keras.Model, config: MetaConfig = MetaConfig(), device: str | None = None,
+                 **kernel_tuning):
         super().__init__(name="meta_learner")
         self.model = model
         self.config = config
+        self.device = device or hardware.compute_device()
+        self._kernel_tuning = kernel_tuning
+        # Read once, not while tracing: a private TensorFlow probe (`hardware.onednn_kernels`).
+        self._onednn = self.device == "cpu" and hardware.onednn_kernels() == "on"
         self.algorithm = algorithms.ALGORITHMS[config.algorithm]()
         weights = model.trainable_variables
         self.adapted = adapted_indices(model, config)
@@ -232,24 +258,40 @@ class Adapter(tf.Module):
         return [self.config.inner_lr if inner_lr is None else inner_lr] * len(self.adapted)
 
     # ----- forward, loss, adaptation ---------------------------------------
-    def logits(self, weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
+    def kernel_policy(self, second_order: bool = False) -> kernels.KernelPolicy:
+        """The kernel policy of this learner's functions; `second_order`: for a step that
+        differentiates gradients (the inner gradients of MAML and Meta-SGD, their queries)."""
+        config = self.config
+        return kernels.choose(config.kernels, self.device, config.precision, second_order, config.memory_saving,
+                              self._onednn, **self._kernel_tuning)
+
+    def logits(self, weights: Sequence[tf.Tensor], images: tf.Tensor, second_order: bool = False) -> tf.Tensor:
         """Foreground logits of `images` under `weights` (all of the model's, float32)."""
         non_trainable = [tf.convert_to_tensor(v) for v in self.model.non_trainable_variables]
-        logits, _ = self.model.stateless_call(list(weights), non_trainable, images, training=False)
+        logits, _ = self.model.stateless_call(list(weights), non_trainable, images, training=False,
+                                              kernels=self.kernel_policy(second_order))
         return full_precision(logits)
 
-    def loss(self, weights: Sequence[tf.Tensor], images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
-        return bce_loss(self.logits(weights, images), masks)
+    def loss(self, weights: Sequence[tf.Tensor], images: tf.Tensor, masks: tf.Tensor,
+             second_order: bool = False) -> tf.Tensor:
+        return bce_loss(self.logits(weights, images, second_order), masks)
 
-    def gradients(self, tape: tf.GradientTape, loss: tf.Tensor, sources) -> list[tf.Tensor]:
-        """d loss / d sources (zeros where unconnected), with the float16 loss scale applied and removed."""
+    def gradients(self, tape: tf.GradientTape, loss: tf.Tensor, sources, unscale: bool = True) -> list[tf.Tensor]:
+        """d loss / d sources (zeros where unconnected), with the float16 loss scale applied and, unless
+        `unscale` is off (a backward pass still to be seeded with them), removed."""
         zero = tf.UnconnectedGradients.ZERO
         if self.config.precision != "float16":
             return tape.gradient(loss, sources, unconnected_gradients=zero)
         # Seeding backprop with the scale is scaling the loss, after the fact.
         scale = tf.cast(self.loss_scale, loss.dtype)
         grads = tape.gradient(loss, sources, output_gradients=scale, unconnected_gradients=zero)
-        return [g / tf.cast(scale, g.dtype) for g in grads]
+        return self.unscaled(grads) if unscale else grads
+
+    def unscaled(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """Gradients of a float16 step's scaled loss, divided by the loss scale (as they are elsewhere)."""
+        if self.config.precision != "float16":
+            return list(grads)
+        return [g / tf.cast(self.loss_scale, g.dtype) for g in grads]
 
     def inner_step(self, theta, fast, images, masks, step, second_order: bool, inner_lr=None):
         """One SGD step of the adapted weights on (images, masks): w <- w - rate * dL/dw.
@@ -260,7 +302,7 @@ class Adapter(tf.Module):
         """
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(fast)
-            loss = self.loss(self.weights_at(theta, fast, step), images, masks)
+            loss = self.loss(self.weights_at(theta, fast, step), images, masks, second_order)
         grads = self.gradients(tape, loss, fast)
         if not second_order:
             grads = [tf.stop_gradient(g) for g in grads]
@@ -295,8 +337,7 @@ class Adapter(tf.Module):
         """
         steps = inner_steps or self.config.inner_steps
         theta = self.initial_weights()
-        with norm.first_order_norms():
-            fast, _ = self.inner_loop(theta, support_images, support_masks, steps, False, inner_lr)
+        fast, _ = self.inner_loop(theta, support_images, support_masks, steps, False, inner_lr)
         return self.weights_at(theta, fast, steps - 1)
 
     def predict(self, fast_weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
@@ -332,33 +373,35 @@ class Adapter(tf.Module):
             scores += [binary_iou(probabilities, query_masks, t) for t in THRESHOLDS]
             return bce_loss(logits, query_masks), tf.stack(scores), probabilities
 
-        with norm.first_order_norms():
-            loss, scores, probabilities = tf.map_fn(
-                one_task,
-                tuple(batch[k] for k in TASK_KEYS),
-                fn_output_signature=(tf.float32, tf.float32, tf.float32),
-                parallel_iterations=1,
-            )
+        loss, scores, probabilities = tf.map_fn(
+            one_task,
+            tuple(batch[k] for k in TASK_KEYS),
+            fn_output_signature=(tf.float32, tf.float32, tf.float32),
+            parallel_iterations=1,
+        )
         logs = {"loss": loss, "soft_iou": scores[:, 0], "probabilities": probabilities}
         for j, t in enumerate(THRESHOLDS):
             logs[f"iou@{t}"] = scores[:, j + 1]
         return logs
 
-    def query_gradient(self, weights: Sequence[tf.Tensor], images: tf.Tensor,
-                       masks: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+    def query_gradient(self, weights: Sequence[tf.Tensor], images: tf.Tensor, masks: tf.Tensor,
+                       second_order: bool = False, unscale: bool = True) -> tuple[list[tf.Tensor], tf.Tensor]:
         """d(query loss)/d weights and the loss, one query at a time (`memory_saving`).
 
         The loss is the mean over queries of equal size, so its gradient is the
         mean of the per-query gradients; a `tf.while_loop` computes them in turn,
-        holding one query's activations at a time.
+        holding one query's activations at a time. `second_order`: the kernel
+        policy of a second-order step; `unscale=False` keeps float16's loss scale
+        in (for a backward pass seeded with them, which would otherwise underflow).
         """
         queries = tf.shape(images)[0]
 
         def one_query(i, grads, loss):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(weights)
-                query_loss = self.loss(weights, images[i : i + 1], masks[i : i + 1])
-            return i + 1, [a + g for a, g in zip(grads, self.gradients(tape, query_loss, weights))], loss + query_loss
+                query_loss = self.loss(weights, images[i : i + 1], masks[i : i + 1], second_order)
+            grads = [a + g for a, g in zip(grads, self.gradients(tape, query_loss, weights, unscale))]
+            return i + 1, grads, loss + query_loss
 
         _, grads, loss = tf.while_loop(
             lambda i, *_: i < queries, one_query,
@@ -381,13 +424,14 @@ class Adapter(tf.Module):
         def score_query(step, fast):
             if phase.multi_step_loss:
                 query_losses.append(self.loss(self.weights_at(theta, fast, step), task["query_images"],
-                                              task["query_masks"]))
+                                              task["query_masks"], phase.second_order))
 
         steps = self.config.inner_steps
         fast, _ = self.inner_loop(theta, task["support_images"], task["support_masks"], steps,
                                   phase.second_order, after_step=score_query)
         if not phase.multi_step_loss:
-            final = self.loss(self.weights_at(theta, fast, steps - 1), task["query_images"], task["query_masks"])
+            final = self.loss(self.weights_at(theta, fast, steps - 1), task["query_images"], task["query_masks"],
+                              phase.second_order)
             return final, final
         weights = tf.unstack(tf.cast(loss_weights, query_losses[-1].dtype))
         return tf.add_n([w * q for w, q in zip(weights, query_losses)]), query_losses[-1]
@@ -402,6 +446,7 @@ class MetaLearner(Adapter):
         optimizer: the meta-optimizer; default AdamW(config.meta_lr) (`FusedAdamW`: Keras's, faster).
         strategy: a tf.distribute strategy whose scope holds the model's
             variables (default: the current one).
+        device, **kernel_tuning: as for `Adapter`.
     """
 
     def __init__(
@@ -410,10 +455,12 @@ class MetaLearner(Adapter):
         config: MetaConfig = MetaConfig(),
         optimizer: keras.optimizers.Optimizer | None = None,
         strategy: tf.distribute.Strategy | None = None,
+        device: str | None = None,
+        **kernel_tuning,
     ):
         strategy = strategy or tf.distribute.get_strategy()
         with strategy.scope():
-            super().__init__(model, config)
+            super().__init__(model, config, device, **kernel_tuning)
             self.strategy = strategy
             self.optimizer = optimizer or FusedAdamW(learning_rate=config.meta_lr, weight_decay=config.weight_decay)
             self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
@@ -423,7 +470,20 @@ class MetaLearner(Adapter):
                 self.optimizer.exclude_from_weight_decay(var_list=rates)
             self.optimizer.build(self.meta_variables)
         self.trace_count = 0
-        self._train_fn = tf.function(self._distributed_train_step, jit_compile=config.jit_compile)
+        # XLA compiles what one replica computes, not the step around it: a compiled step that
+        # reads every replica's variables fails under MirroredStrategy ("tf.Variable on a
+        # different device", XLA's known issues); Keras compiles its replica function too.
+        self._task_sums = tf.function(self._task_sums_fn, jit_compile=True) if config.jit_compile \
+            else self._task_sums_fn
+        self._train_fn = tf.function(self._distributed_train_step)
+
+    @property
+    def parallel_tasks(self) -> int | None:
+        """Tasks of a replica's meta-batch processed at once: the setting, or on auto (None) 1 on a
+        CPU and the whole meta-batch on an accelerator (None: however many the batch holds)."""
+        if self.config.parallel_tasks is not None:
+            return self.config.parallel_tasks
+        return 1 if self.device == "cpu" else None
 
     @property
     def meta_variables(self) -> list[tf.Variable]:
@@ -438,10 +498,10 @@ class MetaLearner(Adapter):
                      multi_step_loss=config.inner_steps > 1 and epoch < config.multi_step_loss_epochs)
 
     def meta_train_step(self, task_batch, epoch: int = 0) -> dict[str, tf.Tensor]:
-        """One meta-update from a meta-batch of tasks (a dict of `(B, ...)` tensors,
-        or a distributed dataset element under a strategy) at 0-based `epoch`
-        (which MAML++'s annealing options read). Returns logs: "loss" (mean
-        query loss after adaptation; Reptile: its inner-loop loss),
+        """One meta-update from a meta-batch of tasks (a dict of `(B, ...)` tensors, optionally with
+        `"tasks"`: how many of the B are real, the rest padding; or a distributed dataset element
+        under a strategy) at 0-based `epoch` (which MAML++'s annealing options read). Returns
+        logs: "loss" (mean query loss after adaptation; Reptile: its inner-loop loss),
         "grad_norm", and "finite" (False: the update was skipped)."""
         phase = self.phase(epoch)
         # The phase is Python (a new trace when it changes, once per switch); the epoch is a tensor.
@@ -454,55 +514,54 @@ class MetaLearner(Adapter):
                                                     phase.second_order, phase.multi_step_loss)
 
     def _distributed_train_step(self, task_batch, epoch, second_order, multi_step_loss):
-        phase = Phase(second_order, multi_step_loss)
-        loss_weights = (multi_step_loss_weights(epoch, self.config.inner_steps, self.config.multi_step_loss_epochs)
-                        if multi_step_loss else None)
-        with contextlib.ExitStack() as kernels:
-            # Winograd's transforms cost memory: the memory mode, and bfloat16 second-order steps
-            # (whose working set they put level with the PyTorch peer's), convolve directly.
-            if self.config.memory_saving or (second_order and self.config.precision == "bfloat16"):
-                kernels.enter_context(conv.direct_convolutions())
-            if not second_order:
-                kernels.enter_context(norm.first_order_norms())
-            grads, logs = self.strategy.run(lambda batch: self._replica_gradients(batch, phase, loss_weights),
-                                            args=(task_batch,))
+        grads, logs = self.strategy.run(self._replica_gradients, args=(task_batch, epoch, second_order,
+                                                                      multi_step_loss))
         # After the all-reduce every replica holds the same gradients: apply one
         # copy in cross-replica context (a synchronisation inside a conditional
         # in replica context is not supported by tf.distribute).
         grads = [self.strategy.experimental_local_results(g)[0] for g in grads]
-        logs = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
+        logs = {k: self.strategy.experimental_local_results(v)[0] for k, v in logs.items()}
         tf.cond(logs["finite"] > 0.5, lambda: self._apply(grads), lambda: self._skip())
         return logs
 
-    def _replica_gradients(self, task_batch, phase, loss_weights):
+    def _replica_gradients(self, task_batch, epoch, second_order, multi_step_loss):
+        """This replica's share of the meta-gradient, all-reduced: every replica returns the same."""
         self.trace_count += 1  # Python side effect: runs once per trace
         context = tf.distribute.get_replica_context()
-        local_tasks = tf.shape(task_batch["support_images"])[0]
+        batch = {k: task_batch[k] for k in TASK_KEYS}
+        tasks = task_batch.get(TASK_COUNT_KEY, tf.shape(batch["support_images"])[0])
+        summed, loss_sum = self._task_sums(batch, tf.cast(tasks, tf.int32), epoch, second_order, multi_step_loss)
+        # The mean over the meta-batch's real tasks, wherever they ran: sums first, then one division.
+        totals = [tf.cast(tasks, tf.float32), tf.cast(loss_sum, tf.float32)]
+        if context.num_replicas_in_sync > 1:
+            summed, totals = context.all_reduce(tf.distribute.ReduceOp.SUM, [summed, totals])
+        global_tasks, loss_total = totals
+        grads = [g / tf.cast(global_tasks, g.dtype) for g in summed]
+        bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads])
+        bad += tf.cast(~tf.math.is_finite(loss_total), tf.float32)
+        grad_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) ** 2) for g in grads]))
+        finite = tf.cast(bad == 0, tf.float32)
+        return grads, {"loss": loss_total / global_tasks, "grad_norm": grad_norm, "finite": finite}
+
+    def _task_sums_fn(self, batch, tasks, epoch, second_order, multi_step_loss):
+        """The meta-gradients of the first `tasks` tasks of `batch`, summed, and their losses' sum."""
+        phase = Phase(second_order, multi_step_loss)
+        loss_weights = (multi_step_loss_weights(epoch, self.config.inner_steps, self.config.multi_step_loss_epochs)
+                        if multi_step_loss else None)
 
         def one_task(i, accumulated, loss_sum):
-            task = {k: task_batch[k][i] for k in TASK_KEYS}
+            task = {k: batch[k][i] for k in TASK_KEYS}
             grads, loss = self.algorithm.task_gradients(self, task, phase, loss_weights)
             return i + 1, [a + g for a, g in zip(accumulated, grads)], loss_sum + loss
 
         zeros = [tf.zeros(v.shape, v.dtype) for v in self.meta_variables]
         loss_dtype = tf.float64 if self.meta_variables[0].dtype == tf.float64 else tf.float32
-        _, summed, loss_sum = tf.while_loop(
-            lambda i, *_: i < local_tasks, one_task, (tf.constant(0), zeros, tf.constant(0.0, loss_dtype)),
-            parallel_iterations=1,  # one task at a time: memory does not grow with the meta-batch
-        )
-        # The mean over the global meta-batch: divide by it, sum over replicas.
-        global_tasks = local_tasks * context.num_replicas_in_sync
-        grads = [g / tf.cast(global_tasks, g.dtype) for g in summed]
-        if context.num_replicas_in_sync > 1:
-            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads])
-        bad = bad + context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~tf.math.is_finite(loss_sum), tf.float32))
-        grad_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) ** 2) for g in grads]))
-        return grads, {
-            "loss": tf.cast(loss_sum, tf.float32) / tf.cast(local_tasks, tf.float32),
-            "grad_norm": grad_norm,
-            "finite": tf.cast(bad == 0, tf.float32),
-        }
+        # One task at a time by default: memory does not grow with the meta-batch.
+        parallel = self.parallel_tasks or batch["support_images"].shape[0] or 10
+        _, summed, loss_sum = tf.while_loop(lambda i, *_: i < tasks, one_task,
+                                            (tf.constant(0), zeros, tf.constant(0.0, loss_dtype)),
+                                            parallel_iterations=parallel)
+        return summed, loss_sum
 
     def _apply(self, grads):
         self.optimizer.apply(grads, self.meta_variables)
