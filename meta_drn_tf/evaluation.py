@@ -46,6 +46,24 @@ class EvalResult:
         return out
 
 
+# Episodes adapted and scored per compiled call (consecutive ones of one shape): a GPU runs them at
+# once (`MetaLearner.parallel_tasks`), and every device saves the per-episode host round trips.
+EPISODES_PER_CALL = 8
+
+
+def _episode_chunks(tasks, size: int):
+    """Consecutive evaluation tasks in lists of at most `size` whose tensors have the same shapes."""
+    chunk = []
+    for task in tasks:
+        if chunk and (len(chunk) == size or task["query_images"].shape != chunk[0]["query_images"].shape
+                      or task["support_images"].shape != chunk[0]["support_images"].shape):
+            yield chunk
+            chunk = []
+        chunk.append(task)
+    if chunk:
+        yield chunk
+
+
 def evaluate_bank(
     learner: MetaLearner,
     bank: ImageBank,
@@ -56,27 +74,30 @@ def evaluate_bank(
     progress: bool = False,
     keep_predictions: int = 0,
     episodes_per_class: int | None = None,
+    episodes_per_call: int = EPISODES_PER_CALL,
 ) -> tuple[EvalResult, list[dict]]:
     """Runs the evaluation episodes of `bank` (at most `limit`, evenly spread;
-    at most `episodes_per_class` of each class).
+    at most `episodes_per_class` of each class), `episodes_per_call` at a time.
 
     Returns the result and, for the first `keep_predictions` episodes, the
     task with its predictions (for pictures).
     """
     total = count_evaluation_tasks(bank, shots, limit, episodes_per_class)
     bar = keras.utils.Progbar(total, unit_name="episode") if progress else None
-    records, kept = [], []
-    for e, task in enumerate(evaluation_tasks(bank, shots, limit, episodes_per_class)):
-        batch = {k: v[None] for k, v in task.items() if k != "class_name"}
+    records, kept, e = [], [], 0
+    for chunk in _episode_chunks(evaluation_tasks(bank, shots, limit, episodes_per_class), episodes_per_call):
+        batch = {k: np.stack([task[k] for task in chunk]) for k in chunk[0] if k != "class_name"}
         logs = learner.evaluate_step(batch, inner_steps=inner_steps, inner_lr=inner_lr)
-        scores = {m: logs[m].numpy()[0] for m in METRICS}
-        for q in range(task["query_images"].shape[0]):
-            records.append({"class": task["class_name"], "episode": e, "query": q,
-                            "loss": float(logs["loss"][0]), **{m: float(scores[m][q]) for m in METRICS}})
-        if e < keep_predictions:
-            kept.append({**task, "probabilities": logs["probabilities"].numpy()[0]})
-        if bar is not None:
-            bar.add(1, [("soft_iou", float(np.mean(scores["soft_iou"])))])
+        logs = {k: v.numpy() for k, v in logs.items() if k in METRICS + ("loss",) or len(kept) < keep_predictions}
+        for i, task in enumerate(chunk):
+            for q in range(task["query_images"].shape[0]):
+                records.append({"class": task["class_name"], "episode": e, "query": q,
+                                "loss": float(logs["loss"][i]), **{m: float(logs[m][i][q]) for m in METRICS}})
+            if e < keep_predictions:
+                kept.append({**task, "probabilities": logs["probabilities"][i]})
+            if bar is not None:
+                bar.add(1, [("soft_iou", float(np.mean(logs["soft_iou"][i])))])
+            e += 1
     used_lr = f"learned ({learner.learned_rates})" if learner.learned_rates else (inner_lr or learner.config.inner_lr)
     return EvalResult(bank.class_names, records, inner_steps or learner.config.inner_steps, used_lr), kept
 

@@ -132,3 +132,23 @@ def test_tensorflow_start_up_chatter_only_with_verbosity():
 ])
 def test_verbosity_is_read_off_raw_arguments(argv, expected):
     assert cli.verbosity_in(argv) == expected
+
+
+def test_commands_print_their_devices_and_train_can_require_a_gpu(tmp_path):
+    """No GPU here (conftest hides them): the devices line says so, and --require_gpu stops before training."""
+    out = _run(["-m", "meta_drn_tf.train", *TINY, f"--model_dir={tmp_path / 'run'}", "--require_gpu"])
+    assert out.returncode == cli.EXIT_USAGE, out.stderr[-2000:]
+    assert out.stdout.startswith("devices: CPU only")
+    assert "--require_gpu: no usable GPU" in _error_line(out)[0]
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_cuda_libraries_without_a_usable_gpu_are_named(monkeypatch):
+    from meta_drn_tf import hardware
+
+    monkeypatch.setattr(hardware, "cuda_packages", lambda: [])
+    assert hardware.gpu_problem() is None  # a CPU-only install: nothing was expected
+    monkeypatch.setattr(hardware, "cuda_packages", lambda: ["nvidia-cudnn-cu12"])
+    problem = hardware.gpu_problem()
+    # This TensorFlow build has CUDA support (PyPI's Linux wheels do) and conftest hides the GPUs.
+    assert problem and ("CUDA_VISIBLE_DEVICES" in problem or "CUDA support" in problem), problem

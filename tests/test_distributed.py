@@ -18,33 +18,54 @@ HERE = os.path.dirname(__file__)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def test_mirrored_two_replicas_make_the_same_update_as_one_device():
-    out = subprocess.run([sys.executable, os.path.join(HERE, "distributed_check.py"),
-                          "maml", "fomaml", "metasgd", "reptile"],
-                         check=True, capture_output=True, text=True, env=ENV, timeout=400)
+def _check(*args, timeout=400):
+    out = subprocess.run([sys.executable, os.path.join(HERE, "distributed_check.py"), *args],
+                         check=True, capture_output=True, text=True, env=ENV, timeout=timeout)
     results = json.loads(out.stdout.strip().splitlines()[-1])
     for algo, r in results.items():
         assert r["moved"] > 1e-4, algo  # the steps changed the weights...
-        assert r["difference"] < 1e-5, (algo, r)  # ...identically on one and two replicas
+        assert r["difference"] < 1e-5, (algo, r)  # ...identically on one device and on the replicas
+    return results
 
 
-def test_meta_batch_must_divide_over_replicas():
-    strategy = tf.distribute.get_strategy()
-    assert distribute.check_meta_batch(5, strategy) == 5
+def test_mirrored_two_replicas_make_the_same_update_as_one_device():
+    _check("maml", "fomaml", "metasgd", "reptile")
 
-    class Two:
-        num_replicas_in_sync = 2
 
-    with pytest.raises(ValueError, match="multiple of 2"):
-        distribute.check_meta_batch(5, Two())
+@pytest.mark.parametrize("replicas", [2, 4, 8])
+def test_the_papers_meta_batch_of_5_makes_one_devices_update_on_any_replica_count(replicas):
+    """The paper's flagfiles (meta_batch_size=5) on 2, 4 or 8 GPUs: shares of 3+2, 2+1+1+1, or one
+    task on five replicas and none on three."""
+    _check(f"--replicas={replicas}", "--meta_batch=5", "maml")
+
+
+def test_mirrored_replicas_with_xla_make_the_same_update_as_one_device():
+    """--strategy=mirrored --jit_compile: XLA compiles each replica's part, not the step that reads
+    every replica's variables (which failed: "tf.Variable on a different device")."""
+    _check("--jit", "--meta_batch=3", "maml", "reptile")
+
+
+def test_replica_shares_split_a_meta_batch_as_evenly_as_it_goes():
+    assert distribute.replica_shares(5, 1) == [(0, 5)]
+    assert distribute.replica_shares(5, 2) == [(0, 3), (3, 2)]
+    assert distribute.replica_shares(5, 4) == [(0, 2), (2, 1), (3, 1), (4, 1)]
+    assert distribute.replica_shares(5, 8) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 0), (5, 0), (5, 0)]
+
+
+def _ids(*args):
+    ids, counts = distribute.replica_task_ids(*args)
+    return list(ids.as_numpy_iterator()), list(counts.as_numpy_iterator())
 
 
 def test_replica_task_ids_cover_each_step_once_in_order():
     # 2 pipelines (workers) x 1 replica, meta-batch 4: worker 0 reads tasks 0,1 then 4,5; worker 1 reads 2,3 then 6,7.
-    w0 = list(distribute.replica_task_ids(0, 2, 4, 2, 0).as_numpy_iterator())
-    w1 = list(distribute.replica_task_ids(0, 2, 4, 2, 1).as_numpy_iterator())
-    assert w0 == [0, 1, 4, 5] and w1 == [2, 3, 6, 7]
-    assert list(distribute.replica_task_ids(3, 1, 4, 4, 0).as_numpy_iterator()) == [12, 13, 14, 15]
+    assert _ids(0, 2, 4, 2, 1, 0) == ([0, 1, 4, 5], [2, 2])
+    assert _ids(0, 2, 4, 2, 1, 1) == ([2, 3, 6, 7], [2, 2])
+    assert _ids(3, 1, 4, 1, 1, 0) == ([12, 13, 14, 15], [4])
+    # Meta-batch 5 on one pipeline of 2 replicas from step 1: 5,6,7 | 8,9 padded with 9; then 10,11,12 | 13,14.
+    assert _ids(1, 2, 5, 2, 2, 0) == ([5, 6, 7, 8, 9, 9, 10, 11, 12, 13, 14, 14], [3, 2, 3, 2])
+    # Two workers of 2 replicas each, meta-batch 5: worker 1 serves replicas 2 and 3 (tasks 3 and 4).
+    assert _ids(0, 1, 5, 4, 2, 1) == ([3, 3, 4, 4], [1, 1])
 
 
 def _free_ports(n):

@@ -267,3 +267,54 @@ def test_only_first_order_meta_steps_use_fused_norms(algorithm, first_order_epoc
                                                                  kernels="cpu"))
     types = {op.type for op in operations(meta_step_graph(learner, 1, 1, 1, 32))}
     assert ("FusedBatchNormGradV3" in types) == fused
+
+
+def test_float16_memory_mode_keeps_the_second_order_part_of_the_meta_gradient():
+    """float16 + --memory_saving: the backward pass through the inner loop is seeded with the scaled
+    query gradients (seeded with unscaled ones it underflowed, and MAML became first-order MAML)."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(3, 32, 32, 3)).astype("float32")
+    masks = (images[..., :1] > 0.5).astype("float32")
+    task = {"support_images": images[:1], "support_masks": masks[:1], "query_images": images[1:],
+            "query_masks": masks[1:]}
+
+    def meta_gradient(algorithm, memory_saving=False):
+        keras.utils.set_random_seed(0)
+        config = MetaConfig(algorithm, inner_lr=0.5, precision="float16", memory_saving=memory_saving)
+        learner = MetaLearner(build_meta_drn(32, 0.0625, dtype=config.dtype_policy), config)
+        grads, _ = learner.algorithm.task_gradients(learner, task)
+        return np.concatenate([np.ravel(g) for g in grads])
+
+    def relative(a, b):
+        return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+    maml = meta_gradient("maml")
+    assert relative(meta_gradient("maml", memory_saving=True), maml) < 0.01  # measured 0.002
+    assert relative(meta_gradient("fomaml"), maml) > 0.1  # the second-order part is that large (0.21)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_parallel_tasks_make_the_same_meta_update_as_one_at_a_time(algorithm, tiny_bank):
+    batch = next(iter(meta_batches(training_tasks(tiny_bank, 1, 2, seed=0), 3)))
+    results = []
+    for parallel in (1, 3):
+        keras.utils.set_random_seed(1)
+        learner = MetaLearner(tiny_segmenter(32), MetaConfig(algorithm, inner_lr=1e-2, parallel_tasks=parallel))
+        logs = learner.meta_train_step(batch)
+        results.append([float(logs["loss"])] + [v.numpy() for v in learner.meta_variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_batch_with_a_task_count_uses_only_its_real_tasks(tiny_bank):
+    """A replica's padded batch: tasks past its count change nothing."""
+    batch = next(iter(meta_batches(training_tasks(tiny_bank, 1, 2, seed=0), 3)))
+    padded = {k: np.concatenate([v, v[:1] * 0.0 + 0.5]) for k, v in batch.items()}
+    results = []
+    for b in (batch, {**padded, "tasks": np.int32(3)}):
+        keras.utils.set_random_seed(1)
+        learner = MetaLearner(tiny_segmenter(32), MetaConfig("fomaml", inner_lr=1e-2))
+        learner.meta_train_step(b)
+        results.append([v.numpy() for v in learner.meta_variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)

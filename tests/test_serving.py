@@ -204,3 +204,43 @@ def test_readme_rest_request_body_runs_against_the_saved_model(exported):
     probabilities = np.array(response["outputs"]["probabilities"])
     assert masks.shape == (2, SIZE, SIZE) and probabilities.shape == (2, SIZE, SIZE)
     np.testing.assert_array_equal(masks, probabilities > 0.5)
+
+
+def _signature_op_types(model) -> dict[str, set[str]]:
+    from meta_drn_tf.graphs import operations
+
+    return {name: {op.type for op in operations(fn.graph)} for name, fn in model.signatures.items()}
+
+
+def test_exports_are_device_neutral_unless_cpu_kernels_are_asked_for(tmp_path):
+    """stock (the default): TensorFlow's own ops in every signature - no Winograd gathers and products,
+    no fused-norm transposes - for TF Serving on any device; cpu: the CPU forms. Both record which."""
+    keras.utils.set_random_seed(4)
+    learner = _learner()
+    exports = {k: tf.saved_model.load(serving.export(learner, str(tmp_path / k), SIZE, WIDTH, kernels=k))
+               for k in ("stock", "cpu")}
+    for kernels, model in exports.items():
+        assert model.kernels.numpy().decode() == kernels
+    stock, cpu = (_signature_op_types(exports[k]) for k in ("stock", "cpu"))
+    assert set(stock) == set(serving.SIGNATURES)
+    for name, types in stock.items():
+        # (a GatherV2 is there: the gradient of the loss's own ops; Winograd's tiles would be more of them)
+        assert not types & {"BatchMatMulV2", "FusedBatchNormV3", "FusedBatchNormGradV3"}, (name, types)
+    for name in ("serving_default", "segment_initial", "segment_adapted", "adapt"):
+        assert "FusedBatchNormV3" in cpu[name], name  # the fused norms, images side by side
+    assert "FusedBatchNormGradV3" in cpu["adapt"]
+    support, mask, queries = _request()
+    a, b = (_call(exports[k], support, mask, queries) for k in ("stock", "cpu"))
+    np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-4)
+
+
+def test_float16_exports_adapt_with_the_trained_loss_scale_and_refuse_an_overflow():
+    learner = _learner(precision="float16")
+    learner.loss_scale.assign(256.0)  # what training's dynamic loss scaling settled on
+    module = serving.serving_module(learner, SIZE, WIDTH)
+    assert float(module.adapter.loss_scale) == 256.0
+    support, mask, _ = _request()
+    assert np.isfinite(module.adapt(tf.constant(support), tf.constant(mask))["fast_weights"].numpy()).all()
+    module.adapter.loss_scale.assign(1e9)  # float16's range ends at 65504: every scaled gradient overflows
+    with pytest.raises(tf.errors.InvalidArgumentError, match="float16 adaptation overflowed"):
+        module.adapt(tf.constant(support), tf.constant(mask))

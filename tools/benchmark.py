@@ -63,6 +63,8 @@ flags.DEFINE_string("one", None, "Internal: run one configuration 'algo,precisio
 flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
 flags.DEFINE_integer("queries", 1, "Query images per task (q).")
 flags.DEFINE_bool("memory_saving", False, "The opt-in memory mode (queries backpropagated one at a time).")
+flags.DEFINE_enum("kernels", "auto", ["auto", "stock", "cpu"], "Kernel policy (see train --help).")
+flags.DEFINE_string("parallel_tasks", "auto", "Tasks of the meta-batch at once: N or auto.")
 flags.DEFINE_string("peer", None, "A Python interpreter with torch: also run the PyTorch peer and print ratios.")
 flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "torch_peer.py"),
                     "The PyTorch peer benchmark script (default: tools/torch_peer.py, the copy of "
@@ -81,10 +83,12 @@ def conv_flops(model, size: int) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from meta_drn_tf.conv import direct_convolutions
+    from meta_drn_tf.kernels import KernelPolicy
 
-    with direct_convolutions():  # F counts direct convolutions' FLOPs, whichever form the step runs
-        graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32)).graph
+    # F counts direct convolutions' FLOPs (one Conv2D op a layer), whichever form the step runs.
+    direct = KernelPolicy("stock", dilated_gradients_in_one_op=True)
+    graph = tf.function(lambda x: model(x, kernels=direct)).get_concrete_function(
+        tf.TensorSpec([1, size, size, 3], tf.float32)).graph
     flops = 0.0
     for op in graph.get_operations():
         if op.type == "Conv2D":
@@ -127,7 +131,9 @@ def run_one(spec: str) -> dict:
 
     algo, precision, meta_batch = spec.split(",")
     meta_batch = int(meta_batch)
-    config = MetaConfig(algo, precision=precision, jit_compile=FLAGS.jit_compile, memory_saving=FLAGS.memory_saving)
+    config = MetaConfig(algo, precision=precision, jit_compile=FLAGS.jit_compile, memory_saving=FLAGS.memory_saving,
+                        kernels=FLAGS.kernels,
+                        parallel_tasks=None if FLAGS.parallel_tasks == "auto" else int(FLAGS.parallel_tasks))
     keras.utils.set_random_seed(0)
     model = build_meta_drn(FLAGS.size, FLAGS.width, dtype=config.dtype_policy)
     learner = MetaLearner(model, config)
@@ -166,7 +172,8 @@ def child(spec: str, bfc_cpu_allocator: bool = False) -> dict:
     BFC allocator on the CPU (for its tensor memory statistics)."""
     cmd = [sys.executable, __file__, f"--one={spec}", f"--size={FLAGS.size}", f"--width={FLAGS.width}",
            f"--repeats={1 if bfc_cpu_allocator else FLAGS.repeats}", f"--jit_compile={FLAGS.jit_compile}",
-           f"--queries={FLAGS.queries}", f"--memory_saving={FLAGS.memory_saving}"]
+           f"--queries={FLAGS.queries}", f"--memory_saving={FLAGS.memory_saving}", f"--kernels={FLAGS.kernels}",
+           f"--parallel_tasks={FLAGS.parallel_tasks}"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if bfc_cpu_allocator:
         env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
@@ -244,7 +251,7 @@ def main(argv):
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
     print(f"matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s")
     print(f"Meta-DRN {FLAGS.size}x{FLAGS.size}, width {FLAGS.width}, k=1, q={FLAGS.queries}, XLA {FLAGS.jit_compile}, "
-          f"memory saving {FLAGS.memory_saving}")
+          f"memory saving {FLAGS.memory_saving}, kernels {FLAGS.kernels}, parallel tasks {FLAGS.parallel_tasks}")
     if FLAGS.peer:
         peer_table()
         return

@@ -218,6 +218,14 @@ class Adapter(tf.Module):
         self._eval_fn = tf.function(self._evaluate_batch, reduce_retracing=True)
 
     @property
+    def parallel_tasks(self) -> int | None:
+        """Tasks (of a meta-batch, or evaluation episodes) processed at once: the setting, or on auto (None) 1 on a
+        CPU and the whole meta-batch on an accelerator (None: however many the batch holds)."""
+        if self.config.parallel_tasks is not None:
+            return self.config.parallel_tasks
+        return 1 if self.device == "cpu" else None
+
+    @property
     def extra_variables(self) -> list[tf.Variable]:
         """Meta-learned variables besides the model's (checkpointed, exported)."""
         return list(self.alphas) + list(self.step_rates) + list(self.step_norms)
@@ -377,7 +385,7 @@ class Adapter(tf.Module):
             one_task,
             tuple(batch[k] for k in TASK_KEYS),
             fn_output_signature=(tf.float32, tf.float32, tf.float32),
-            parallel_iterations=1,
+            parallel_iterations=self.parallel_tasks or 10,  # tasks at once: 1 on a CPU
         )
         logs = {"loss": loss, "soft_iou": scores[:, 0], "probabilities": probabilities}
         for j, t in enumerate(THRESHOLDS):
@@ -476,14 +484,6 @@ class MetaLearner(Adapter):
         self._task_sums = tf.function(self._task_sums_fn, jit_compile=True) if config.jit_compile \
             else self._task_sums_fn
         self._train_fn = tf.function(self._distributed_train_step)
-
-    @property
-    def parallel_tasks(self) -> int | None:
-        """Tasks of a replica's meta-batch processed at once: the setting, or on auto (None) 1 on a
-        CPU and the whole meta-batch on an accelerator (None: however many the batch holds)."""
-        if self.config.parallel_tasks is not None:
-            return self.config.parallel_tasks
-        return 1 if self.device == "cpu" else None
 
     @property
     def meta_variables(self) -> list[tf.Variable]:
