@@ -1,9 +1,24 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# GPUs are hidden from every test but those marked `gpu`, which run in a pytest of their own with
+# META_DRN_GPU_TESTS=1 (`python tools/gpu_check.py`): CUDA_VISIBLE_DEVICES must be set before
+# TensorFlow starts, once per process.
+GPU_TESTS = os.environ.get("META_DRN_GPU_TESTS") == "1"
+if not GPU_TESTS:
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if GPU_TESTS:
+        return
+    skip = pytest.mark.skip(reason="GPU test: run `python tools/gpu_check.py` on a machine with a GPU "
+                                   "(this run hides GPUs)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 REAL_FEWSHOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_fewshot")
 

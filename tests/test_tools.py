@@ -52,3 +52,27 @@ def test_benchmark_alternates_with_the_peer_and_prints_the_ratios(tmp_path):
     assert summary, result.stdout
     assert abs(float(summary[2]) - min(ratios)) <= 0.01 and abs(float(summary[3]) - max(ratios)) <= 0.01
     assert abs(float(summary[1]) - sum(ratios) / 2) <= 0.01
+
+
+def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
+    """`tools/gpu_check.py --smoke` on this CPU: the GPU tests run (and skip: no GPU), then benchmark rows
+    until the time budget, each with its projected FSS-1000 epoch beside the paper's; the rest are named."""
+    report = tmp_path / "gpu_check.md"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--smoke", f"--report={report}",
+         "--budget_s=25", "--repeats=1"],
+        capture_output=True, text=True, timeout=600, check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    text = report.read_text()
+    assert re.search(r"GPU tests \(`pytest -m gpu`\): \d+ skipped", text), text
+    rows = re.findall(r"^\| (\w+) float32 parallel=(\w+) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \| (\d+):(\d\d) "
+                      r"\| (\d+:\d\d) \| ([\d.]+) \|$", text, re.MULTILINE)
+    assert rows and rows[0][:2] == ("maml", "1"), text
+    for algorithm, _, seconds, tasks_per_s, m, s, paper, ratio in rows:
+        projected = float(seconds) * 7000 / 2  # the smoke run's meta-batch of 2
+        assert abs(60 * int(m) + int(s) - projected) <= 1
+        minutes, sec = paper.split(":")
+        assert abs(float(ratio) - projected / (60 * int(minutes) + int(sec))) <= 0.01
+        assert paper == {"maml": "28:40", "fomaml": "18:09", "metasgd": "29:32", "reptile": "51:09"}[algorithm]
+        assert abs(float(tasks_per_s) - 2 / float(seconds)) <= 0.05 * float(tasks_per_s) + 0.1
+    assert "Not reached within --budget_s=25: " in text and "XLA" in text.split("Not reached")[1]
+    assert result.stdout.count("| maml float32 parallel=1 |") == 1

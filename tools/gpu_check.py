@@ -1,0 +1,198 @@
+"""The one command to run the day a GPU is at hand: GPU tests, then the meta-step benchmark.
+
+    pip install -e '.[and-cuda,test]' && python tools/gpu_check.py [--report=gpu_check.md] [--budget_s=420]
+    python tools/gpu_check.py --smoke        # the same, end to end, on a CPU at tiny sizes (CI runs this)
+
+1. The tests marked `gpu` (tests/test_gpu.py), in a pytest of their own with the GPU visible
+   (tests/conftest.py hides GPUs from every other test).
+2. The meta-step at 224x224 (1 support, 5 queries, the paper's meta-batch of 5 tasks) for MAML,
+   FOMAML, Meta-SGD and Reptile in float32, float16 and bfloat16, with and without XLA, with
+   `--parallel_tasks` 1 and auto; with several GPUs, MirroredStrategy over all of them too.
+   Each row: seconds per meta-step (median of --repeats after warm-up) and the projected time of
+   one FSS-1000 epoch (7,000 tasks) beside the paper's RTX 2080 figure. Rows run most important
+   first and stop when --budget_s is spent; the report names the rows it did not reach.
+
+Prints the report and writes it as markdown (--report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_bool("smoke", False, "Tiny sizes on whatever device is there (a CPU in CI): checks the tool itself.")
+flags.DEFINE_string("report", "gpu_check.md", "Where the markdown report goes.")
+flags.DEFINE_float("budget_s", 420.0, "Stop starting benchmark rows after this many seconds (tests included).")
+flags.DEFINE_integer("repeats", 3, "Timed meta-steps per row (median), after one warm-up step.")
+flags.DEFINE_bool("tests", True, "Run the GPU tests first.")
+FLAGS = flags.FLAGS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EPOCH_TASKS = 7000  # FSS-1000's 700 training classes x 10 images, one task each, as the paper counts an epoch
+# The paper's epoch times on an RTX 2080 (minutes:seconds), and its meta-batch of 5.
+PAPER_EPOCH = {"maml": "28:40", "fomaml": "18:09", "metasgd": "29:32", "reptile": "51:09"}
+ALGORITHMS = tuple(PAPER_EPOCH)
+PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    image: int
+    width: float
+    meta_batch: int
+    queries: int
+
+
+FULL, SMOKE = Sizes(224, 1.0, 5, 5), Sizes(32, 0.0625, 2, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    algorithm: str
+    precision: str
+    jit: bool
+    parallel: str  # "1" or "auto"
+    mirrored: bool = False
+
+    @property
+    def name(self) -> str:
+        return (f"{self.algorithm} {self.precision}{' XLA' if self.jit else ''} parallel={self.parallel}"
+                f"{' mirrored' if self.mirrored else ''}")
+
+
+def rows(gpus: int) -> list[Row]:
+    """Most important first: float32 without XLA (the defaults), then the other precisions, then XLA."""
+    plan = [Row(a, "float32", False, p) for a in ALGORITHMS for p in ("1", "auto")]
+    plan += [Row(a, precision, False, "auto") for precision in PRECISIONS[1:] for a in ALGORITHMS]
+    plan += [Row(a, precision, True, "auto") for precision in PRECISIONS for a in ALGORITHMS]
+    if gpus > 1:
+        plan += [Row(a, "float32", False, "auto", mirrored=True) for a in ALGORITHMS]
+    return plan
+
+
+def run_gpu_tests() -> str:
+    """The `gpu` tests with the GPU visible; their summary line."""
+    env = {**os.environ, "META_DRN_GPU_TESTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                          os.path.join(ROOT, "tests", "test_gpu.py")], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    lines = [line for line in out.stdout.strip().splitlines() if line.strip()]
+    summary = lines[-1] if lines else "(no output)"
+    if out.returncode not in (0, 5):
+        print(out.stdout[-6000:], out.stderr[-3000:], sep="\n")
+    return summary.strip("= ")
+
+
+def synthetic_batch(sizes: Sizes, tasks: int) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    s, q = sizes.image, sizes.queries
+    return {"support_images": rng.uniform(size=(tasks, 1, s, s, 3)).astype("float32"),
+            "support_masks": (rng.uniform(size=(tasks, 1, s, s, 1)) > 0.7).astype("float32"),
+            "query_images": rng.uniform(size=(tasks, q, s, s, 3)).astype("float32"),
+            "query_masks": (rng.uniform(size=(tasks, q, s, s, 1)) > 0.7).astype("float32")}
+
+
+def time_row(row: Row, sizes: Sizes) -> dict:
+    """Seconds per meta-step of `row` (median of --repeats after a warm-up step) and the first step's."""
+    import keras
+    import tensorflow as tf
+
+    from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.model import build_meta_drn
+
+    keras.backend.clear_session(free_memory=True)
+    config = MetaConfig(row.algorithm, precision=row.precision, jit_compile=row.jit,
+                        parallel_tasks=None if row.parallel == "auto" else int(row.parallel))
+    strategy = tf.distribute.MirroredStrategy() if row.mirrored else tf.distribute.get_strategy()
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        learner = MetaLearner(build_meta_drn(sizes.image, sizes.width, dtype=config.dtype_policy), config,
+                              strategy=strategy)
+    batch = synthetic_batch(sizes, sizes.meta_batch)
+    if row.mirrored:
+        dataset = tf.data.Dataset.from_tensors(batch).unbatch().batch(sizes.meta_batch).repeat()
+        batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    start = time.perf_counter()
+    learner.meta_train_step(batch)["loss"].numpy()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        learner.meta_train_step(batch)["loss"].numpy()
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "first_s": first}
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
+
+
+def paper_seconds(algorithm: str) -> float:
+    m, s = PAPER_EPOCH[algorithm].split(":")
+    return 60 * int(m) + int(s)
+
+
+def benchmark(sizes: Sizes, deadline: float, gpus: int) -> list[str]:
+    """The benchmark table's markdown lines, row by row until `deadline`."""
+    lines = ["| row | s/meta-step | tasks/s | first step (trace, compile) s | projected epoch (7,000 tasks) "
+             "| paper, RTX 2080 | ratio |", "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    skipped = []
+    for row in rows(gpus):
+        if time.time() > deadline:
+            skipped.append(row.name)
+            continue
+        try:
+            result = time_row(row, sizes)
+        except Exception as e:  # a row that cannot run on this device is reported, not fatal
+            lines.append(f"| {row.name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | | | |")
+            print(lines[-1], flush=True)
+            continue
+        epoch = result["seconds"] * EPOCH_TASKS / sizes.meta_batch
+        paper = paper_seconds(row.algorithm)
+        lines.append(f"| {row.name} | {result['seconds']:.3f} | {sizes.meta_batch / result['seconds']:.1f} | "
+                     f"{result['first_s']:.1f} | {minutes(epoch)} | {PAPER_EPOCH[row.algorithm]} | "
+                     f"{epoch / paper:.2f} |")
+        print(lines[-1], flush=True)
+    if skipped:
+        lines.append(f"\nNot reached within --budget_s={FLAGS.budget_s:.0f}: " + "; ".join(skipped))
+    return lines
+
+
+def main(argv):
+    del argv
+    start = time.time()
+    sys.path.insert(0, ROOT)
+    tests = run_gpu_tests() if FLAGS.tests else "not run (--notests)"
+    print(f"GPU tests: {tests}", flush=True)
+    import tensorflow as tf
+
+    from meta_drn_tf.hardware import describe
+
+    tf.get_logger().setLevel("ERROR")  # one learner per row: tf.function's retracing notes are expected
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    sizes = SMOKE if FLAGS.smoke else FULL
+    header = [f"# GPU check{' (smoke: tiny sizes)' if FLAGS.smoke else ''}", "", f"Host: {describe()}", "",
+              f"GPU tests (`pytest -m gpu`): {tests}", "",
+              f"Meta-step: {sizes.image}x{sizes.image}, width {sizes.width}, 1 support + {sizes.queries} queries, "
+              f"meta-batch {sizes.meta_batch}; kernels auto ({'stock' if gpus else 'cpu'} here); "
+              f"epoch = s/step x {EPOCH_TASKS} / {sizes.meta_batch}.", ""]
+    print("\n".join(header), flush=True)
+    lines = benchmark(sizes, start + FLAGS.budget_s, gpus)
+    report = "\n".join(header + lines) + "\n"
+    with open(FLAGS.report, "w") as f:
+        f.write(report)
+    print(f"\nReport written to {FLAGS.report} ({time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    app.run(main)
