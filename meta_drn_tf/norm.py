@@ -169,7 +169,10 @@ def _images_one_by_one(t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     """The inverse of `_images_side_by_side(like)`, for t of its shape."""
     if like.shape[0] == 1:
         return t
-    return tf.transpose(tf.reshape(t, tf.gather(tf.shape(like), [1, 2, 0, 3])), [2, 0, 1, 3])
+    # The static shape too: with an unknown batch (a SavedModel's), the reshape would lose all of it,
+    # and the layers after it the forms that need it (Winograd, taps).
+    return tf.ensure_shape(tf.transpose(tf.reshape(t, tf.gather(tf.shape(like), [1, 2, 0, 3])), [2, 0, 1, 3]),
+                           like.shape)
 
 
 @functools.cache
