@@ -65,18 +65,27 @@ def bfloat16_is_emulated() -> bool:
     return bfloat16_support() == "emulated"
 
 
+# CPU flags with which TensorFlow's Linux x86 builds turn their oneDNN kernels on by default.
+ONEDNN_DEFAULT_CPU_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+
+
 def onednn_kernels() -> str:
     """"on" or "off": whether TensorFlow runs its oneDNN CPU kernels ("unknown" if it cannot tell).
 
-    TensorFlow turns them on by default only on CPUs with AVX512/AMX deep-learning features
-    (`TF_ENABLE_ONEDNN_OPTS` overrides); elsewhere it runs its Eigen kernels. The two differ in
-    speed and in which gradients they support, so figures from different hosts say which ran.
+    `TF_ENABLE_ONEDNN_OPTS` decides where it is set; otherwise TensorFlow turns them on only on
+    CPUs with deep-learning features (AVX512-VNNI, AVX512-BF16, AMX) and runs its Eigen kernels
+    elsewhere. The two differ in speed and in which gradients they support, so figures from
+    different hosts say which ran, and the cpu kernel policy orders gradient terms by it.
     """
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # no public API tells the runtime state
-    except ImportError:
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    if setting is not None:
+        return "off" if setting.strip().lower() in ("0", "false", "off") else "on"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "off"
+    found = cpu_flags()
+    if found is None:
         return "unknown"
-    return "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    return "on" if found & set(ONEDNN_DEFAULT_CPU_FLAGS) else "off"
 
 
 def compute_device() -> str:

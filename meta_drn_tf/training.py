@@ -212,7 +212,10 @@ class Trainer:
               f"on {self.strategy.num_replicas_in_sync} replica(s)")
 
     def _start_checkpoints(self) -> None:
-        self.state = TrainState()
+        # On the host: the loop reads and bumps these every step, and reading a GPU variable would
+        # wait for the step in flight (a host sync per step).
+        with tf.device("/CPU:0"):
+            self.state = TrainState()
         self.checkpoint = tf.train.Checkpoint(learner=self.learner, state=self.state)
         # Non-chief workers write their (required) share of a save to a scratch dir.
         self.scratch = None if self.chief else tempfile.mkdtemp(prefix="worker_ckpt_")

@@ -141,3 +141,22 @@ def test_a_dead_worker_fails_the_run_instead_of_hanging(tmp_path):
             p.kill()
     assert procs[0].returncode == 4, output[-3000:]  # cli.EXIT_WORKER_LOST
     assert "error: lost contact with another worker" in output and "checkpoint" in output, output[-3000:]
+
+
+def test_training_on_two_replicas_with_an_uneven_meta_batch_ends_like_one_device(tmp_path):
+    """The input pipeline's side of an uneven split: meta-batch 3 over 2 logical CPUs (2 + 1 tasks, the
+    second replica's batch padded) trains to one device's weights."""
+    runs = {}
+    for name, extra in (("mirrored", ["--cpu_devices=2", "--strategy=mirrored"]), ("single", [])):
+        model_dir = str(tmp_path / name)
+        cmd = [c.replace("multi_worker", "one_device") for c in _worker_cmd(model_dir, epochs=1)]
+        cmd = [c for c in cmd if not c.startswith(("--meta_batch_size", "--tasks_per_epoch", "--strategy"))]
+        cmd += ["--meta_batch_size=3", "--tasks_per_epoch=6"] + (extra or ["--strategy=one_device"])
+        out = subprocess.run(cmd, env=ENV, timeout=300, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        runs[name] = (_weights(model_dir), out.stdout)
+    assert "on 2 replica(s)" in runs["mirrored"][1]
+    a, b = runs["mirrored"][0], runs["single"][0]
+    assert a.keys() == b.keys() and a
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

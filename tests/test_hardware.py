@@ -53,3 +53,22 @@ def test_the_machine_line_says_whether_onednn_kernels_run(setting, expected):
     state, line = result.stdout.splitlines()[-2:]
     assert state == expected
     assert f"(oneDNN kernels {expected})" in line
+
+
+@pytest.mark.parametrize("setting, expected", [("0", "off"), ("1", "on"), ("false", "off")])
+def test_onednn_setting_wins_over_the_cpu_flags(setting, expected, monkeypatch):
+    from meta_drn_tf import hardware
+
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", setting)
+    assert hardware.onednn_kernels() == expected
+
+
+def test_onednn_follows_the_cpu_flags_by_default(monkeypatch):
+    from meta_drn_tf import hardware
+
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
+    assert hardware.onednn_kernels() == "off"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert hardware.onednn_kernels() == "on"

@@ -143,7 +143,8 @@ def run_one(spec: str) -> dict:
              "support_masks": (rng.uniform(size=(meta_batch, 1, s, s, 1)) > 0.7).astype("float32"),
              "query_images": rng.uniform(size=(meta_batch, FLAGS.queries, s, s, 3)).astype("float32"),
              "query_masks": (rng.uniform(size=(meta_batch, FLAGS.queries, s, s, 1)) > 0.7).astype("float32")}
-    model(batch["support_images"][0]).numpy()
+    # The baseline's forward pass in the step's forms (what the model's own call would not choose).
+    model(batch["support_images"][0], kernels=learner.kernel_policy()).numpy()
     baseline_rss = rss_gib()
     gpus = tf.config.list_logical_devices("GPU")
     bfc_cpu = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
