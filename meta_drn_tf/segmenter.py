@@ -73,7 +73,10 @@ class Segmenter:
         import tensorflow as tf
 
         version = saved_model_version(path)
-        return cls(tf.saved_model.load(version), f"SavedModel {version}")
+        module = tf.saved_model.load(version)
+        # Exports since the kernel policy record which forms their graphs hold.
+        kernels = f" ({module.kernels.numpy().decode()} kernels)" if hasattr(module, "kernels") else ""
+        return cls(module, f"SavedModel {version}{kernels}")
 
     @classmethod
     def load(cls, path: str, checkpoint: str = "best", kernels: str = "auto") -> Segmenter:
