@@ -32,3 +32,18 @@ def test_meta_training_raises_query_iou(family, algo, inner_lr, meta_lr):
     after = evaluate_bank(learner, family, limit=12)[0].summary()["soft_iou"]
     assert after > before + 0.05, (before, after)
     assert np.isfinite(after)
+
+
+def test_evaluating_episodes_several_per_call_scores_each_like_one_per_call(family):
+    keras.utils.set_random_seed(0)
+    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig("maml", inner_lr=0.05))
+    one, kept_one = evaluate_bank(learner, family, limit=7, episodes_per_call=1, keep_predictions=3)
+    many, kept_many = evaluate_bank(learner, family, limit=7, episodes_per_call=4, keep_predictions=3)
+    assert [(r["class"], r["episode"], r["query"]) for r in one.records] == \
+        [(r["class"], r["episode"], r["query"]) for r in many.records]
+    for a, b in zip(one.records, many.records):
+        for metric in ("loss", "soft_iou", "iou@0.5", "iou@0.35"):
+            assert abs(a[metric] - b[metric]) <= 1e-5, (metric, a, b)
+    assert len(kept_many) == 3
+    for a, b in zip(kept_one, kept_many):
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)

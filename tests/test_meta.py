@@ -220,7 +220,7 @@ def test_stock_and_cpu_kernel_policies_give_the_same_meta_gradients(algorithm, m
 def _op_list(learner, epoch: int = 0) -> list[str]:
     from meta_drn_tf.graphs import meta_step_graph, operations
 
-    return [op.type for op in operations(meta_step_graph(learner, 2, 1, 1, 32, epoch))]
+    return [op.type for op in operations(meta_step_graph(learner, 1, 1, 1, 32, epoch))]
 
 
 def _op_types(learner, epoch: int = 0) -> set[str]:
@@ -236,10 +236,10 @@ def test_stock_meta_steps_hold_tensorflows_own_ops_only(algorithm):
     types = _op_types(learner)
     assert "Conv2DBackpropFilter" in types and "Conv2DBackpropInput" in types
     assert not types & {"BatchMatMulV2", "GatherV2", "FusedBatchNormV3", "SpaceToBatchND"}, types
-    # The same model and algorithm under the cpu policy, Winograd from every 3x3 layer: its ops are there.
-    cpu = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, kernels="cpu"), device="gpu",
-                      winograd_min_channel_product=0)
-    assert {"BatchMatMulV2", "GatherV2"} <= _op_types(cpu)
+    if algorithm == "fomaml":  # the same under the cpu policy, Winograd from every 3x3 layer: its ops are there
+        cpu = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, kernels="cpu"), device="gpu",
+                          winograd_min_channel_product=0)
+        assert {"BatchMatMulV2", "GatherV2", "FusedBatchNormV3"} <= _op_types(cpu)
 
 
 def test_winograds_convolutions_except_in_the_memory_mode_and_bfloat16_second_order_steps():

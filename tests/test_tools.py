@@ -60,7 +60,7 @@ def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
     report = tmp_path / "gpu_check.md"
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--smoke", f"--report={report}",
-         "--budget_s=25", "--repeats=1"],
+         "--budget_s=5", "--repeats=1"],
         capture_output=True, text=True, timeout=600, check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     text = report.read_text()
     assert re.search(r"GPU tests \(`pytest -m gpu`\): \d+ skipped", text), text
@@ -69,10 +69,12 @@ def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
     assert rows and rows[0][:2] == ("maml", "1"), text
     for algorithm, _, seconds, tasks_per_s, m, s, paper, ratio in rows:
         projected = float(seconds) * 7000 / 2  # the smoke run's meta-batch of 2
-        assert abs(60 * int(m) + int(s) - projected) <= 1
+        rounding = 0.0005 * 7000 / 2 + 0.5  # seconds are printed to 3 decimals, the epoch to the second
+        assert abs(60 * int(m) + int(s) - projected) <= rounding + 0.5
         minutes, sec = paper.split(":")
-        assert abs(float(ratio) - projected / (60 * int(minutes) + int(sec))) <= 0.01
+        paper_s = 60 * int(minutes) + int(sec)
+        assert abs(float(ratio) - projected / paper_s) <= 0.005 + rounding / paper_s
         assert paper == {"maml": "28:40", "fomaml": "18:09", "metasgd": "29:32", "reptile": "51:09"}[algorithm]
         assert abs(float(tasks_per_s) - 2 / float(seconds)) <= 0.05 * float(tasks_per_s) + 0.1
-    assert "Not reached within --budget_s=25: " in text and "XLA" in text.split("Not reached")[1]
+    assert "Not reached within --budget_s=5: " in text and "XLA" in text.split("Not reached")[1]
     assert result.stdout.count("| maml float32 parallel=1 |") == 1
