@@ -197,7 +197,7 @@ class Adapter(tf.Module):
         self.config = config
         self.device = device or hardware.compute_device()
         self._kernel_tuning = kernel_tuning
-        # Read once, not while tracing: a private TensorFlow probe (`hardware.onednn_kernels`).
+        # Read once, where the learner is made, not while its functions are traced.
         self._onednn = self.device == "cpu" and hardware.onednn_kernels() == "on"
         self.algorithm = algorithms.ALGORITHMS[config.algorithm]()
         weights = model.trainable_variables
