@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from meta_drn_tf.errors import ConfigError
-from meta_drn_tf.layers import ConvNormAct, ResBlock, SubPixelUpsample
+from meta_drn_tf.layers import KERNELS_ARG, ConvNormAct, ResBlock, SubPixelUpsample
 
 PAPER_PARAMS = 9.56e6
 FSS1000_BASELINE_PARAMS = 32.83e6
@@ -74,7 +74,12 @@ def build_meta_drn(
     # Logits leave the network in float32 (float64 for float64 models) under any policy.
     out_dtype = "float64" if policy.variable_dtype == "float64" else "float32"
     logits = layers.Activation("linear", dtype=out_dtype, name="logits")(x)
-    return keras.Model(inputs, logits, name=name)
+    model = keras.Model(inputs, logits, name=name)
+    # The model hands `kernels=` (the kernel policy) down to its layers, as it does `training=`;
+    # declared on the model too, so that Keras versions that propagate context arguments only
+    # from layers that declare them keep doing so.
+    model._register_call_context_args(KERNELS_ARG)
+    return model
 
 
 def group_of(layer_name: str) -> str:

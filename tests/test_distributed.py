@@ -27,20 +27,17 @@ def _check(*args, timeout=400):
     return results
 
 
-def test_mirrored_two_replicas_make_the_same_update_as_one_device():
-    """The paper's meta-batch of 5 on 2 replicas (3 + 2 tasks), every algorithm."""
-    _check("--meta_batch=5", "maml", "fomaml", "metasgd", "reptile")
+def test_mirrored_two_replicas_with_xla_make_the_same_update_as_one_device():
+    """The paper's meta-batch of 5 on 2 replicas (3 + 2 tasks), every algorithm, with --jit_compile:
+    XLA compiles each replica's part, not the step that reads every replica's variables (which
+    failed: "tf.Variable on a different device")."""
+    _check("--jit", "--meta_batch=5", "maml", "fomaml", "metasgd", "reptile")
 
 
 def test_the_papers_meta_batch_of_5_on_8_replicas_makes_one_devices_update():
-    """One task on five replicas and none on three (4 replicas, 2+1+1+1, is the shares' unit test)."""
+    """Without XLA: one task on five replicas and none on three (4 replicas, 2+1+1+1, is the
+    shares' unit test; two workers split 3 tasks below)."""
     _check("--replicas=8", "--meta_batch=5", "maml")
-
-
-def test_mirrored_replicas_with_xla_make_the_same_update_as_one_device():
-    """--strategy=mirrored --jit_compile: XLA compiles each replica's part, not the step that reads
-    every replica's variables (which failed: "tf.Variable on a different device")."""
-    _check("--jit", "--meta_batch=3", "maml", "reptile")
 
 
 def test_replica_shares_split_a_meta_batch_as_evenly_as_it_goes():
@@ -79,7 +76,7 @@ def _free_ports(n):
 def _worker_cmd(model_dir, epochs, timeout_s=30):
     # Meta-batch 3 over two workers: shares of 2 and 1 task, the second padded (an uneven split).
     flags = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
-                 meta_batch_size=3, tasks_per_epoch=6, epochs=epochs, val_episodes=1, inner_lr=0.01,
+                 meta_batch_size=3, tasks_per_epoch=3, epochs=epochs, val_episodes=1, inner_lr=0.01,
                  save_every_steps=1,
                  test_at_end=False, export_at_end=False, strategy="multi_worker", model_dir=model_dir,
                  collective_timeout_s=timeout_s, deterministic=True)
