@@ -79,7 +79,7 @@ def _convolutions(dilation: int, policy: KernelPolicy):
             with tf.control_dependencies([x]):
                 kernel = _flip(kernel)
         # Dilated in one op: tf.nn.convolution goes through space-to-batch for dilations (for its
-        # own gradient), 1-2 ms more per 56x56x512 convolution here.
+        # own gradient), slower on CPUs (docs/performance.md).
         return tf.raw_ops.Conv2D(input=x, filter=kernel, strides=[1, 1, 1, 1], padding="SAME",
                                  dilations=[1, dilation, dilation, 1])
 
@@ -163,7 +163,7 @@ def _one_after_another(*terms) -> list[tf.Tensor]:
 
 
 # From this ratio of the unshifted side's channels to the shifted side's, the shifted copies are
-# stacked into one product (512 -> 16 at 56x56: 6.5 ms instead of 29-31; 16 -> 64, ratio 4: 6 instead of 4).
+# stacked into one product: products of few columns run far below a CPU's rate (docs/performance.md).
 SIDE_BY_SIDE_CHANNEL_RATIO = 8
 
 
@@ -300,7 +300,7 @@ def _outputs_in_place(outputs: tf.Tensor, height: int, width: int, dilation: int
 
 def _images(x: tf.Tensor) -> list[slice]:
     """Winograd's pieces of a batch: one image at a time when the batch size is known (the
-    transforms of five 224x224 queries at once put MAML's working set 0.3 GiB higher), else all.
+    transforms of several 224x224 queries at once raise MAML's working set), else all.
     A slice along the batch is a view of the batch, not a copy."""
     return [slice(None)] if x.shape[0] is None else [slice(i, i + 1) for i in range(x.shape[0])]
 
@@ -311,8 +311,8 @@ def _winograd_conv(x: tf.Tensor, kernel: tf.Tensor, dilation: int, flipped: bool
 
     Per image, four ops do the work: a gather of the input tiles, three matrix products (the
     input transform, the 16 products of transformed tiles and kernel, the output transform),
-    then a transpose puts the outputs in place. At 56x56x512 that is 11 ms in bfloat16 where a
-    transform of additions, row by row, took 15 (docs/performance.md, change 10)."""
+    then a transpose puts the outputs in place: faster than transforms of additions row by row
+    (docs/performance.md)."""
     # Each transform waits for the other operand: the kernels exist from the start of a step, the
     # activations from the forward pass on, and a transform made early is kept until the layer is
     # reached (16/9 of a kernel's size, 4x an activation's), for every layer at once.

@@ -30,7 +30,7 @@ KERNEL_CHOICES = ("auto", "stock", "cpu")
 DEVICES = ("cpu", "gpu", "tpu", "any")
 
 # Winograd's F(2x2, 3x3) from this many input x output channels (256 x 256): below, its transforms
-# cost more than the products save (docs/performance.md, change 10).
+# cost more than the products save (measured in docs/performance.md).
 WINOGRAD_MIN_CHANNEL_PRODUCT = 2**16
 # Kernel gradients tap by tap from this many FLOPs per tap (rows x C_in x C_out x 2): below, one
 # TensorFlow op beats nine small products and their copies.

@@ -11,8 +11,8 @@ needs only the layer's input and output. The gradient has a closed-form
 gradient too (the second-order terms of MAML and Meta-SGD): autodiff of it
 would broadcast small per-channel terms to full size as soon as they are
 known - for every layer at once, at the start of the second-order pass - and
-keep them until the rest arrives (~170 MiB at the peak of a 224x224 MAML
-step). Both are written in differentiable ops that recompute the statistics
+keep them until the rest arrives (a large share of a 224x224 MAML
+step's memory peak). Both are written in differentiable ops that recompute the statistics
 from the inputs, so every order of gradient is exact (inside a
 `tf.custom_gradient` the forward pass is not recorded on outer tapes: a
 statistic reused from it would be a constant to them). In a `tf.function`
@@ -25,13 +25,13 @@ layer used to cast its input to float32 first and keep float32 copies of both:
 each gradient casts them again, after its own cotangent exists, so that no
 float32 copy made in the forward pass lives until then; the per-channel
 statistics are still the forward pass's. (With the float32 copies, a bfloat16
-MAML step's working set was 1.3x the PyTorch peer's; docs/performance.md, change 8.)
+MAML step's working set was above the PyTorch peer's; docs/performance.md.)
 
 First-order meta-steps (FOMAML, Reptile, adaptation and evaluation) need no
 gradient of the gradient: under the cpu kernel policy (`KernelPolicy.fused_norm`)
 the norm runs TensorFlow's fused batch-norm kernels instead, per image (faster
-on CPUs; values and gradients equal within float tolerance; docs/performance.md,
-change 9). Should their gradient be differentiated again, its gradient is the
+on CPUs, with values and gradients equal within float tolerance: see
+docs/performance.md). Should their gradient be differentiated again, its gradient is the
 closed form's. The stock policy keeps the closed form, which needs no layout
 transposes.
 """
