@@ -66,12 +66,11 @@ def _flip(kernel: tf.Tensor) -> tf.Tensor:
 def _convolutions(dilation: int, policy: KernelPolicy):
     """conv(x, kernel) with its gradients of every order, for one dilation, in `policy`'s CPU forms:
     its first-order functions use Winograd's F(2x2, 3x3) where `winograd_applies`."""
-    winograd_from = policy.winograd_min_channel_product
 
     def convolve(x, kernel, flipped=False):
         """conv(x, kernel), or with `flipped` conv(x, _flip(kernel)), forward only."""
         # The flipped kernel's channel product is the kernel's: the same test for both.
-        if winograd_applies(x.shape, kernel.shape, dilation, x.dtype, winograd_from):
+        if winograd_applies(x.shape, kernel.shape, dilation, x.dtype, policy.winograd_min_channel_product):
             return _winograd_conv(x, kernel, dilation, flipped)
         if flipped:
             # Not before x exists: the kernels are there from the start of a step, and every
@@ -129,7 +128,7 @@ def _convolutions(dilation: int, policy: KernelPolicy):
 
         @tf.custom_gradient
         def gradient(x, dy):
-            if winograd_applies(x.shape, kernel_shape, dilation, x.dtype, winograd_from):
+            if winograd_applies(x.shape, kernel_shape, dilation, x.dtype, policy.winograd_min_channel_product):
                 value = _winograd_kernel_gradient(x, dy, dilation)
             elif kernel_gradient_by_taps(x.shape, kernel_shape, policy.min_tap_flops):
                 value = _kernel_gradient_by_taps(x, dy, kernel_shape, dilation)

@@ -87,7 +87,7 @@ def replica_shares(meta_batch_size: int, replicas: int) -> list[tuple[int, int]]
 
 def tasks_per_replica(meta_batch_size: int, strategy: tf.distribute.Strategy) -> int:
     """The size of every replica's (padded) batch: the largest share of the meta-batch."""
-    return -(-meta_batch_size // strategy.num_replicas_in_sync)
+    return max(count for _, count in replica_shares(meta_batch_size, strategy.num_replicas_in_sync))
 
 
 def replica_task_ids(start_step: int, num_steps: int, meta_batch_size: int, replicas: int,
@@ -100,8 +100,9 @@ def replica_task_ids(start_step: int, num_steps: int, meta_batch_size: int, repl
     `tasks_per_replica` ids (its share, padded by repeating its last task, or the
     step's first where its share is empty) and one count.
     """
-    shares = replica_shares(meta_batch_size, replicas)[pipeline_id * local_replicas:(pipeline_id + 1) * local_replicas]
-    size = -(-meta_batch_size // replicas)
+    every_share = replica_shares(meta_batch_size, replicas)
+    size = max(count for _, count in every_share)  # the first replica's, as `tasks_per_replica` says
+    shares = every_share[pipeline_id * local_replicas:(pipeline_id + 1) * local_replicas]
     offsets = [[first + min(j, max(count - 1, 0)) if count else 0 for j in range(size)] for first, count in shares]
     offsets = tf.constant(offsets, tf.int64)  # (local replicas, size)
     counts = tf.constant([count for _, count in shares], tf.int32)
