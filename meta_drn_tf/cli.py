@@ -15,7 +15,10 @@ to do>`, and these exit codes; anything else is a bug and keeps its traceback.
     3    training met a non-finite loss; the message names the last good checkpoint
     4    lost contact with another worker; restart every worker to resume
     5    data: dataset files or input images cannot be used (each one named)
-    130  interrupted (Ctrl-C); re-running the same training command resumes it
+    75   preempted (SIGTERM): training finished its meta-step and saved a checkpoint;
+         run the same command again to resume (EX_TEMPFAIL: a retry loop restarts on it)
+    130  interrupted (Ctrl-C): training saves a checkpoint first, as for SIGTERM (a second
+         Ctrl-C stops at once); re-running the same command resumes it
 
 TensorFlow's C++ start-up messages (CUDA probing on machines without a GPU,
 CPU feature notes) go to the terminal only with `--verbosity=0` or higher
@@ -41,6 +44,7 @@ EXIT_USAGE = 2
 EXIT_NONFINITE = 3
 EXIT_WORKER_LOST = 4
 EXIT_DATA = 5
+EXIT_PREEMPTED = 75
 EXIT_INTERRUPTED = 130
 
 
@@ -136,10 +140,12 @@ def _guarded(main: Callable[[list[str]], object], argv: list[str]) -> object:
         fail(e, EXIT_WORKER_LOST)
     except errors.DataError as e:
         fail(e, EXIT_DATA)
+    except errors.Stopped as e:
+        fail(e, EXIT_PREEMPTED if e.preempted else EXIT_INTERRUPTED)
     except (errors.ConfigError, app.UsageError) as e:
         fail(e, EXIT_USAGE)
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         fail(e, EXIT_USAGE)
     except KeyboardInterrupt:
-        fail("interrupted. A training run resumes from its last checkpoint when the same command is run again.",
-             EXIT_INTERRUPTED)
+        fail("interrupted. Run the same command again: training resumes from its last checkpoint, "
+             "segment --skip_existing keeps the masks already written.", EXIT_INTERRUPTED)

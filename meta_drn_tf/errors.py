@@ -21,3 +21,17 @@ class NonFiniteLoss(RuntimeError):
 
 class WorkerLost(RuntimeError):
     """Multi-worker training lost contact with another worker."""
+
+
+class Stopped(RuntimeError):
+    """Training stopped on a signal after saving a checkpoint (or with nothing left to save).
+
+    Args:
+        message: what was saved and how to resume.
+        preempted: True for SIGTERM (a scheduler's preemption: run the command again),
+            False for SIGINT (Ctrl-C: the user asked for it).
+    """
+
+    def __init__(self, message: str, preempted: bool):
+        super().__init__(message)
+        self.preempted = preempted

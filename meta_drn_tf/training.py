@@ -19,9 +19,11 @@ ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 
@@ -33,11 +35,13 @@ from absl import logging
 from meta_drn_tf import distribute, hardware, serving, visualize
 from meta_drn_tf.config import FLAGS_FILE, RunConfig
 from meta_drn_tf.data.episodes import BankTensors, training_tasks
-from meta_drn_tf.errors import ConfigError, NonFiniteLoss
+from meta_drn_tf.errors import ConfigError, NonFiniteLoss, Stopped
 from meta_drn_tf.evaluation import METRICS, evaluate_bank, evaluate_settings, write_reports
 from meta_drn_tf.hardware import bfloat16_is_emulated
 from meta_drn_tf.meta.learner import TASK_COUNT_KEY
+from meta_drn_tf.runlock import LOCK_FILE, RunLock
 from meta_drn_tf.runs import build_learner, load_splits, random_init_learner
+from meta_drn_tf.stopping import StopRequest, StopSignal
 
 # Settings that define the network and its weights: a run cannot resume under others.
 MODEL_SETTINGS = ("algo", "image_size", "width", "lslr", "per_step_norm")
@@ -61,6 +65,19 @@ class RunDirectory:
     def logs(self, name: str) -> str:
         """TensorBoard event folder `name` ("train", "validation")."""
         return os.path.join(self.root, "logs", name)
+
+    def clear(self) -> None:
+        """Deletes the run (for --fresh), keeping the lock file its writer holds; refuses a folder
+        that holds files but no run, which is not this program's to delete."""
+        if not os.path.isdir(self.root):
+            return
+        entries = [e for e in os.listdir(self.root) if e != LOCK_FILE]
+        if entries and not os.path.exists(self.config):
+            raise ConfigError(f"--fresh: --model_dir {self.root} holds files but no training run ({FLAGS_FILE} is "
+                              "missing); not deleting them. Give a run's directory or a new one.")
+        for entry in entries:
+            path = os.path.join(self.root, entry)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
     def claim(self, config: RunConfig) -> None:
         """Saves `config` here; refuses one whose model-shaping settings differ from the saved run's."""
@@ -160,9 +177,12 @@ def tensorboard_tag(metric: str) -> str:
 class Trainer:
     """Meta-trains, validates, checkpoints and finally tests and exports one run."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, stops: StopRequest | None = None,
+                 resources: contextlib.ExitStack | None = None):
         self.config = config
         self.dirs = RunDirectory(config.model_dir)
+        self.stops = stops or StopRequest(signals=())  # no handlers: a signal keeps its default action
+        self.resources = resources or contextlib.ExitStack()  # holds the run's lock
         self._start_strategy()
         self._load_data()
         self.learner = build_learner(config, self.strategy)
@@ -172,6 +192,7 @@ class Trainer:
         self.bank_tensors = BankTensors(self.train_bank)
         self.last_save = time.time()
         self.phase = None
+        self._window, self._bar = [], None  # the meta-steps whose logs are not fetched yet
 
     def _start_strategy(self) -> None:
         config = self.config
@@ -182,9 +203,10 @@ class Trainer:
         self.chief = distribute.is_chief(self.strategy)
         self.per_replica = distribute.tasks_per_replica(config.meta_batch_size, self.strategy)
         self._check_gpu()
-        if self.chief and config.fresh and os.path.isdir(self.dirs.root):
-            shutil.rmtree(self.dirs.root)
-        if self.chief:
+        if self.chief:  # the one writer; other workers write nothing into the run
+            self.resources.enter_context(RunLock(self.dirs.root))
+            if config.fresh:
+                self.dirs.clear()
             self.dirs.claim(config)
         if config.precision == "bfloat16" and bfloat16_is_emulated():
             logging.warning("--precision=bfloat16 on a CPU without AVX512-BF16/AMX: TensorFlow emulates it, "
@@ -229,6 +251,26 @@ class Trainer:
             self.checkpoint.restore(resume_from).assert_existing_objects_matched()
             print(f"Resuming {resume_from}: epoch {int(self.state.epoch) + 1}, "
                   f"step {int(self.state.step)} of {self.steps_per_epoch}")
+        self.preemption = self._preemption_handler()
+
+    def _preemption_handler(self):
+        """Multi-worker runs: TensorFlow's PreemptionCheckpointHandler, which takes SIGTERM over.
+
+        SIGTERM on any worker makes every worker stop after the same meta-step, save (the chief
+        into the run, the others into their scratch folders) and exit with EXIT_PREEMPTED.
+        """
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy) or not (
+                resolver and resolver.cluster_spec().jobs):
+            return None
+
+        def exit_fn():
+            raise Stopped(self._stopped_message("SIGTERM"), preempted=True)
+
+        termination = tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn, save_fn=self._save_stopped)
+        # Restoring the chief's checkpoint first (above) gives every worker the same step count.
+        return tf.distribute.experimental.PreemptionCheckpointHandler(resolver, self.latest,
+                                                                      termination_config=termination)
 
     def _summary_writer(self, name: str):
         if not self.chief:
@@ -244,15 +286,48 @@ class Trainer:
 
     # ----- training ------------------------------------------------------------------------
     def run(self) -> dict:
-        """Trains the remaining epochs, then `finish`; returns the final summary (empty on workers)."""
+        """Trains the remaining epochs, then `finish`; returns the final summary (empty on workers).
+
+        A SIGTERM or SIGINT (`self.stops`) ends it at the next meta-step boundary, or at once during
+        validation, with a checkpoint of where it stands: `errors.Stopped`.
+        """
         while int(self.state.epoch) < self.config.epochs:
-            self.train_epoch()
-            self.end_epoch(self.validate())
+            with self.stops.deferred():
+                self.train_epoch()
+            self._stop_if_requested()
+            try:
+                summary = self.validate()
+            except StopSignal:  # validation changes no state: save the trained epoch as it is
+                self._stop_if_requested()
+            with self.stops.deferred():
+                self.end_epoch(summary)
+            self._stop_if_requested()
         if not self.chief:
             shutil.rmtree(self.scratch, ignore_errors=True)
             shutil.rmtree(self.scratch + "_best", ignore_errors=True)
             return {}
-        return self.finish()
+        try:
+            return self.finish()
+        except StopSignal as stop:  # the training itself is saved: only the test and export are lost
+            raise Stopped(f"{stop}: stopped during the final test and export; the training is complete "
+                          f"({self.latest.latest_checkpoint}). Run the same command again to redo them.",
+                          self.stops.preempted) from None
+
+    def _stop_if_requested(self) -> None:
+        """After a signal: the pending logs checked, a checkpoint saved, `errors.Stopped` raised."""
+        if not self.stops.requested:
+            return
+        self._save_stopped()
+        raise Stopped(self._stopped_message(signal.Signals(self.stops.signum).name), self.stops.preempted)
+
+    def _save_stopped(self) -> None:
+        self._fetch_logs(self._bar)
+        self.save(self.latest, "stopped")
+
+    def _stopped_message(self, signal_name: str) -> str:
+        return (f"{signal_name}: stopped at epoch {int(self.state.epoch) + 1}, step {int(self.state.step)} of "
+                f"{self.steps_per_epoch}, and saved {self.latest.latest_checkpoint}. Run the same command again "
+                "to resume.")
 
     def _batches(self):
         """The distributed meta-batches of the rest of this epoch."""
@@ -282,12 +357,16 @@ class Trainer:
         print(f"Epoch {epoch + 1}/{self.config.epochs}")
         self._announce_phase(epoch)
         bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["tasks/s", "meta_lr"], unit_name="step")
+        self._bar = bar
         if int(self.state.step):
             bar.update(int(self.state.step))
         self._window, self._window_start = [], time.time()
         for batch in self._batches():
+            if self.stops.requested:
+                return
             self.schedule.before_step(self.learner.optimizer.learning_rate, int(self.state.global_step))
-            self._window.append(self.learner.meta_train_step(batch, epoch))
+            step = self.learner.meta_train_step
+            self._window.append(self.preemption.run(step, batch, epoch) if self.preemption else step(batch, epoch))
             self.state.step.assign_add(1)
             self.state.global_step.assign_add(1)
             at_end = int(self.state.step) == self.steps_per_epoch
@@ -425,5 +504,16 @@ class Trainer:
 
 
 def train(config: RunConfig) -> dict:
-    """Runs (or resumes) the training `config` describes; returns the final summary."""
-    return Trainer(config).run()
+    """Runs (or resumes) the training `config` describes; returns the final summary.
+
+    Holds the run directory's lock (`runlock.RunLock`) throughout, and stops cleanly on SIGTERM
+    and SIGINT (`Trainer.run`; from the main thread only, where Python allows signal handlers).
+    """
+    with contextlib.ExitStack() as resources:
+        stops = resources.enter_context(StopRequest())
+        try:
+            trainer = Trainer(config, stops, resources)
+        except StopSignal as stop:
+            raise Stopped(f"{stop}: stopped while starting, before any training; nothing to save",
+                          stop.signum == signal.SIGTERM) from None
+        return trainer.run()

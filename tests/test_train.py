@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf import train
+from meta_drn_tf import cli, train
 from meta_drn_tf.errors import ConfigError
 
 TINY = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
@@ -103,11 +104,11 @@ def test_skip_nonfinite_counts_bad_batches_and_goes_on(finished_run, tmp_path):
     assert int(reader.get_tensor(bad[0])) == 2
 
 
-def _command(model_dir):
+def _command(model_dir, **overrides):
     # MAML++'s annealing: the kill lands in the first-order epochs, the resumed run crosses to second order.
     flags = {**TINY, "epochs": 2, "tasks_per_epoch": 6, "save_every_steps": 1, "deterministic": True,
              "test_at_end": False, "export_at_end": False, "model_dir": model_dir, "first_order_epochs": 1,
-             "lslr": True}
+             "lslr": True, **overrides}
     return [sys.executable, "-m", "meta_drn_tf.train"] + [f"--{k}={v}" for k, v in flags.items()]
 
 
@@ -118,31 +119,99 @@ def _weights(model_dir):
     return {k: reader.get_tensor(k) for k in names}
 
 
-def test_kill_9_and_rerun_ends_with_the_same_weights(tmp_path):
+def _saved_step(model_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+    return int(next(reader.get_tensor(k) for k in reader.get_variable_to_dtype_map()
+                    if k.startswith("state/global_step")))
+
+
+def _wait_for_checkpoint(proc, model_dir, name):
+    state = os.path.join(model_dir, "checkpoints", "checkpoint")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(state) and f'"{name}"' in open(state).read():
+            return
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it wrote {name}"
+    raise AssertionError(f"no {name} within 240 s")
+
+
+def test_kill_9_or_sigterm_and_rerun_end_with_the_same_weights(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    # Both at once (op determinism makes the load irrelevant to the results).
+    straight, killed, stopped = (str(tmp_path / n) for n in ("straight", "killed", "stopped"))
+    # All at once (op determinism makes the load irrelevant to the results). The SIGTERM'd run is given
+    # far more epochs, so that it cannot end before the signal; it resumes with the others' 2.
     uninterrupted = subprocess.Popen(_command(straight), env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
     proc = subprocess.Popen(_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = os.path.join(killed, "checkpoints", "checkpoint")
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(state) and "ckpt-2" in open(state).read():  # mid-epoch 1
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    terminated = subprocess.Popen(_command(stopped, epochs=1000), env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(terminated, stopped, "ckpt-1")
+    terminated.send_signal(signal.SIGTERM)
+    _wait_for_checkpoint(proc, killed, "ckpt-2")  # mid-epoch 1
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = subprocess.run(_command(killed), env=env, timeout=300, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming" in resumed.stdout and "meta-gradient: second order" in resumed.stdout
+    _, err = terminated.communicate(timeout=240)
+    assert terminated.returncode == cli.EXIT_PREEMPTED, err[-2000:]
+    # It finished the step it was in, saved it, and said so in one line.
+    step = _saved_step(stopped)
+    assert 1 <= step < 6, f"stopped at global step {step}: the signal came too late to compare"
+    said = re.search(r"error: SIGTERM: stopped at epoch (\d+), step (\d+) of 3, and saved (\S+)\. Run the same "
+                     r"command again to resume\.", err)
+    assert said, err[-2000:]
+    assert 3 * (int(said[1]) - 1) + int(said[2]) == step
+    assert said[3] == os.path.join(stopped, "checkpoints", f"ckpt-{step}")
+    for run in (killed, stopped):
+        resumed = subprocess.run(_command(run), env=env, timeout=300, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "Resuming" in resumed.stdout and "meta-gradient: second order" in resumed.stdout
     assert uninterrupted.wait(timeout=300) == 0
 
-    a, b = _weights(straight), _weights(killed)
-    assert a.keys() == b.keys() and len(a) > 10
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    a = _weights(straight)
+    assert len(a) > 10
+    for run in (killed, stopped):
+        b = _weights(run)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{run}: {k}")
+
+
+def test_one_writer_per_run_while_evaluate_reads_it(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = str(tmp_path / "run")
+    holder = subprocess.Popen(_command(run, epochs=1000, deterministic=False), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint(holder, run, "ckpt-1")
+        second = subprocess.run(_command(run), env=env, timeout=300, capture_output=True, text=True)
+        fresh = subprocess.run(_command(run, fresh=True), env=env, timeout=300, capture_output=True, text=True)
+        # Reading a run in training is safe: evaluate restores a checkpoint and writes its own folder.
+        evaluated = subprocess.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}",
+                                    "--checkpoint=latest", "--episodes=2", "--baseline=false"],
+                                   env=env, timeout=300, capture_output=True, text=True)
+        assert holder.poll() is None, "the holder ended before the others were refused"
+    finally:
+        holder.send_signal(signal.SIGINT)
+        _, err = holder.communicate(timeout=240)
+    for refused in (second, fresh):
+        assert refused.returncode == cli.EXIT_USAGE, refused.stderr[-2000:]
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: --model_dir {run} is being trained by PID {holder.pid} on "), line
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert os.path.isfile(os.path.join(run, "eval_test", "table.md"))
+    # Ctrl-C: the step finished and saved, exit 130; --fresh deleted nothing while the run was held.
+    assert holder.returncode == cli.EXIT_INTERRUPTED, err[-2000:]
+    assert "error: SIGINT: stopped at epoch" in err and "Run the same command again to resume." in err
+    assert _saved_step(run) >= 1
+    resumed = subprocess.run(_command(run, epochs=1), env=env, timeout=300, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "Resuming" in resumed.stdout, resumed.stderr[-2000:]
+
+
+def test_fresh_keeps_a_folder_that_holds_no_run(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="holds files but no training run"):
+        train.train(_cfg(tmp_path, fresh=True))
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
 
 
 def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path):
