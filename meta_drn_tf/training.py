@@ -177,12 +177,11 @@ def tensorboard_tag(metric: str) -> str:
 class Trainer:
     """Meta-trains, validates, checkpoints and finally tests and exports one run."""
 
-    def __init__(self, config: RunConfig, stops: StopRequest | None = None,
-                 resources: contextlib.ExitStack | None = None):
+    def __init__(self, config: RunConfig, stops: StopRequest, resources: contextlib.ExitStack):
         self.config = config
         self.dirs = RunDirectory(config.model_dir)
-        self.stops = stops or StopRequest(signals=())  # no handlers: a signal keeps its default action
-        self.resources = resources or contextlib.ExitStack()  # holds the run's lock
+        self.stops = stops
+        self.resources = resources  # the run's lock and scratch folders, released when training ends
         self._start_strategy()
         self._load_data()
         self.learner = build_learner(config, self.strategy)
@@ -241,6 +240,9 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(learner=self.learner, state=self.state)
         # Non-chief workers write their (required) share of a save to a scratch dir.
         self.scratch = None if self.chief else tempfile.mkdtemp(prefix="worker_ckpt_")
+        if self.scratch:
+            for scratch in (self.scratch, self.scratch + "_best"):
+                self.resources.callback(shutil.rmtree, scratch, ignore_errors=True)
         latest_dir = self.dirs.checkpoints if self.chief else self.scratch
         best_dir = self.dirs.best if self.chief else self.scratch + "_best"
         self.latest = tf.train.CheckpointManager(self.checkpoint, latest_dir, max_to_keep=2)
@@ -303,8 +305,6 @@ class Trainer:
                 self.end_epoch(summary)
             self._stop_if_requested()
         if not self.chief:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            shutil.rmtree(self.scratch + "_best", ignore_errors=True)
             return {}
         try:
             return self.finish()

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from meta_drn_tf import distribute
+from meta_drn_tf import cli, distribute
 
 HERE = os.path.dirname(__file__)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
@@ -137,3 +137,39 @@ def test_a_dead_worker_fails_the_run_instead_of_hanging(tmp_path):
             p.kill()
     assert procs[0].returncode == 4, output[-3000:]  # cli.EXIT_WORKER_LOST
     assert "error: lost contact with another worker" in output and "checkpoint" in output, output[-3000:]
+
+
+def _saved_state(model_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+    return {name: int(reader.get_tensor(k)) for k in reader.get_variable_to_dtype_map()
+            for name in ("epoch", "global_step") if k.startswith(f"state/{name}/")}
+
+
+def test_sigterm_on_one_worker_stops_every_worker_at_the_same_step_with_a_checkpoint(tmp_path):
+    model_dir = str(tmp_path / "preempted")
+    procs = _start_workers(model_dir, epochs=1000)
+    state = os.path.join(model_dir, "checkpoints", "checkpoint")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not os.path.exists(state) and procs[0].poll() is None:
+            time.sleep(0.2)
+        assert os.path.exists(state), "no checkpoint before the signal"
+        procs[1].send_signal(signal.SIGTERM)  # the non-chief: PreemptionCheckpointHandler tells the chief
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [cli.EXIT_PREEMPTED] * 2, outputs[0][-3000:] + outputs[1][-3000:]
+    assert "error: SIGTERM: stopped at epoch" in outputs[0]
+    saved = _saved_state(model_dir)
+    assert saved["global_step"] >= 1
+    # Both workers resume from the chief's checkpoint and finish the epoch after it.
+    procs = _start_workers(model_dir, epochs=saved["epoch"] + 1)
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert all("Resuming" in out for out in outputs)
+    assert _saved_state(model_dir)["epoch"] == saved["epoch"] + 1
