@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from meta_drn_tf import TF_LOG_LEVEL_DEFAULTED, errors, hardware
+from meta_drn_tf import TF_LOG_LEVEL_DEFAULTED, errors, hardware, paths
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
@@ -61,6 +61,23 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         fail(f"{e} (see --helpfull for every flag)", EXIT_USAGE)
+
+
+def check_paths(**kinds: str) -> None:
+    """Checks path flags when they are parsed, before any work: `check_paths(out="new_folder")`.
+
+    Kinds are those of `meta_drn_tf.paths.KINDS` (file, folder, path, new_folder, new_file); a
+    multi-value flag has each value checked; an unset flag is left to `required=`.
+    """
+    for name, kind in kinds.items():
+        def checker(value, kind=kind):
+            for item in value if isinstance(value, list) else [value]:
+                problem = paths.KINDS[kind](item) if item is not None else None
+                if problem:
+                    raise flags.ValidationError(problem)
+            return True
+
+        flags.register_validator(name, checker)
 
 
 def verbose() -> bool:

@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any
 
+from meta_drn_tf import paths
 from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.kernels import KERNEL_CHOICES
 
@@ -156,6 +157,13 @@ class RunConfig:
                      "save_every_minutes"):
             if not getattr(self, name) > 0:
                 yield name, "must be positive"
+        if not self.model_dir:
+            yield "model_dir", "must name a folder"
+        if self.lr_factor >= 1:
+            yield "lr_factor", "must be below 1 (a plateau lowers the rate)"
+        for name in ("val_classes_file", "test_classes_file"):
+            if getattr(self, name) and not self.data_dir:
+                yield name, "lists classes of a --data_dir dataset; the synthetic dataset's split is fixed"
         for name in ("inner_steps", "eval_inner_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 yield name, "must be at least 1"
@@ -167,6 +175,17 @@ class RunConfig:
             yield "synthetic_classes", "must be at least 3 (train/val/test split)"
         yield from algorithm_problems(self.algo, self.lslr, self.multi_step_loss_epochs, self.first_order_epochs,
                                       self.per_step_norm, self.adapt_layers, self.memory_saving)
+
+    def check_paths(self) -> None:
+        """Raises ConfigError naming each path setting that cannot be used on this machine.
+
+        Not part of validation: a saved run loads anywhere, wherever its dataset lives now.
+        """
+        found = paths.problems({"model_dir": ("new_folder", self.model_dir), "data_dir": ("folder", self.data_dir),
+                                "val_classes_file": ("file", self.val_classes_file),
+                                "test_classes_file": ("file", self.test_classes_file)})
+        if found:
+            raise ConfigError("; ".join(found))
 
     def replace(self, **changes) -> RunConfig:
         """A copy with `changes` (validated)."""

@@ -34,6 +34,10 @@ flags.DEFINE_enum("kernels", None, ["auto", "stock", "cpu"], "Kernel forms (defa
 flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>).")
 
 FLAGS = flags.FLAGS
+cli.check_paths(model_dir="folder", data_dir="folder", classes_file="file", out_dir="new_folder")
+flags.register_validator("episodes", lambda n: n >= 0, message="must be 0 (all) or more")
+flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
+flags.register_validator("inner_lr", lambda r: r is None or r > 0, message="must be positive")
 flags.register_validator("shots", lambda v: v is None or (v and all(k.isdigit() and int(k) >= 1 for k in v)),
                          message="give positive integers, e.g. --shots=1 or --shots=1,5")
 

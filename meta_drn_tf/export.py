@@ -25,6 +25,8 @@ flags.DEFINE_enum("kernels", "stock", ["stock", "cpu"], "The graphs' kernel form
                   "any server, cuDNN on GPUs) or cpu (CPU-tuned: faster on CPU servers only; see README, Serving).")
 
 FLAGS = flags.FLAGS
+cli.check_paths(model_dir="folder", export_dir="new_folder")
+flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
 
 
 def main(argv):

@@ -141,6 +141,17 @@ def _report(image_size: int, width: float) -> str:
     return "\n".join(lines)
 
 
+def define_command_flags() -> None:
+    """The flags of `python -m meta_drn_tf.model` (defined only when it runs: this module is also the library's)."""
+    from absl import flags
+
+    flags.DEFINE_integer("image_size", 224, "Input height and width (multiple of 4).")
+    flags.DEFINE_float("width", 1.0, "Filter-count multiplier; 1.0 is the paper's network.")
+    flags.register_validator("image_size", lambda n: n >= 4 and n % 4 == 0,
+                             message="must be a positive multiple of 4 (two stride-2 stages, then x4 upsampling)")
+    flags.register_validator("width", lambda w: w > 0, message="must be positive")
+
+
 def main(argv):
     del argv
     from absl import flags
@@ -149,10 +160,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
     from meta_drn_tf import cli
 
-    flags.DEFINE_integer("image_size", 224, "Input height and width (multiple of 4).")
-    flags.DEFINE_float("width", 1.0, "Filter-count multiplier; 1.0 is the paper's network.")
+    define_command_flags()
     cli.run(main)

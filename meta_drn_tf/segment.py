@@ -11,6 +11,12 @@ and 255 = object (the FSS-1000 encoding). --overlay adds
 `OUT/<name>_overlay.png`: the example with its mask in green beside the image
 with the predicted mask in red. Images are processed in batches of
 --batch_size images of one size, so memory stays bounded.
+
+Every input is checked before the network loads: all unreadable images are
+listed at once (exit 5), or left out and named with --skip_bad_files. Each PNG
+is written atomically (never half-written), so an interrupted folder is
+continued with --skip_existing, which leaves out the images whose files are
+already there. Outputs that would overwrite an input are refused.
 """
 
 from __future__ import annotations
@@ -33,9 +39,14 @@ flags.DEFINE_string("out", None, "Folder for the masks (created if needed).", re
 flags.DEFINE_float("threshold", 0.5, "Foreground where the probability exceeds this (the paper: 0.5 or 0.35).")
 flags.DEFINE_bool("overlay", False, "Also write <name>_overlay.png pictures.")
 flags.DEFINE_integer("batch_size", 8, "Images per forward pass (bounds memory).")
+flags.DEFINE_bool("skip_bad_files", False, "Segment the readable images when some cannot be decoded (they are "
+                  "listed and counted); default: stop and list them.")
+flags.DEFINE_bool("skip_existing", False, "Leave out the images whose mask (and overlay, with --overlay) is "
+                  "already in --out: continues an interrupted run.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With a training run: which checkpoint.")
 flags.DEFINE_enum("kernels", "auto", ["auto", "stock", "cpu"], "With a training run: kernel forms (auto: cpu on a "
                   "CPU, stock on a GPU). A SavedModel keeps the forms it was exported with.")
+cli.check_paths(model="path", support="file", support_mask="file", out="new_folder")
 flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie strictly between 0 and 1")
 flags.register_validator("batch_size", lambda b: b >= 1, message="must be at least 1")
 FLAGS = flags.FLAGS
@@ -99,51 +110,125 @@ def read_support(images: list[str], masks: list[str]):
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def batches_of_one_size(paths: list[str], batch_size: int):
-    """(indices, uint8 images) batches of consecutive images that share a size, read as they are needed."""
+def output_files(names: list[str], out: str, overlay: bool) -> list[list[str]]:
+    """The files each image gets in `out`: its mask, and its overlay with `overlay`."""
+    return [[os.path.join(out, f"{n}.png")] + ([os.path.join(out, f"{n}_overlay.png")] if overlay else [])
+            for n in names]
+
+
+def refuse_overwriting_inputs(inputs: list[str], outputs: list[list[str]]) -> None:
+    """ConfigError when an output file would replace one of the command's input files."""
+    from meta_drn_tf.errors import ConfigError
+
+    taken = {os.path.realpath(p): p for p in inputs}
+    for path in (p for files in outputs for p in files):
+        if os.path.realpath(path) in taken:
+            raise ConfigError(f"--out {FLAGS.out}: writing {path} would overwrite the input "
+                              f"{taken[os.path.realpath(path)]}; choose another --out folder")
+
+
+def unreadable(paths: list[str]) -> dict[int, str]:
+    """{index: why} of the images that cannot be decoded, checked in parallel with a progress bar."""
+    import concurrent.futures
+
+    import cv2
+    import keras
+    import numpy as np
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # each bad file is reported below, once
+
+    def problem(path: str) -> str | None:
+        # A reduced decode reads the whole file (truncation and corruption show) at a fraction of
+        # the cost of a full one (JPEGs decode scaled in the DCT): the images are decoded again later.
+        data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
+        if data is None or not data.size or cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+            return f"{path}: cannot be decoded as an image (missing, corrupt or not an image file)"
+        return None
+
+    bar = keras.utils.Progbar(len(paths), unit_name="image") if len(paths) > 1 else None
+    found = {}
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for i, why in enumerate(pool.map(problem, paths)):
+            if why:
+                found[i] = why
+            if bar:
+                bar.update(i + 1)
+    return found
+
+
+def _usable_images(paths: list[str], outputs: list[list[str]]) -> tuple[list[int], int, list[str]]:
+    """(indices to segment, how many already have their files, problems of the skipped bad files)."""
+    from meta_drn_tf.data.fss1000 import problem_list
+    from meta_drn_tf.errors import DataError
+
+    todo = [i for i in range(len(paths)) if not (FLAGS.skip_existing and all(map(os.path.isfile, outputs[i])))]
+    existing = len(paths) - len(todo)
+    print(f"Checking {len(todo)} image(s)" + (f" ({existing} already segmented)" if existing else ""))
+    bad = {todo[i]: why for i, why in unreadable([paths[i] for i in todo]).items()}
+    if bad and not FLAGS.skip_bad_files:
+        raise DataError(problem_list(f"--images: {len(bad)} image(s) cannot be read (fix or remove them, or pass "
+                                     "--skip_bad_files to segment the rest):", list(bad.values())))
+    return [i for i in todo if i not in bad], existing, list(bad.values())
+
+
+def batches_of_one_size(paths: list[str], indices: list[int], batch_size: int):
+    """(indices, uint8 images) batches of consecutive images of `indices` that share a size, read as needed."""
     import numpy as np
 
     from meta_drn_tf.data.fss1000 import read_rgb
 
-    indices, images = [], []
-    for i, path in enumerate(paths):
-        image = read_rgb(path)
+    batch, images = [], []
+    for i in indices:
+        image = read_rgb(paths[i])
         if images and (image.shape != images[0].shape or len(images) == batch_size):
-            yield indices, np.stack(images)
-            indices, images = [], []
-        indices.append(i)
+            yield batch, np.stack(images)
+            batch, images = [], []
+        batch.append(i)
         images.append(image)
     if images:
-        yield indices, np.stack(images)
+        yield batch, np.stack(images)
+
+
+def _write_masks(segmenter, paths: list[str], todo: list[int], outputs: list[list[str]], support_tile) -> None:
+    import keras
+    import numpy as np
+
+    from meta_drn_tf import visualize
+
+    os.makedirs(FLAGS.out, exist_ok=True)
+    bar = keras.utils.Progbar(len(todo), unit_name="image")
+    for indices, images in batches_of_one_size(paths, todo, FLAGS.batch_size):
+        masks = segmenter.segment(images) > FLAGS.threshold
+        for i, image, mask in zip(indices, images, masks):
+            if FLAGS.overlay:  # first: the mask, written last, marks an image as done for --skip_existing
+                picture = visualize.side_by_side([visualize.overlay(image, mask, visualize.RED), support_tile])
+                visualize.save_png(outputs[i][1], picture)
+            visualize.save_png(outputs[i][0], (mask * 255).astype(np.uint8))
+        bar.add(len(indices))
 
 
 def main(argv):
     del argv
-    import keras
-    import numpy as np
-
     from meta_drn_tf import visualize
     from meta_drn_tf.segmenter import Segmenter
 
     # Everything the user gave is checked before the model loads.
     support_images, support_masks = read_support(FLAGS.support, FLAGS.support_mask)
     paths = image_paths(FLAGS.images)
-    names = output_names(paths)
-    segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels)
-    print(f"Adapting {segmenter.description} to {len(support_images)} example(s); segmenting {len(paths)} image(s)")
-    segmenter.adapt(support_images, support_masks)
-    os.makedirs(FLAGS.out, exist_ok=True)
-    support_tile = visualize.overlay(support_images[0], support_masks[0], visualize.GREEN)
-    bar = keras.utils.Progbar(len(paths), unit_name="image")
-    for indices, images in batches_of_one_size(paths, FLAGS.batch_size):
-        masks = segmenter.segment(images) > FLAGS.threshold
-        for i, image, mask in zip(indices, images, masks):
-            visualize.save_png(os.path.join(FLAGS.out, f"{names[i]}.png"), (mask * 255).astype(np.uint8))
-            if FLAGS.overlay:
-                picture = visualize.side_by_side([visualize.overlay(image, mask, visualize.RED), support_tile])
-                visualize.save_png(os.path.join(FLAGS.out, f"{names[i]}_overlay.png"), picture)
-        bar.add(len(indices))
-    print(f"Wrote {len(paths)} mask(s) to {FLAGS.out}")
+    outputs = output_files(output_names(paths), FLAGS.out, FLAGS.overlay)
+    refuse_overwriting_inputs(paths + FLAGS.support + FLAGS.support_mask, outputs)
+    todo, existing, skipped = _usable_images(paths, outputs)
+    if skipped:
+        print(f"Skipping {len(skipped)} unreadable image(s) (--skip_bad_files):\n  " + "\n  ".join(skipped))
+    if todo:
+        segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels)
+        print(f"Adapting {segmenter.description} to {len(support_images)} example(s); "
+              f"segmenting {len(todo)} image(s)")
+        segmenter.adapt(support_images, support_masks)
+        support_tile = visualize.overlay(support_images[0], support_masks[0], visualize.GREEN)
+        _write_masks(segmenter, paths, todo, outputs, support_tile)
+    notes = [f"{len(skipped)} unreadable skipped"] * bool(skipped) + [f"{existing} already there"] * bool(existing)
+    print(f"Wrote {len(todo)} mask(s) to {FLAGS.out}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 if __name__ == "__main__":

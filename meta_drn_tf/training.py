@@ -179,6 +179,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, stops: StopRequest, resources: contextlib.ExitStack):
         self.config = config
+        config.check_paths()  # before any work
         self.dirs = RunDirectory(config.model_dir)
         self.stops = stops
         self.resources = resources  # the run's lock and scratch folders, released when training ends

@@ -7,6 +7,8 @@ The same drawing feeds the TensorBoard image grid of `train.py` and
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -92,9 +94,19 @@ def grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-    """Writes an RGB `(H, W, 3)` or grey `(H, W)` uint8 image."""
-    if not cv2.imwrite(path, image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{path}: cannot write the PNG")
+    """Writes an RGB `(H, W, 3)` or grey `(H, W)` uint8 image, atomically: an interrupted write
+    leaves no file at `path`, never a truncated one."""
+    ok, data = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{path}: cannot encode the PNG")
+    folder, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+    try:
+        data.tofile(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def side_by_side(tiles: list[np.ndarray]) -> np.ndarray:

@@ -11,7 +11,6 @@ import pytest
 from meta_drn_tf import cli, errors
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 
-TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
 TINY = ["--image_size=16", "--width=0.0625", "--queries=1", "--meta_batch_size=2", "--tasks_per_epoch=2",
         "--epochs=1", "--val_episodes=1", "--inner_lr=0.01", "--test_at_end=false", "--export_at_end=false"]
 # Without TF_CPP_MIN_LOG_LEVEL: what a user's shell has.
@@ -29,34 +28,6 @@ def _error_line(out):
     assert lines and lines[0].startswith("error: "), out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     return lines
-
-
-@pytest.mark.parametrize("args,flag", [
-    (["-m", "meta_drn_tf.train", "--algo=foo"], "--algo=foo"),
-    (["-m", "meta_drn_tf.train", "--image_size=30"], "--image_size=30: must be a positive multiple of 4"),
-    (["-m", "meta_drn_tf.evaluate"], "--model_dir"),
-    (["-m", "meta_drn_tf.evaluate", "--model_dir=x", "--shots=one"], "give positive integers"),
-    ([os.path.join(TOOLS, "make_synthetic.py")], "--out"),
-])
-def test_bad_flags_name_the_flag_and_exit_2(args, flag):
-    out = _run(args)
-    assert out.returncode == cli.EXIT_USAGE
-    assert flag in _error_line(out)[0]
-
-
-def test_missing_run_names_the_directory(tmp_path):
-    image = np.zeros((8, 8, 3), np.uint8)
-    mask = np.zeros((8, 8), np.uint8)
-    mask[2:5, 2:5] = 255
-    cv2.imwrite(str(tmp_path / "a.png"), image)
-    cv2.imwrite(str(tmp_path / "a_mask.png"), mask)
-    for app in ("meta_drn_tf.evaluate", "meta_drn_tf.export", "meta_drn_tf.segment"):
-        extra = [f"--support={tmp_path / 'a.png'}", f"--support_mask={tmp_path / 'a_mask.png'}",
-                 f"--images={tmp_path / 'a.png'}", f"--out={tmp_path / 'out'}"] if app.endswith("segment") else []
-        flag = "--model" if app.endswith("segment") else "--model_dir"
-        out = _run(["-m", app, f"{flag}={tmp_path / 'nope'}", *extra])
-        assert out.returncode == cli.EXIT_USAGE, (app, out.stderr[-2000:])
-        assert str(tmp_path / "nope") in _error_line(out)[0]
 
 
 @pytest.fixture(scope="module")

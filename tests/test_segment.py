@@ -92,23 +92,35 @@ def test_saved_model_gives_the_masks_of_its_run(run_dir, photos, tmp_path):
         assert np.mean(a != b) < 1e-3, path
 
 
-@pytest.mark.parametrize("damage,args,code,message", [
-    (lambda r: open(r / "img2.png", "wb").write(b"not a png"), [], cli.EXIT_DATA, "img2.png: cannot be decoded"),
-    (lambda r: cv2.imwrite(str(r / "mask0.png"), np.zeros((5, 7), np.uint8)), [], cli.EXIT_DATA,
-     "mask0.png: mask is 7x5 but its image is 32x32"),
-    (lambda r: cv2.imwrite(str(r / "mask0.png"), np.zeros((SIZE, SIZE), np.uint8)), [], cli.EXIT_DATA,
-     "mask0.png: the mask is empty"),
-    (None, ["--support_mask=extra.png"], cli.EXIT_USAGE, "2 --support_mask(s)"),
-    (None, ["--images=nothing/*.jpg"], cli.EXIT_USAGE, "--images=nothing/*.jpg: matches no image file"),
-])
-def test_bad_inputs_give_one_line_naming_the_file(run_dir, photos, tmp_path, damage, args, code, message):
-    root = tmp_path / "photos"
+def test_bad_images_are_listed_at_once_or_skipped_and_an_interrupted_folder_continues(run_dir, photos, tmp_path):
+    root, masks = tmp_path / "photos", tmp_path / "masks"
     shutil.copytree(photos[0], root)
-    if damage is not None:
-        damage(root)
-    out = _segment(run_dir, root, tmp_path / "masks", *args)
-    assert out.returncode == code, out.stderr[-3000:]
-    assert out.stderr.startswith("error: ") and message in out.stderr.splitlines()[0], out.stderr[-3000:]
+    (root / "img2.png").write_bytes(b"not a png")
+    data = (root / "img3.png").read_bytes()
+    (root / "img3.png").write_bytes(data[: len(data) // 2])  # truncated, as by an interrupted copy
+    out = _segment(run_dir, root, masks, "--overlay")
+    assert out.returncode == cli.EXIT_DATA, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == "error: --images: 2 image(s) cannot be read (fix or remove them, or pass --skip_bad_files " \
+                       "to segment the rest):"
+    assert any("img2.png: cannot be decoded" in x for x in lines) and any("img3.png" in x for x in lines)
+    assert not masks.exists()  # checked before any work
+
+    out = _segment(run_dir, root, masks, "--overlay", "--skip_bad_files")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Skipping 2 unreadable image(s) (--skip_bad_files)" in out.stdout
+    assert f"Wrote 3 mask(s) to {masks} (2 unreadable skipped)" in out.stdout
+    assert sorted(os.listdir(masks)) == ["img1.png", "img1_overlay.png", "img4.png", "img4_overlay.png",
+                                         "wide.png", "wide_overlay.png"]  # nothing half-written beside them
+
+    # An interruption after img4's overlay, before its mask: --skip_existing redoes img4 only.
+    os.remove(masks / "img4.png")
+    before = {name: os.stat(masks / name).st_mtime_ns for name in ("img1.png", "wide.png")}
+    out = _segment(run_dir, root, masks, "--overlay", "--skip_bad_files", "--skip_existing")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Wrote 1 mask(s) to {masks} (2 unreadable skipped; 2 already there)" in out.stdout
+    assert {name: os.stat(masks / name).st_mtime_ns for name in before} == before
+    assert (masks / "img4.png").is_file()
 
 
 def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):

@@ -19,6 +19,10 @@ flags.DEFINE_integer("images", 10, "Images per class.")
 flags.DEFINE_integer("size", 224, "Image height and width.")
 flags.DEFINE_integer("seed", 0, "Dataset seed.")
 FLAGS = flags.FLAGS
+cli.check_paths(out="new_folder")
+flags.register_validator("classes", lambda n: n >= 1, message="must be at least 1")
+flags.register_validator("images", lambda n: n >= 2, message="must be at least 2 (a support image and a query)")
+flags.register_validator("size", lambda n: n >= 8, message="must be at least 8 pixels")
 
 
 def main(argv):

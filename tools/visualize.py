@@ -20,6 +20,10 @@ flags.DEFINE_integer("classes", 5, "Rows (one class each).")
 flags.DEFINE_integer("queries", 4, "Queries per row.")
 flags.DEFINE_float("threshold", 0.5, "Mask threshold.")
 FLAGS = flags.FLAGS
+cli.check_paths(model_dir="folder", out="new_file", data_dir="folder", classes_file="file")
+flags.register_validator("classes", lambda n: n >= 1, message="must be at least 1")
+flags.register_validator("queries", lambda n: n >= 1, message="must be at least 1")
+flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie strictly between 0 and 1")
 
 
 def main(argv):

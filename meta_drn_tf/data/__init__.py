@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from meta_drn_tf.data.bank import ImageBank
-from meta_drn_tf.data.fss1000 import discover_classes, load_bank, read_class_list, split_classes
+from meta_drn_tf.data.fss1000 import discover_classes, listed_classes, load_bank, split_classes
 from meta_drn_tf.data.synthetic import synthetic_splits
 from meta_drn_tf.errors import DataError
 
@@ -52,18 +52,22 @@ def load_splits(
     if classes_file and len(splits) != 1:
         raise ValueError("classes_file replaces a single split")
     if not data_dir:
+        if synthetic_images < min_images:
+            raise DataError(f"the synthetic dataset has {synthetic_images} images a class, fewer than the {min_images} "
+                            "an episode needs (its support images and a query); lower --shots or raise "
+                            "--synthetic_images")
         banks = dict(_synthetic(synthetic_classes, seed, image_size, synthetic_images))
         if classes_file or "all" in splits:  # a copy of every class: only when asked for
             banks["all"] = ImageBank.concatenate([banks[s] for s in ("train", "val", "test")])
         if classes_file:
-            listed = _listed(classes_file, banks["all"].class_names, "the synthetic dataset")
+            listed = listed_classes(classes_file, banks["all"].class_names, "the synthetic dataset")
             return {splits[0]: banks["all"].subset(listed)}
         return {s: banks[s] for s in splits}
     available = list(discover_classes(data_dir))
     names = {}
     for split in splits:
         if classes_file:
-            names[split] = _listed(classes_file, available, f"--data_dir {data_dir}")
+            names[split] = listed_classes(classes_file, available, f"--data_dir {data_dir}")
         elif split == "all":
             names[split] = sorted(available)
         else:
@@ -81,15 +85,3 @@ def load_splits(
             raise DataError(f"--data_dir {data_dir}: no class of the {split} split has {min_images} usable images")
         banks[split] = bank.subset(usable)
     return banks
-
-
-def _listed(classes_file: str, available: list[str], where: str) -> list[str]:
-    """The classes named in `classes_file`; all must be in `available`."""
-    names = read_class_list(classes_file)
-    have = set(available)
-    missing = [n for n in names if n not in have]
-    if missing:
-        raise DataError(f"{classes_file}: {len(missing)} of its classes are not in {where}, e.g. {missing[:3]}")
-    if not names:
-        raise DataError(f"{classes_file}: lists no classes (one class name a line)")
-    return names

@@ -136,6 +136,18 @@ def mask_path(image_path: str) -> str:
     return os.path.splitext(image_path)[0] + ".png"
 
 
+def listed_classes(path: str, available: list[str], where: str) -> list[str]:
+    """The classes named in the class list `path`; all must be in `available` (found in `where`)."""
+    names = read_class_list(path)
+    have = set(available)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of its classes are not in {where}, e.g. {missing[:3]}")
+    if not names:
+        raise DataError(f"{path}: lists no classes (one class name a line)")
+    return names
+
+
 def split_classes(
     names: list[str],
     split: str,
@@ -155,7 +167,7 @@ def split_classes(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     available = set(names)
     if split_files:
-        lists = {k: read_class_list(v) for k, v in split_files.items()}
+        lists = {k: listed_classes(v, names, "the dataset") for k, v in split_files.items()}
     elif available & set(packaged_split("fss1000_test")):
         lists = {"val": packaged_split("fss1000_val"), "test": packaged_split("fss1000_test")}
     else:
@@ -236,7 +248,12 @@ def load_bank(
 
 def bad_files_message(root: str, problems: list[str], action: str) -> str:
     """One summary line saying what to do, then one line per problem (at most MAX_REPORTED_FILES)."""
-    lines = [f"--data_dir {root}: {len(problems)} image/mask pair(s) cannot be used ({action}):"]
+    return problem_list(f"--data_dir {root}: {len(problems)} image/mask pair(s) cannot be used ({action}):", problems)
+
+
+def problem_list(headline: str, problems: list[str]) -> str:
+    """`headline`, then one indented line per problem (at most MAX_REPORTED_FILES)."""
+    lines = [headline]
     lines += [f"  {p}" for p in problems[:MAX_REPORTED_FILES]]
     if len(problems) > MAX_REPORTED_FILES:
         lines.append(f"  ... and {len(problems) - MAX_REPORTED_FILES} more")
