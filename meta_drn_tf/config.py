@@ -216,12 +216,10 @@ class RunConfig:
     def save(self, model_dir: str) -> None:
         """Writes flags.json (atomically) and flags.txt (reusable as --flagfile) into `model_dir`."""
         os.makedirs(model_dir, exist_ok=True)
-        path = os.path.join(model_dir, FLAGS_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(self.to_dict(), f, indent=1, sort_keys=True)
-        os.replace(path + ".tmp", path)
-        with open(os.path.join(model_dir, "flags.txt"), "w") as f:
-            f.writelines(f"--{k}={v}\n" for k, v in sorted(self.to_dict().items()) if v is not None)
+        paths.write_text_atomically(os.path.join(model_dir, FLAGS_FILE),
+                                    json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        paths.write_text_atomically(os.path.join(model_dir, "flags.txt"), "".join(
+            f"--{k}={v}\n" for k, v in sorted(self.to_dict().items()) if v is not None))
 
 
 def define_flags(flag_values=None) -> None:

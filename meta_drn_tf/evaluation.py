@@ -147,8 +147,11 @@ def evaluate_settings(
 def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dict]:
     """Writes `table.md`, `per_class.csv` and `summary.json` under `out_dir`; returns the rows' summaries."""
     import csv
+    import io
     import json
     import os
+
+    from meta_drn_tf.paths import write_text_atomically
 
     os.makedirs(out_dir, exist_ok=True)
     rows = {title: r.summary() for title, r in results.items()}
@@ -157,15 +160,15 @@ def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dic
     note = (f"\n\n{summary['classes']} classes, {summary['queries']} queries (first row); "
             f"test-time inner loop: {first.inner_steps} step(s), rate {first.inner_lr}. "
             "mIoU = mean over classes of the class's mean query IoU; ± is the 95% confidence interval over classes.\n")
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(text + note)
-    with open(os.path.join(out_dir, "per_class.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "queries", "loss", *METRICS, "setting"])
-        for title, result in results.items():
-            for name, s in result.per_class().items():
-                w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS), title])
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    per_class = io.StringIO()
+    w = csv.writer(per_class)
+    w.writerow(["class", "queries", "loss", *METRICS, "setting"])
+    for title, result in results.items():
+        for name, s in result.per_class().items():
+            w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS), title])
+    # Each file whole or absent: the run being trained (or another evaluate) may write here too.
+    write_text_atomically(os.path.join(out_dir, "table.md"), text + note)
+    write_text_atomically(os.path.join(out_dir, "per_class.csv"), per_class.getvalue())
+    write_text_atomically(os.path.join(out_dir, "summary.json"), json.dumps(rows, indent=1))
     print(text + note)
     return rows

@@ -77,3 +77,16 @@ def problems(checks: dict[str, tuple[str, str | None]]) -> list[str]:
         if problem:
             found.append(f"--{flag} {value}: {problem}")
     return found
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: a reader (or an interrupted
+    writer) never leaves or sees half a file, and two writers leave one whole file."""
+    partial = f"{path}.{os.getpid()}.partial"
+    try:
+        with open(partial, "w", newline="") as f:
+            f.write(text)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)

@@ -10,6 +10,8 @@ import os
 from meta_drn_tf.config import RunConfig
 from meta_drn_tf.errors import ConfigError
 
+RESTORE_ATTEMPTS = 3
+
 
 def meta_config(config: RunConfig):
     """The algorithm settings of a run."""
@@ -55,12 +57,20 @@ def restore_learner(model_dir: str, which: str = "best", **overrides):
 
     config = RunConfig.load(model_dir).replace(**{k: v for k, v in overrides.items() if v is not None})
     directory = os.path.join(model_dir, "best" if which == "best" else "checkpoints")
-    checkpoint = tf.train.latest_checkpoint(directory)
-    if checkpoint is None:
-        raise ConfigError(f"--model_dir {model_dir}: no checkpoint in {directory}")
     learner = build_learner(config)
-    tf.train.Checkpoint(learner=learner).restore(checkpoint).expect_partial()
-    return learner, config
+    # A run still training replaces its checkpoints (keeping the newest few): one deleted between
+    # reading its name and its files is followed by the next newest.
+    for attempt in range(RESTORE_ATTEMPTS):
+        checkpoint = tf.train.latest_checkpoint(directory)
+        if checkpoint is None:
+            raise ConfigError(f"--model_dir {model_dir}: no checkpoint in {directory}")
+        try:
+            tf.train.Checkpoint(learner=learner).restore(checkpoint).expect_partial()
+            return learner, config
+        except tf.errors.NotFoundError:
+            if attempt == RESTORE_ATTEMPTS - 1:
+                raise ConfigError(f"--model_dir {model_dir}: {checkpoint} vanished while it was read (the run "
+                                  "replaced its checkpoints faster than they could be read); try again") from None
 
 
 def split_files(config: RunConfig) -> dict[str, str] | None:

@@ -197,16 +197,26 @@ def export(
         raise ValueError(f"an export's kernels are 'stock' or 'cpu', got {kernels!r}")
     module = serving_module(learner, image_size, width, inner_steps, precision,
                             kernels=kernels, device="any" if kernels == "stock" else "cpu")
-    version = next_version(export_base)
-    final = os.path.join(export_base, str(version))
-    partial = os.path.join(export_base, f".{version}.partial")
+    partial = os.path.join(export_base, f".export.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     # The adaptation's gradients are ops of the signatures' graphs already; the custom gradients'
     # own gradient functions, which a server never runs, would triple the time to save.
     tf.saved_model.save(module, partial, signatures={name: getattr(module, name) for name in SIGNATURES},
                         options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-    os.replace(partial, final)  # TF Serving never sees a half-written version
-    return final
+    return _publish(partial, export_base)
+
+
+def _publish(partial: str, export_base: str) -> str:
+    """Renames a written SavedModel to the next free version: TF Serving never sees a half-written
+    one, and two exports at once take two versions (a rename onto a taken version fails)."""
+    while True:
+        final = os.path.join(export_base, str(next_version(export_base)))
+        try:
+            os.rename(partial, final)
+            return final
+        except OSError:
+            if not os.path.isdir(final):
+                raise
 
 
 def serving_module(
