@@ -1,16 +1,16 @@
 """Stopping training cleanly on SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C).
 
     with StopRequest() as stops:
-        with stops.deferred():
-            ...  # a meta-step: a signal here is recorded; the loop checks `stops.requested`
-        ...      # elsewhere a signal raises StopSignal at once
+        ...  # meta-steps: a signal is recorded; the loop checks `stops.requested` between steps
+        with stops.interruptible():
+            ...  # validation: a signal raises StopSignal at once
 
-While the trainer is inside `deferred()` (a meta-step with its bookkeeping, the
-end of an epoch) a signal is only recorded: the loop finishes the step, saves a
-checkpoint and stops. Outside it (start-up, validation, the final test) the
-handler raises `StopSignal` at once: nothing there changes the training state,
-so the trainer can save what it has and stop without waiting. A second Ctrl-C
-raises KeyboardInterrupt at once, for a user who will not wait for the step.
+A signal is only recorded by default: the training loop finishes the meta-step
+it is in, saves a checkpoint and stops, and no half-done step or save is ever
+cut short. Inside `interruptible()` (start-up, validation, the final test:
+work that changes no training state) the handler raises `StopSignal` at once,
+so the trainer saves what it has without waiting. A second Ctrl-C raises
+KeyboardInterrupt at once, for a user who will not wait for the step.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import threading
 
 
 class StopSignal(BaseException):
-    """Raised by the handler outside `deferred()`.
+    """Raised by the handler inside `interruptible()`.
 
     A BaseException, like KeyboardInterrupt, so that no `except Exception` on the
     way up swallows it.
@@ -44,7 +44,7 @@ class StopRequest:
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
         self.signals = signals
         self.signum: int | None = None
-        self._deferring = 0
+        self._interruptible = 0
         self._previous: dict[int, object] = {}
 
     @property
@@ -69,20 +69,22 @@ class StopRequest:
         self._previous = {}
 
     @contextlib.contextmanager
-    def deferred(self):
-        """Within this block, a signal is only recorded."""
-        self._deferring += 1
+    def interruptible(self):
+        """Within this block a signal (or one recorded before it) raises StopSignal at once."""
+        self._interruptible += 1
         try:
+            if self.signum is not None:
+                raise StopSignal(self.signum)
             yield
         finally:
-            self._deferring -= 1
+            self._interruptible -= 1
 
     def _handle(self, signum: int, frame) -> None:
         del frame
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        if not self._deferring:
+        if self._interruptible:
             raise StopSignal(signum)
         again = " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else ""
         # os.write: print() may be in the middle of a write this handler interrupted.

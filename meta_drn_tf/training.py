@@ -291,24 +291,24 @@ class Trainer:
     def run(self) -> dict:
         """Trains the remaining epochs, then `finish`; returns the final summary (empty on workers).
 
-        A SIGTERM or SIGINT (`self.stops`) ends it at the next meta-step boundary, or at once during
+        A SIGTERM or SIGINT (`self.stops`) ends it after the meta-step in progress, or at once during
         validation, with a checkpoint of where it stands: `errors.Stopped`.
         """
         while int(self.state.epoch) < self.config.epochs:
-            with self.stops.deferred():
-                self.train_epoch()
+            self.train_epoch()
             self._stop_if_requested()
             try:
-                summary = self.validate()
-            except StopSignal:  # validation changes no state: save the trained epoch as it is
+                with self.stops.interruptible():
+                    summary = self.validate()
+            except StopSignal:  # validation changes no state: the trained epoch is saved as it is
                 self._stop_if_requested()
-            with self.stops.deferred():
-                self.end_epoch(summary)
+            self.end_epoch(summary)
             self._stop_if_requested()
         if not self.chief:
             return {}
         try:
-            return self.finish()
+            with self.stops.interruptible():
+                return self.finish()
         except StopSignal as stop:  # the training itself is saved: only the test and export are lost
             raise Stopped(f"{stop}: stopped during the final test and export; the training is complete "
                           f"({self.latest.latest_checkpoint}). Run the same command again to redo them.",
@@ -513,7 +513,8 @@ def train(config: RunConfig) -> dict:
     with contextlib.ExitStack() as resources:
         stops = resources.enter_context(StopRequest())
         try:
-            trainer = Trainer(config, stops, resources)
+            with stops.interruptible():
+                trainer = Trainer(config, stops, resources)
         except StopSignal as stop:
             raise Stopped(f"{stop}: stopped while starting, before any training; nothing to save",
                           stop.signum == signal.SIGTERM) from None

@@ -12,25 +12,26 @@ from meta_drn_tf.runlock import LOCK_FILE, RunLock
 from meta_drn_tf.stopping import StopRequest, StopSignal
 
 
-def test_a_signal_in_a_deferred_block_is_recorded_elsewhere_it_raises():
+def test_a_signal_is_recorded_and_raises_only_where_work_may_be_interrupted():
     previous = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stops:
-        with stops.deferred():
+        with pytest.raises(StopSignal, match="SIGTERM"), stops.interruptible():
             os.kill(os.getpid(), signal.SIGTERM)
-            reached = True  # the handler returned: the step goes on
+    with StopRequest() as stops:
+        os.kill(os.getpid(), signal.SIGTERM)
+        reached = True  # the handler returned: the meta-step goes on
         assert reached and stops.requested and stops.preempted
-        with pytest.raises(StopSignal, match="SIGTERM"):
-            os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(StopSignal, match="SIGTERM"), stops.interruptible():  # recorded before: raises on entry
+            raise AssertionError("the block ran after a stop was requested")
     assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored on exit
 
 
 def test_a_second_ctrl_c_stops_at_once():
     with StopRequest() as stops:
-        with stops.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stops.requested and not stops.preempted
+        with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-            assert stops.requested and not stops.preempted
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_the_lock_admits_one_holder_and_names_it(tmp_path):

@@ -17,6 +17,17 @@ def _synthetic(num_classes: int, seed: int, image_size: int, images_per_class: i
     return synthetic_splits(num_classes, seed, image_size, images_per_class)
 
 
+def _synthetic_splits(splits: tuple[str, ...], dataset: dict[str, ImageBank],
+                      classes_file: str | None) -> dict[str, ImageBank]:
+    banks = dict(dataset)
+    if classes_file or "all" in splits:  # a copy of every class: only when asked for
+        banks["all"] = ImageBank.concatenate([banks[s] for s in ("train", "val", "test")])
+    if classes_file:
+        listed = listed_classes(classes_file, banks["all"].class_names, "the synthetic dataset")
+        return {splits[0]: banks["all"].subset(listed)}
+    return {s: banks[s] for s in splits}
+
+
 def load_split(split: str, data_dir: str | None, image_size: int, **kwargs) -> ImageBank:
     """The classes of one split as an ImageBank; see `load_splits`."""
     return load_splits((split,), data_dir, image_size, **kwargs)[split]
@@ -56,13 +67,8 @@ def load_splits(
             raise DataError(f"the synthetic dataset has {synthetic_images} images a class, fewer than the {min_images} "
                             "an episode needs (its support images and a query); lower --shots or raise "
                             "--synthetic_images")
-        banks = dict(_synthetic(synthetic_classes, seed, image_size, synthetic_images))
-        if classes_file or "all" in splits:  # a copy of every class: only when asked for
-            banks["all"] = ImageBank.concatenate([banks[s] for s in ("train", "val", "test")])
-        if classes_file:
-            listed = listed_classes(classes_file, banks["all"].class_names, "the synthetic dataset")
-            return {splits[0]: banks["all"].subset(listed)}
-        return {s: banks[s] for s in splits}
+        return _synthetic_splits(splits, _synthetic(synthetic_classes, seed, image_size, synthetic_images),
+                                 classes_file)
     available = list(discover_classes(data_dir))
     names = {}
     for split in splits:
