@@ -215,11 +215,18 @@ def _visualize_cases(w):
     ]
 
 
+def _study_cases(w):
+    return [
+        ([f"--out={w['file']}"], USAGE, f"--out={w['file']}: is a file, not a folder"),
+        ([f"--data_dir={w['root']}/nope"], USAGE, "--data_dir"),
+    ]
+
+
 COMMANDS = {
     "meta_drn_tf.train": _train_cases, "meta_drn_tf.evaluate": _evaluate_cases,
     "meta_drn_tf.export": _export_cases, "meta_drn_tf.segment": _segment_cases, "meta_drn_tf.model": _model_cases,
     os.path.join(TOOLS, "make_synthetic.py"): _make_synthetic_cases,
-    os.path.join(TOOLS, "visualize.py"): _visualize_cases,
+    os.path.join(TOOLS, "visualize.py"): _visualize_cases, os.path.join(TOOLS, "study.py"): _study_cases,
 }
 
 

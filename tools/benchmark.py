@@ -72,6 +72,7 @@ flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "torc
 flags.DEFINE_integer("rounds", 1, "With --peer: rounds of (this project, peer) per row; the time ratio's median "
                      "and range close the row.")
 FLAGS = flags.FLAGS
+cli.check_paths(peer="file", peer_script="file")
 
 # A meta-step's FLOPs in forward passes of one image, for q queries (see the module docstring).
 FLOP_MULTIPLE = {"maml": lambda q: 7 + 3 * q, "metasgd": lambda q: 7 + 3 * q, "fomaml": lambda q: 3 + 3 * q,

@@ -26,6 +26,8 @@ import time
 
 from absl import app, flags
 
+from meta_drn_tf import paths
+
 flags.DEFINE_bool("smoke", False, "Tiny sizes on whatever device is there (a CPU in CI): checks the tool itself.")
 flags.DEFINE_string("report", "gpu_check.md", "Where the markdown report goes.")
 flags.DEFINE_float("budget_s", 420.0, "Stop starting benchmark rows after this many seconds (tests included; "
@@ -33,6 +35,8 @@ flags.DEFINE_float("budget_s", 420.0, "Stop starting benchmark rows after this m
 flags.DEFINE_integer("repeats", 3, "Timed meta-steps per row (median), after one warm-up step.")
 flags.DEFINE_bool("tests", True, "Run the GPU tests first.")
 FLAGS = flags.FLAGS
+flags.register_validator("report", lambda path: paths.creatable_file(path) is None,
+                         message="must be a file that can be written (not a folder, not inside a file)")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -27,6 +27,7 @@ from meta_drn_tf import cli  # noqa: E402
 from meta_drn_tf.hardware import describe  # noqa: E402
 
 flags.DEFINE_string("memory_logdir", "runs/profile_memory", "Where the profiler writes its trace.")
+cli.check_paths(memory_logdir="new_folder")
 
 
 def allocations(xplane_path: str) -> tuple[list[tuple], dict[str, str]]:

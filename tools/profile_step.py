@@ -31,6 +31,7 @@ flags.DEFINE_integer("steps", 2, "Profiled meta-steps.")
 flags.DEFINE_string("logdir", "runs/profile", "Where the profiler writes its trace.")
 flags.DEFINE_integer("top", 15, "Rows of the op-type table.")
 FLAGS = flags.FLAGS
+cli.check_paths(logdir="new_folder")
 
 TF_OP = re.compile(r"^[\w./\-]+:_?[A-Z][A-Za-z0-9]*$")  # "resblock3/conv2/conv/Conv2D:Conv2D"
 

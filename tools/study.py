@@ -54,6 +54,7 @@ flags.DEFINE_float("meta_lr", 3e-3, "Meta learning rate β.")
 flags.DEFINE_integer("val_episodes", 40, "Validation episodes per epoch.")
 flags.DEFINE_bool("fresh", False, "Retrain runs that already finished.")
 FLAGS = flags.FLAGS
+cli.check_paths(out="new_folder", data_dir="folder")
 
 
 @dataclasses.dataclass
