@@ -99,26 +99,6 @@ def _weights(model_dir):
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_dtype_map() if k.startswith("learner/")}
 
 
-def test_two_localhost_workers_train_like_one_device(tmp_path):
-    model_dir = str(tmp_path / "mw")
-    procs = _start_workers(model_dir, epochs=1)
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert "on 2 replica(s)" in outputs[0]
-    assert {"checkpoints", "best", "logs", "flags.json"} <= set(os.listdir(model_dir))
-    single = str(tmp_path / "single")
-    cmd = [c.replace("multi_worker", "one_device") for c in _worker_cmd(single, epochs=1)]
-    subprocess.run(cmd, check=True, env=ENV, timeout=300, capture_output=True)
-    a, b = _weights(model_dir), _weights(single)
-    assert a.keys() == b.keys() and a
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
-
-
 def test_a_dead_worker_fails_the_run_instead_of_hanging(tmp_path):
     model_dir = str(tmp_path / "dead")
     procs = _start_workers(model_dir, epochs=200, timeout_s=10)
@@ -145,31 +125,38 @@ def _saved_state(model_dir):
             for name in ("epoch", "global_step") if k.startswith(f"state/{name}/")}
 
 
-def test_sigterm_on_one_worker_stops_every_worker_at_the_same_step_with_a_checkpoint(tmp_path):
-    model_dir = str(tmp_path / "preempted")
-    procs = _start_workers(model_dir, epochs=1000)
+def _finish(procs, timeout):
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [p.returncode for p in procs], outputs
+
+
+def test_two_localhost_workers_preempted_and_resumed_train_like_one_device(tmp_path):
+    model_dir = str(tmp_path / "mw")
+    procs = _start_workers(model_dir, epochs=1000)  # far more than it gets: the signal always comes first
     state = os.path.join(model_dir, "checkpoints", "checkpoint")
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not os.path.exists(state) and procs[0].poll() is None:
-            time.sleep(0.2)
-        assert os.path.exists(state), "no checkpoint before the signal"
-        procs[1].send_signal(signal.SIGTERM)  # the non-chief: PreemptionCheckpointHandler tells the chief
-        outputs = [p.communicate(timeout=180)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [cli.EXIT_PREEMPTED] * 2, outputs[0][-3000:] + outputs[1][-3000:]
-    assert "error: SIGTERM: stopped at epoch" in outputs[0]
-    saved = _saved_state(model_dir)
-    assert saved["global_step"] >= 1
-    # Both workers resume from the chief's checkpoint and finish the epoch after it.
-    procs = _start_workers(model_dir, epochs=saved["epoch"] + 1)
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    deadline = time.time() + 240
+    while time.time() < deadline and not os.path.exists(state) and procs[0].poll() is None:
+        time.sleep(0.2)
+    assert os.path.exists(state), "no checkpoint before the signal"
+    procs[1].send_signal(signal.SIGTERM)  # the non-chief: PreemptionCheckpointHandler tells the chief
+    codes, outputs = _finish(procs, 180)
+    assert codes == [cli.EXIT_PREEMPTED] * 2, outputs[0][-3000:] + outputs[1][-3000:]
+    assert "error: SIGTERM: stopped at epoch" in outputs[0] and "on 2 replica(s)" in outputs[0]
+    epochs = _saved_state(model_dir)["epoch"] + 1
+
+    # Both workers resume from the chief's checkpoint; the result is one device's uninterrupted run.
+    codes, outputs = _finish(_start_workers(model_dir, epochs=epochs), 300)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert all("Resuming" in out for out in outputs)
-    assert _saved_state(model_dir)["epoch"] == saved["epoch"] + 1
+    assert {"checkpoints", "best", "logs", "flags.json"} <= set(os.listdir(model_dir))
+    single = str(tmp_path / "single")
+    cmd = [c.replace("multi_worker", "one_device") for c in _worker_cmd(single, epochs=epochs)]
+    subprocess.run(cmd, check=True, env=ENV, timeout=300, capture_output=True)
+    a, b = _weights(model_dir), _weights(single)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

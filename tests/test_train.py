@@ -161,10 +161,12 @@ def test_kill_9_or_sigterm_and_rerun_end_with_the_same_weights(tmp_path):
     assert said, err[-2000:]
     assert 3 * (int(said[1]) - 1) + int(said[2]) == step
     assert said[3] == os.path.join(stopped, "checkpoints", f"ckpt-{step}")
-    for run in (killed, stopped):
-        resumed = subprocess.run(_command(run), env=env, timeout=300, capture_output=True, text=True)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert "Resuming" in resumed.stdout and "meta-gradient: second order" in resumed.stdout
+    resumes = [subprocess.Popen(_command(run), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for run in (killed, stopped)]
+    for resumed in resumes:
+        out, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err[-2000:]
+        assert "Resuming" in out and "meta-gradient: second order" in out
     assert uninterrupted.wait(timeout=300) == 0
 
     a = _weights(straight)
@@ -179,32 +181,32 @@ def test_kill_9_or_sigterm_and_rerun_end_with_the_same_weights(tmp_path):
 def test_one_writer_per_run_while_evaluate_reads_it(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = str(tmp_path / "run")
-    holder = subprocess.Popen(_command(run, epochs=1000, deterministic=False), env=env, stdout=subprocess.PIPE,
+    plain = dict(algo="fomaml", lslr=False, first_order_epochs=0, deterministic=False)  # quick to trace
+    holder = subprocess.Popen(_command(run, epochs=1000, **plain), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_checkpoint(holder, run, "ckpt-1")
-        second = subprocess.run(_command(run), env=env, timeout=300, capture_output=True, text=True)
-        fresh = subprocess.run(_command(run, fresh=True), env=env, timeout=300, capture_output=True, text=True)
-        # Reading a run in training is safe: evaluate restores a checkpoint and writes its own folder.
-        evaluated = subprocess.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}",
-                                    "--checkpoint=latest", "--episodes=2", "--baseline=false"],
-                                   env=env, timeout=300, capture_output=True, text=True)
+        # A second train and a --fresh one, and evaluate: reading a run in training is safe (it restores
+        # a checkpoint and writes its own folder). (After the holder dies, the kill -9 test resumes.)
+        others = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for args in (_command(run, **plain), _command(run, fresh=True, **plain),
+                               [sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}",
+                                "--checkpoint=latest", "--episodes=2", "--baseline=false"])]
+        (_, second), (_, fresh), (_, evaluated) = (p.communicate(timeout=300) for p in others)
         assert holder.poll() is None, "the holder ended before the others were refused"
     finally:
         holder.send_signal(signal.SIGINT)
         _, err = holder.communicate(timeout=240)
-    for refused in (second, fresh):
-        assert refused.returncode == cli.EXIT_USAGE, refused.stderr[-2000:]
-        line = refused.stderr.strip().splitlines()[-1]
+    for refused, stderr in zip(others[:2], (second, fresh)):
+        assert refused.returncode == cli.EXIT_USAGE, stderr[-2000:]
+        line = stderr.strip().splitlines()[-1]
         assert line.startswith(f"error: --model_dir {run} is being trained by PID {holder.pid} on "), line
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert others[2].returncode == 0, evaluated[-2000:]
     assert os.path.isfile(os.path.join(run, "eval_test", "table.md"))
     # Ctrl-C: the step finished and saved, exit 130; --fresh deleted nothing while the run was held.
     assert holder.returncode == cli.EXIT_INTERRUPTED, err[-2000:]
     assert "error: SIGINT: stopped at epoch" in err and "Run the same command again to resume." in err
-    assert _saved_step(run) >= 1
-    resumed = subprocess.run(_command(run, epochs=1), env=env, timeout=300, capture_output=True, text=True)
-    assert resumed.returncode == 0 and "Resuming" in resumed.stdout, resumed.stderr[-2000:]
+    assert _saved_step(run) >= 1 and os.path.isfile(os.path.join(run, "flags.json"))
 
 
 def test_fresh_keeps_a_folder_that_holds_no_run(tmp_path):
