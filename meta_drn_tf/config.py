@@ -216,9 +216,9 @@ class RunConfig:
     def save(self, model_dir: str) -> None:
         """Writes flags.json (atomically) and flags.txt (reusable as --flagfile) into `model_dir`."""
         os.makedirs(model_dir, exist_ok=True)
-        paths.write_text_atomically(os.path.join(model_dir, FLAGS_FILE),
+        paths.write_atomically(os.path.join(model_dir, FLAGS_FILE),
                                     json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        paths.write_text_atomically(os.path.join(model_dir, "flags.txt"), "".join(
+        paths.write_atomically(os.path.join(model_dir, "flags.txt"), "".join(
             f"--{k}={v}\n" for k, v in sorted(self.to_dict().items()) if v is not None))
 
 

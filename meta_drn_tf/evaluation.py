@@ -151,7 +151,7 @@ def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dic
     import json
     import os
 
-    from meta_drn_tf.paths import write_text_atomically
+    from meta_drn_tf.paths import write_atomically
 
     os.makedirs(out_dir, exist_ok=True)
     rows = {title: r.summary() for title, r in results.items()}
@@ -167,8 +167,8 @@ def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dic
         for name, s in result.per_class().items():
             w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS), title])
     # Each file whole or absent: the run being trained (or another evaluate) may write here too.
-    write_text_atomically(os.path.join(out_dir, "table.md"), text + note)
-    write_text_atomically(os.path.join(out_dir, "per_class.csv"), per_class.getvalue())
-    write_text_atomically(os.path.join(out_dir, "summary.json"), json.dumps(rows, indent=1))
+    write_atomically(os.path.join(out_dir, "table.md"), text + note)
+    write_atomically(os.path.join(out_dir, "per_class.csv"), per_class.getvalue())
+    write_atomically(os.path.join(out_dir, "summary.json"), json.dumps(rows, indent=1))
     print(text + note)
     return rows

@@ -79,13 +79,14 @@ def problems(checks: dict[str, tuple[str, str | None]]) -> list[str]:
     return found
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename: a reader (or an interrupted
-    writer) never leaves or sees half a file, and two writers leave one whole file."""
-    partial = f"{path}.{os.getpid()}.partial"
+def write_atomically(path: str, data: str | bytes) -> None:
+    """Writes `data` (text as UTF-8) to `path` through a temporary file and a rename: a reader (or an
+    interrupted writer) never leaves or sees half a file, and two writers leave one whole file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
     try:
-        with open(partial, "w", newline="") as f:
-            f.write(text)
+        with open(partial, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):

@@ -175,7 +175,14 @@ def tensorboard_tag(metric: str) -> str:
 
 # ----- the trainer ---------------------------------------------------------------------------
 class Trainer:
-    """Meta-trains, validates, checkpoints and finally tests and exports one run."""
+    """Meta-trains, validates, checkpoints and finally tests and exports one run (`train` makes one).
+
+    Args:
+        config: the run.
+        stops: the signal handlers in force; the loop stops cleanly when they record a signal.
+        resources: where the trainer registers what must be released when training ends, however
+            it ends: the run directory's lock, a worker's scratch folders.
+    """
 
     def __init__(self, config: RunConfig, stops: StopRequest, resources: contextlib.ExitStack):
         self.config = config

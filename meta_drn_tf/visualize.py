@@ -7,10 +7,10 @@ The same drawing feeds the TensorBoard image grid of `train.py` and
 
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
+
+from meta_drn_tf.paths import write_atomically
 
 GREEN = (0, 200, 0)
 RED = (230, 0, 0)
@@ -99,14 +99,7 @@ def save_png(path: str, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: cannot encode the PNG")
-    folder, name = os.path.split(os.path.abspath(path))
-    partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
-    try:
-        data.tofile(partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    write_atomically(path, data.tobytes())
 
 
 def side_by_side(tiles: list[np.ndarray]) -> np.ndarray:
