@@ -65,6 +65,10 @@ def test_train_lists_every_bad_file_then_skip_bad_files_trains_on_the_rest(damag
     (errors.ConfigError("--model_dir x: no training run there"), cli.EXIT_USAGE),
     (FileNotFoundError(2, "No such file or directory", "x.txt"), cli.EXIT_USAGE),
     (KeyboardInterrupt(), cli.EXIT_INTERRUPTED),
+    (errors.Stopped("SIGTERM: stopped at epoch 2, step 14 of 25, and saved ckpt-39", preempted=True),
+     cli.EXIT_PREEMPTED),
+    (errors.Stopped("SIGINT: stopped at epoch 2, step 14 of 25, and saved ckpt-39", preempted=False),
+     cli.EXIT_INTERRUPTED),
 ])
 def test_user_errors_become_one_line_and_their_exit_code(error, code, capsys):
     def main(argv):
