@@ -118,40 +118,25 @@ PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 def line_chart(series: dict[str, tuple[list[float], list[float]]], title: str, x_label: str, y_label: str,
                size: tuple[int, int] = (520, 820)) -> np.ndarray:
-    """A plot of named (x, y) curves with axes, ticks and a legend, as an RGB uint8 image `size` (H, W)."""
-    height, width = size
-    image = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 70, 170, 40, 50
-    xs = [x for x, _ in series.values() for x in x] or [0.0, 1.0]
-    ys = [y for _, y in series.values() for y in y] or [0.0, 1.0]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1e-9)
-    y0, y1 = min(0.0, min(ys)), max(max(ys), 1e-9) * 1.05
+    """A plot of named (x, y) curves with axes, ticks and a legend, as an RGB uint8 image `size` (H, W).
 
-    def point(x, y):
-        return (int(left + (x - x0) / (x1 - x0) * (width - left - right)),
-                int(height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)))
+    Drawn by matplotlib (its Agg canvas: no display, no pyplot state), which picks readable ticks.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    font, black, grey = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0), (215, 215, 215)
-    for i in range(6):  # horizontal grid lines with y ticks
-        y = y0 + (y1 - y0) * i / 5
-        p = point(x0, y)
-        cv2.line(image, p, point(x1, y), grey, 1)
-        cv2.putText(image, f"{y:.2f}", (8, p[1] + 4), font, 0.4, black, 1, cv2.LINE_AA)
-    for i in range(6):
-        x = x0 + (x1 - x0) * i / 5
-        p = point(x, y0)
-        cv2.putText(image, f"{x:.0f}", (p[0] - 12, p[1] + 18), font, 0.4, black, 1, cv2.LINE_AA)
-    cv2.rectangle(image, point(x0, y1), point(x1, y0), black, 1)
-    cv2.putText(image, title, (left, 25), font, 0.55, black, 1, cv2.LINE_AA)
-    cv2.putText(image, x_label, (width // 2 - 40, height - 12), font, 0.45, black, 1, cv2.LINE_AA)
-    cv2.putText(image, y_label, (left + 5, top + 15), font, 0.45, black, 1, cv2.LINE_AA)
+    dpi = 100
+    figure = Figure(figsize=(size[1] / dpi, size[0] / dpi), dpi=dpi, layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
     for n, (name, (x, y)) in enumerate(series.items()):
-        colour = PALETTE[n % len(PALETTE)]
-        points = np.array([point(a, b) for a, b in zip(x, y)], np.int32)
-        cv2.polylines(image, [points], False, colour, 2, cv2.LINE_AA)
-        for p in points:
-            cv2.circle(image, tuple(int(v) for v in p), 3, colour, -1, cv2.LINE_AA)
-        legend_y = top + 20 + 22 * n
-        cv2.line(image, (width - right + 12, legend_y - 4), (width - right + 36, legend_y - 4), colour, 3)
-        cv2.putText(image, name, (width - right + 42, legend_y), font, 0.45, black, 1, cv2.LINE_AA)
-    return image
+        axes.plot(x, y, color=np.array(PALETTE[n % len(PALETTE)]) / 255, linewidth=2, marker="o", markersize=3,
+                  label=name)
+    axes.set_title(title)
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.grid(True, color="0.85")
+    if series:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
