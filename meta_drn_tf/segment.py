@@ -129,11 +129,10 @@ def refuse_overwriting_inputs(inputs: list[str], outputs: list[list[str]]) -> No
 
 def unreadable(paths: list[str]) -> dict[int, str]:
     """{index: why} of the images that cannot be decoded, checked in parallel with a progress bar."""
-    import concurrent.futures
-
     import cv2
-    import keras
     import numpy as np
+
+    from meta_drn_tf.data.fss1000 import decode_all
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # each bad file is reported below, once
 
@@ -145,15 +144,8 @@ def unreadable(paths: list[str]) -> dict[int, str]:
             return f"{path}: cannot be decoded as an image (missing, corrupt or not an image file)"
         return None
 
-    bar = keras.utils.Progbar(len(paths), unit_name="image") if len(paths) > 1 else None
-    found = {}
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for i, why in enumerate(pool.map(problem, paths)):
-            if why:
-                found[i] = why
-            if bar:
-                bar.update(i + 1)
-    return found
+    problems = decode_all(problem, paths, f"Checking {len(paths)} image(s)", progress=len(paths) > 1)
+    return {i: why for i, why in enumerate(problems) if why}
 
 
 def _usable_images(paths: list[str], outputs: list[list[str]]) -> tuple[list[int], int, list[str]]:
@@ -163,7 +155,8 @@ def _usable_images(paths: list[str], outputs: list[list[str]]) -> tuple[list[int
 
     todo = [i for i in range(len(paths)) if not (FLAGS.skip_existing and all(map(os.path.isfile, outputs[i])))]
     existing = len(paths) - len(todo)
-    print(f"Checking {len(todo)} image(s)" + (f" ({existing} already segmented)" if existing else ""))
+    if existing:
+        print(f"{existing} image(s) already segmented (--skip_existing)")
     bad = {todo[i]: why for i, why in unreadable([paths[i] for i in todo]).items()}
     if bad and not FLAGS.skip_bad_files:
         raise DataError(problem_list(f"--images: {len(bad)} image(s) cannot be read (fix or remove them, or pass "

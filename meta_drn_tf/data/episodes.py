@@ -36,6 +36,17 @@ class BankTensors:
             self.nonempty = tf.constant(bank.nonempty)
 
 
+def _task_slots(u: tf.Tensor, padding: tf.Tensor, empty: tf.Tensor, shots: int, queries: int) -> tf.Tensor:
+    """The image slots of a task's class: `shots` supports then `queries` queries, in the random order
+    `u` (uniform in [0, 1) per slot) with the class's padding slots last and, for the supports, empty
+    masks after the non-empty ones; a query is never one of the supports."""
+    slots = tf.range(tf.size(u))
+    support = tf.argsort(u + 4.0 * tf.cast(padding, tf.float32) + 2.0 * tf.cast(empty, tf.float32))[:shots]
+    taken = tf.reduce_any(slots[:, None] == support[None, :], axis=1)
+    query = tf.argsort(u + 4.0 * tf.cast(padding, tf.float32) + 8.0 * tf.cast(taken, tf.float32))[:queries]
+    return tf.concat([support, query], 0)
+
+
 def training_tasks(
     bank: ImageBank | BankTensors,
     shots: int = 1,
@@ -78,12 +89,7 @@ def training_tasks(
         keys = tf.random.experimental.stateless_split(key, 3)
         c = tf.gather(eligible, tf.random.stateless_uniform([], keys[0], 0, tf.size(eligible), tf.int32))
         u = tf.random.stateless_uniform([n_max], keys[1])
-        padding = 4.0 * tf.cast(slots >= tensors.counts[c], tf.float32)
-        empty = 2.0 * tf.cast(~tensors.nonempty[c], tf.float32)
-        support = tf.argsort(u + padding + empty)[:shots]
-        taken = tf.reduce_any(slots[:, None] == support[None, :], axis=1)
-        query = tf.argsort(u + padding + 8.0 * tf.cast(taken, tf.float32))[:queries]
-        index = tf.concat([support, query], 0)
+        index = _task_slots(u, slots >= tensors.counts[c], ~tensors.nonempty[c], shots, queries)
         images = tf.cast(tf.gather(tensors.images[c], index), tf.float32) / 255.0
         masks = tf.cast(tf.gather(tensors.masks[c], index), tf.float32)[..., None]
         if augment:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+from collections.abc import Callable
 from importlib import resources
 
 import cv2
@@ -215,13 +216,8 @@ def load_bank(
         except DataError as e:
             return e
 
-    bar = _progress(len(paths), f"Decoding {len(classes)} classes from {root}") if progress else None
-    decoded = {}
-    with concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
-        for path, result in zip(paths, pool.map(decode, paths)):
-            decoded[path] = result
-            if bar is not None:
-                bar.add(1)
+    decoded = dict(zip(paths, decode_all(decode, paths, f"Decoding {len(classes)} classes from {root}", progress,
+                                         num_workers)))
     bad = [str(r) for r in decoded.values() if isinstance(r, DataError)]
     if bad and not skip_bad_files:
         raise DataError(bad_files_message(root, bad, "fix or remove them, or pass --skip_bad_files to use the rest"))
@@ -244,6 +240,20 @@ def load_bank(
     if not names:
         raise DataError(f"--data_dir {root}: no class has at least {min_images} usable images")
     return ImageBank.from_lists(names, images, masks)
+
+
+def decode_all(decode: Callable[[str], object], paths: list[str], title: str, progress: bool = True,
+               num_workers: int | None = None) -> list:
+    """`decode(path)` of every path in order, in threads (OpenCV's decoders release the GIL), with a
+    progress bar under `title` when `progress`."""
+    bar = _progress(len(paths), title) if progress else None
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
+        for result in pool.map(decode, paths):
+            results.append(result)
+            if bar is not None:
+                bar.add(1)
+    return results
 
 
 def bad_files_message(root: str, problems: list[str], action: str) -> str:
