@@ -74,15 +74,63 @@ def _statistics(x: tf.Tensor, epsilon: float) -> tuple[tf.Tensor, tf.Tensor]:
     return mean, tf.math.rsqrt(variance + epsilon)
 
 
+def _activation_gradient(dy: tf.Tensor, y: tf.Tensor, leaky_slope: float | None) -> tf.Tensor:
+    if leaky_slope is None:
+        return dy
+    # The activation's output has its input's sign (slope > 0), so it can stand for it;
+    # the sign is constant almost everywhere, so y needs no gradient.
+    return tf.raw_ops.LeakyReluGrad(gradients=dy, features=y, alpha=leaky_slope)
+
+
+def _gradient_terms(dy_out, x, y, gamma, after, epsilon: float, leaky_slope: float | None) -> tuple:
+    """What the norm's gradient is made of, from the inputs alone: the second-order terms recompute
+    it so that they too are exact to every order (Grappler merges the repeated ops). Inputs
+    narrower than the statistics are cast to it once `after` exists, for the full-size
+    terms: ops of their own, which Grappler cannot merge with the forward pass's casts
+    (whose results would then be kept until here); the statistics are the forward pass's."""
+    mean, inv_std = _statistics(tf.cast(x, gamma.dtype), epsilon)
+    with tf.control_dependencies([after] if x.dtype != gamma.dtype else []):
+        dy_out, x, y_ = (tf.cast(t, gamma.dtype) for t in (dy_out, x, y))
+    dy = _activation_gradient(dy_out, y_, leaky_slope)
+    pixels = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
+    # dx = gamma r (dy - mean(dy) - x_hat mean(dy x_hat)) with x_hat = r (x - mean), expanded
+    # into dy * a + x * b + c with per-image, per-channel a, b, c.
+    sum_dy = tf.reduce_sum(dy, axis=[1, 2], keepdims=True)
+    centred_sum = tf.reduce_sum(dy * x, axis=[1, 2], keepdims=True) - mean * sum_dy
+    sum_dy_x_hat = inv_std * centred_sum
+    a = gamma * inv_std
+    b = -a * inv_std * sum_dy_x_hat / pixels
+    c = a * (inv_std * mean * sum_dy_x_hat - sum_dy) / pixels
+    return dy, x, y_, mean, inv_std, pixels, sum_dy, centred_sum, sum_dy_x_hat, a, b, c
+
+
+def _second_order_gradients(g_dx, g_dgamma, g_dbeta, terms: tuple, gamma, leaky_slope: float | None, dtype):
+    """The cotangents of (dy_out, x, gamma) from those of the gradient (dx, dgamma, dbeta): reverse
+    mode through `_gradient_terms`' lines, per image and channel, then two full-size outputs. Every
+    full-size op reads g_dx, so none runs before it exists (autodiff's broadcasts of the small terms
+    would all be made, and kept, at once)."""
+    dy, x_, y_, mean, inv_std, pixels, sum_dy, centred_sum, sum_dy_x_hat, a, b, _ = terms
+    g_dx = tf.cast(g_dx, gamma.dtype)
+    # g_<name>: the cotangent of <name>; a, b, c first, then what they are made of.
+    g_a = tf.reduce_sum(g_dx * dy, axis=[1, 2], keepdims=True)
+    g_b = tf.reduce_sum(g_dx * x_, axis=[1, 2], keepdims=True)
+    g_c = tf.reduce_sum(g_dx, axis=[1, 2], keepdims=True)
+    g_a += (-g_b * inv_std * sum_dy_x_hat + g_c * (inv_std * mean * sum_dy_x_hat - sum_dy)) / pixels
+    g_sum_dy_x_hat = g_dgamma + a * inv_std * (g_c * mean - g_b) / pixels
+    g_sum_dy = g_dbeta - g_c * a / pixels - g_sum_dy_x_hat * inv_std * mean
+    g_sum_dy_x = g_sum_dy_x_hat * inv_std
+    g_mean = g_c * a * inv_std * sum_dy_x_hat / pixels - g_sum_dy_x_hat * inv_std * sum_dy
+    g_inv_std = (a * sum_dy_x_hat * (g_c * mean - g_b) / pixels + g_a * gamma
+                 + g_sum_dy_x_hat * centred_sum)
+    g_variance = -0.5 * inv_std**3 * g_inv_std
+    g_dy = _activation_gradient(g_dx * a + (x_ * g_sum_dy_x + g_sum_dy), y_, leaky_slope)
+    g_x = g_dx * b + (dy * g_sum_dy_x + (x_ * (2.0 * g_variance / pixels)
+                                         + (g_mean - 2.0 * g_variance * mean) / pixels))
+    return tf.cast(g_dy, dtype), tf.cast(g_x, dtype), tf.reduce_sum(g_a * inv_std, axis=[0, 1, 2])
+
+
 @functools.cache
 def _norm_with_closed_form_gradient(epsilon: float, leaky_slope: float | None):
-    def activation_gradient(dy, y):
-        if leaky_slope is None:
-            return dy
-        # The activation's output has its input's sign (slope > 0), so it can stand for it;
-        # the sign is constant almost everywhere, so y needs no gradient.
-        return tf.raw_ops.LeakyReluGrad(gradients=dy, features=y, alpha=leaky_slope)
-
     @tf.custom_gradient
     def norm(x, gamma, beta):
         x_in_stats_dtype = tf.cast(x, gamma.dtype)
@@ -93,58 +141,18 @@ def _norm_with_closed_form_gradient(epsilon: float, leaky_slope: float | None):
             y = tf.nn.leaky_relu(y, leaky_slope)
         y = tf.cast(y, x.dtype)
 
-        def terms(dy_out, x, gamma, after):
-            """What the gradient is made of, from the inputs alone: the second-order terms recompute
-            it so that they too are exact to every order (Grappler merges the repeated ops). Inputs
-            narrower than the statistics are cast to it once `after` exists, for the full-size
-            terms: ops of their own, which Grappler cannot merge with the forward pass's casts
-            (whose results would then be kept until here); the statistics are the forward pass's."""
-            mean, inv_std = _statistics(tf.cast(x, gamma.dtype), epsilon)
-            with tf.control_dependencies([after] if x.dtype != gamma.dtype else []):
-                dy_out, x, y_ = (tf.cast(t, gamma.dtype) for t in (dy_out, x, y))
-            dy = activation_gradient(dy_out, y_)
-            pixels = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
-            # dx = gamma r (dy - mean(dy) - x_hat mean(dy x_hat)) with x_hat = r (x - mean), expanded
-            # into dy * a + x * b + c with per-image, per-channel a, b, c.
-            sum_dy = tf.reduce_sum(dy, axis=[1, 2], keepdims=True)
-            centred_sum = tf.reduce_sum(dy * x, axis=[1, 2], keepdims=True) - mean * sum_dy
-            sum_dy_x_hat = inv_std * centred_sum
-            a = gamma * inv_std
-            b = -a * inv_std * sum_dy_x_hat / pixels
-            c = a * (inv_std * mean * sum_dy_x_hat - sum_dy) / pixels
-            return dy, x, y_, mean, inv_std, pixels, sum_dy, centred_sum, sum_dy_x_hat, a, b, c
-
         @tf.custom_gradient
         def backward(dy_out, x, gamma):
             """(dx, dgamma, dbeta) from the output's gradient `dy_out`, with its own closed-form
             gradient (the second-order terms of MAML and Meta-SGD)."""
-            dy, x_, _, _, _, _, sum_dy, _, sum_dy_x_hat, a, b, c = terms(dy_out, x, gamma, after=dy_out)
+            dy, x_, _, _, _, _, sum_dy, _, sum_dy_x_hat, a, b, c = _gradient_terms(
+                dy_out, x, y, gamma, dy_out, epsilon, leaky_slope)
             dx = tf.cast(dy * a + (x_ * b + c), x.dtype)
             gradients = dx, tf.reduce_sum(sum_dy_x_hat, axis=[0, 1, 2]), tf.reduce_sum(sum_dy, axis=[0, 1, 2])
 
             def second_order(g_dx, g_dgamma, g_dbeta):
-                # Reverse mode through the lines above, per image and channel, then two full-size
-                # outputs: every full-size op reads g_dx, so none runs before it exists (autodiff's
-                # broadcasts of the small terms would all be made, and kept, at once).
-                dy, x_, y_, mean, inv_std, pixels, sum_dy, centred_sum, sum_dy_x_hat, a, b, _ = terms(
-                    dy_out, x, gamma, after=g_dx)
-                g_dx = tf.cast(g_dx, gamma.dtype)
-                # g_<name>: the cotangent of <name>; a, b, c first, then what they are made of.
-                g_a = tf.reduce_sum(g_dx * dy, axis=[1, 2], keepdims=True)
-                g_b = tf.reduce_sum(g_dx * x_, axis=[1, 2], keepdims=True)
-                g_c = tf.reduce_sum(g_dx, axis=[1, 2], keepdims=True)
-                g_a += (-g_b * inv_std * sum_dy_x_hat + g_c * (inv_std * mean * sum_dy_x_hat - sum_dy)) / pixels
-                g_sum_dy_x_hat = g_dgamma + a * inv_std * (g_c * mean - g_b) / pixels
-                g_sum_dy = g_dbeta - g_c * a / pixels - g_sum_dy_x_hat * inv_std * mean
-                g_sum_dy_x = g_sum_dy_x_hat * inv_std
-                g_mean = g_c * a * inv_std * sum_dy_x_hat / pixels - g_sum_dy_x_hat * inv_std * sum_dy
-                g_inv_std = (a * sum_dy_x_hat * (g_c * mean - g_b) / pixels + g_a * gamma
-                             + g_sum_dy_x_hat * centred_sum)
-                g_variance = -0.5 * inv_std**3 * g_inv_std
-                g_dy = activation_gradient(g_dx * a + (x_ * g_sum_dy_x + g_sum_dy), y_)
-                g_x = g_dx * b + (dy * g_sum_dy_x + (x_ * (2.0 * g_variance / pixels)
-                                                     + (g_mean - 2.0 * g_variance * mean) / pixels))
-                return tf.cast(g_dy, x.dtype), tf.cast(g_x, x.dtype), tf.reduce_sum(g_a * inv_std, axis=[0, 1, 2])
+                terms = _gradient_terms(dy_out, x, y, gamma, g_dx, epsilon, leaky_slope)
+                return _second_order_gradients(g_dx, g_dgamma, g_dbeta, terms, gamma, leaky_slope, x.dtype)
 
             return gradients, second_order
 
