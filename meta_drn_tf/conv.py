@@ -62,29 +62,45 @@ def _flip(kernel: tf.Tensor) -> tf.Tensor:
     return tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
 
 
+def _convolve(x: tf.Tensor, kernel: tf.Tensor, dilation: int, policy: KernelPolicy, flipped: bool = False):
+    """conv(x, kernel), or with `flipped` conv(x, _flip(kernel)), forward only, in `policy`'s CPU forms."""
+    # The flipped kernel's channel product is the kernel's: the same test for both.
+    if winograd_applies(x.shape, kernel.shape, dilation, x.dtype, policy.winograd_min_channel_product):
+        return _winograd_conv(x, kernel, dilation, flipped)
+    if flipped:
+        # Not before x exists: the kernels are there from the start of a step, and every
+        # layer's flipped copy would be made then and kept until the backward pass reaches it.
+        with tf.control_dependencies([x]):
+            kernel = _flip(kernel)
+    # Dilated in one op: tf.nn.convolution goes through space-to-batch for dilations (for its
+    # own gradient), slower on CPUs (docs/performance.md).
+    return tf.raw_ops.Conv2D(input=x, filter=kernel, strides=[1, 1, 1, 1], padding="SAME",
+                             dilations=[1, dilation, dilation, 1])
+
+
+def _kernel_gradient_value(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation: int, policy: KernelPolicy):
+    """d<conv(x, kernel), dy>/d kernel, first order only, in the fastest form `policy` allows here."""
+    if winograd_applies(x.shape, kernel_shape, dilation, x.dtype, policy.winograd_min_channel_product):
+        return _winograd_kernel_gradient(x, dy, dilation)
+    if kernel_gradient_by_taps(x.shape, kernel_shape, policy.min_tap_flops):
+        return _kernel_gradient_by_taps(x, dy, kernel_shape, dilation)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        placeholder = tf.zeros(kernel_shape, x.dtype)
+        tape.watch(placeholder)
+        # Only its gradient graph is used (pruned in tf.function): TensorFlow's, through
+        # space-to-batch where dilated (its CPU kernel gradient takes no dilations).
+        y = tf.nn.convolution(x, placeholder, padding="SAME", dilations=dilation)
+    return tape.gradient(y, placeholder, output_gradients=dy)
+
+
 @functools.cache
 def _convolutions(dilation: int, policy: KernelPolicy):
     """conv(x, kernel) with its gradients of every order, for one dilation, in `policy`'s CPU forms:
     its first-order functions use Winograd's F(2x2, 3x3) where `winograd_applies`."""
 
-    def convolve(x, kernel, flipped=False):
-        """conv(x, kernel), or with `flipped` conv(x, _flip(kernel)), forward only."""
-        # The flipped kernel's channel product is the kernel's: the same test for both.
-        if winograd_applies(x.shape, kernel.shape, dilation, x.dtype, policy.winograd_min_channel_product):
-            return _winograd_conv(x, kernel, dilation, flipped)
-        if flipped:
-            # Not before x exists: the kernels are there from the start of a step, and every
-            # layer's flipped copy would be made then and kept until the backward pass reaches it.
-            with tf.control_dependencies([x]):
-                kernel = _flip(kernel)
-        # Dilated in one op: tf.nn.convolution goes through space-to-batch for dilations (for its
-        # own gradient), slower on CPUs (docs/performance.md).
-        return tf.raw_ops.Conv2D(input=x, filter=kernel, strides=[1, 1, 1, 1], padding="SAME",
-                                 dilations=[1, dilation, dilation, 1])
-
     @tf.custom_gradient
     def conv(x, kernel):
-        return convolve(x, kernel), lambda dy: backward(x, dy, kernel)
+        return _convolve(x, kernel, dilation, policy), lambda dy: backward(x, dy, kernel)
 
     @tf.custom_gradient
     def backward(x, dy, kernel):
@@ -114,7 +130,7 @@ def _convolutions(dilation: int, policy: KernelPolicy):
         def grad(dy):
             return conv(dy, kernel), flipped_kernel_gradient(x, dy, kernel.shape)
 
-        return convolve(x, kernel, flipped=True), grad
+        return _convolve(x, kernel, dilation, policy, flipped=True), grad
 
     def flipped_kernel_gradient(x, dy, kernel_shape):
         """d<conv(x, _flip(kernel)), dy>/d kernel, which is kernel_gradient(dy, x): both are
@@ -128,20 +144,9 @@ def _convolutions(dilation: int, policy: KernelPolicy):
 
         @tf.custom_gradient
         def gradient(x, dy):
-            if winograd_applies(x.shape, kernel_shape, dilation, x.dtype, policy.winograd_min_channel_product):
-                value = _winograd_kernel_gradient(x, dy, dilation)
-            elif kernel_gradient_by_taps(x.shape, kernel_shape, policy.min_tap_flops):
-                value = _kernel_gradient_by_taps(x, dy, kernel_shape, dilation)
-            else:
-                with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    placeholder = tf.zeros(kernel_shape, x.dtype)
-                    tape.watch(placeholder)
-                    # Only its gradient graph is used (pruned in tf.function): TensorFlow's, through
-                    # space-to-batch where dilated (its CPU kernel gradient takes no dilations).
-                    y = tf.nn.convolution(x, placeholder, padding="SAME", dilations=dilation)
-                value = tape.gradient(y, placeholder, output_gradients=dy)
             # <dK, g> = <conv(x, g), dy>: its gradients are two forward convolutions.
-            return value, lambda g: (conv_flipped(dy, g), conv(x, g))
+            return _kernel_gradient_value(x, dy, kernel_shape, dilation, policy), \
+                lambda g: (conv_flipped(dy, g), conv(x, g))
 
         return gradient(x, dy)
 
