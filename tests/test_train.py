@@ -139,11 +139,12 @@ def _wait_for_checkpoint(proc, model_dir, name):
 def test_kill_9_or_sigterm_and_rerun_end_with_the_same_weights(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     straight, killed, stopped = (str(tmp_path / n) for n in ("straight", "killed", "stopped"))
-    # All at once (op determinism makes the load irrelevant to the results). The SIGTERM'd run is given
-    # far more epochs, so that it cannot end before the signal; it resumes with the others' 2.
+    # All at once (op determinism makes the load irrelevant to the results). The killed and SIGTERM'd runs
+    # are given far more epochs, so that they cannot end before the signal; they resume with the others' 2.
     uninterrupted = subprocess.Popen(_command(straight), env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-    proc = subprocess.Popen(_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_command(killed, epochs=1000), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     terminated = subprocess.Popen(_command(stopped, epochs=1000), env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(terminated, stopped, "ckpt-1")
@@ -151,6 +152,7 @@ def test_kill_9_or_sigterm_and_rerun_end_with_the_same_weights(tmp_path):
     _wait_for_checkpoint(proc, killed, "ckpt-2")  # mid-epoch 1
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert _saved_step(killed) < 6, "the killed run got past the 2 epochs it resumes to"
     _, err = terminated.communicate(timeout=240)
     assert terminated.returncode == cli.EXIT_PREEMPTED, err[-2000:]
     # It finished the step it was in, saved it, and said so in one line.
