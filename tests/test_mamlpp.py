@@ -10,6 +10,7 @@ from meta_drn_tf import serving
 from meta_drn_tf.config import RunConfig
 from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.meta import MetaConfig, MetaLearner, Phase, multi_step_loss_weights
+from meta_drn_tf.meta.maml import query_objective
 from meta_drn_tf.model import build_meta_drn
 
 
@@ -60,7 +61,7 @@ def test_multi_step_objective_is_the_weighted_query_losses_after_each_step():
     learner = _learner(steps=3, lslr=True, per_step_norm=True, multi_step_loss_epochs=2)
     _scramble_extras(learner, seed=1)
     task, weights = _task(), tf.constant([0.2, 0.3, 0.5], tf.float64)
-    objective, final = learner.query_objective(task, Phase(True, True), weights)
+    objective, final = query_objective(learner, task, Phase(True, True), weights)
     after = [float(learner.loss(learner.adapt(task["support_images"], task["support_masks"], inner_steps=s),
                                 task["query_images"], task["query_masks"])) for s in (1, 2, 3)]
     assert float(final) == pytest.approx(after[-1], rel=1e-12)

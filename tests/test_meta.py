@@ -8,6 +8,7 @@ from conftest import tiny_segmenter
 
 from meta_drn_tf.data.episodes import meta_batches, training_tasks
 from meta_drn_tf.meta import MetaConfig, MetaLearner, Phase
+from meta_drn_tf.meta.maml import query_objective
 from meta_drn_tf.model import build_meta_drn
 
 SIZE = 16
@@ -35,7 +36,7 @@ def _directional_fd(learner, direction, task=None, phase=None, loss_weights=None
     def objective(sign):
         for v, s, d in zip(learner.meta_variables, saved, direction):
             v.assign(s + sign * eps * d.numpy())
-        return float(learner.query_objective(task, phase, loss_weights)[0])
+        return float(query_objective(learner, task, phase, loss_weights)[0])
 
     plus, minus = objective(1), objective(-1)
     for v, s in zip(learner.meta_variables, saved):
@@ -318,3 +319,20 @@ def test_a_batch_with_a_task_count_uses_only_its_real_tasks(tiny_bank):
         results.append([v.numpy() for v in learner.meta_variables])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_an_algorithm_in_one_file_registers_and_meta_trains(tiny_bank):
+    import toy_algorithm  # registers "joint": the extension recipe of meta/algorithm.py
+
+    from meta_drn_tf.meta import register, registered
+
+    assert "joint" in registered() and {"maml", "fomaml", "metasgd", "reptile"} <= set(registered())
+    keras.utils.set_random_seed(0)
+    learner = MetaLearner(tiny_segmenter(32), MetaConfig("joint", inner_lr=0.1, meta_lr=3e-2))
+    before = [v.numpy() for v in learner.meta_variables]
+    batches = meta_batches(training_tasks(tiny_bank, shots=1, queries=2, seed=0, augment=False), 4)
+    losses = [float(learner.meta_train_step(batch)["loss"]) for batch in batches.take(25)]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses  # it learns
+    assert all(not np.array_equal(a, v.numpy()) for a, v in zip(before, learner.meta_variables))
+    with pytest.raises(ValueError, match="registered already"):
+        register("joint")(type("Other", (toy_algorithm.JointTraining,), {}))

@@ -41,8 +41,8 @@ import tensorflow as tf
 
 from meta_drn_tf import hardware, kernels
 from meta_drn_tf.config import ADAPT_LAYERS, algorithm_problems
-from meta_drn_tf.meta import algorithms
 from meta_drn_tf.meta.adamw import FusedAdamW
+from meta_drn_tf.meta.algorithm import Phase, algorithm_class
 from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, full_precision, soft_iou
 from meta_drn_tf.model import group_of
 
@@ -100,8 +100,7 @@ class MetaConfig:
     parallel_tasks: int | None = None
 
     def __post_init__(self):
-        if self.algorithm not in algorithms.ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {sorted(algorithms.ALGORITHMS)}, got {self.algorithm!r}")
+        algorithm = algorithm_class(self.algorithm)  # a ValueError naming the registered ones
         if self.precision not in PRECISION_POLICIES:
             raise ValueError(f"precision must be one of {sorted(PRECISION_POLICIES)}, got {self.precision!r}")
         if self.adapt_layers not in ADAPT_LAYERS:
@@ -111,7 +110,7 @@ class MetaConfig:
         if self.parallel_tasks is not None and self.parallel_tasks < 1:
             raise ValueError(f"parallel_tasks must be >= 1 (or None: auto), got {self.parallel_tasks}")
         if self.inner_steps is None:
-            object.__setattr__(self, "inner_steps", algorithms.ALGORITHMS[self.algorithm].default_inner_steps)
+            object.__setattr__(self, "inner_steps", algorithm.default_inner_steps)
         if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
         problems = list(algorithm_problems(self.algorithm, self.lslr, self.multi_step_loss_epochs,
@@ -123,14 +122,6 @@ class MetaConfig:
     @property
     def dtype_policy(self) -> str:
         return PRECISION_POLICIES[self.precision]
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """What a meta-step computes at a point of training. A Python value: one trace per phase."""
-
-    second_order: bool
-    multi_step_loss: bool
 
 
 def multi_step_loss_weights(epoch: tf.Tensor | float, steps: int, anneal_epochs: int) -> tf.Tensor:
@@ -199,7 +190,7 @@ class Adapter(tf.Module):
         self._kernel_tuning = kernel_tuning
         # Read once, where the learner is made, not while its functions are traced.
         self._onednn = self.device == "cpu" and hardware.onednn_kernels() == "on"
-        self.algorithm = algorithms.ALGORITHMS[config.algorithm]()
+        self.algorithm = algorithm_class(config.algorithm)()
         weights = model.trainable_variables
         self.adapted = adapted_indices(model, config)
         adapted = [weights[i] for i in self.adapted]
@@ -418,31 +409,6 @@ class Adapter(tf.Module):
         )
         count = tf.cast(queries, weights[0].dtype)
         return [g / tf.cast(count, g.dtype) for g in grads], loss / count
-
-    def query_objective(self, task, phase: Phase, loss_weights: tf.Tensor | None = None):
-        """The meta-objective of one task: the query loss after adapting to its support.
-
-        With `phase.multi_step_loss`, the `loss_weights`-weighted sum of the
-        query losses after every inner step (MAML++). Returns (objective,
-        final query loss).
-        """
-        theta = self.initial_weights()
-        query_losses = []
-
-        def score_query(step, fast):
-            if phase.multi_step_loss:
-                query_losses.append(self.loss(self.weights_at(theta, fast, step), task["query_images"],
-                                              task["query_masks"], phase.second_order))
-
-        steps = self.config.inner_steps
-        fast, _ = self.inner_loop(theta, task["support_images"], task["support_masks"], steps,
-                                  phase.second_order, after_step=score_query)
-        if not phase.multi_step_loss:
-            final = self.loss(self.weights_at(theta, fast, steps - 1), task["query_images"], task["query_masks"],
-                              phase.second_order)
-            return final, final
-        weights = tf.unstack(tf.cast(loss_weights, query_losses[-1].dtype))
-        return tf.add_n([w * q for w, q in zip(weights, query_losses)]), query_losses[-1]
 
 
 class MetaLearner(Adapter):
