@@ -130,18 +130,19 @@ def refuse_overwriting_inputs(inputs: list[str], outputs: list[list[str]]) -> No
 def unreadable(paths: list[str]) -> dict[int, str]:
     """{index: why} of the images that cannot be decoded, checked in parallel with a progress bar."""
     import cv2
-    import numpy as np
 
-    from meta_drn_tf.data.fss1000 import decode_all
+    from meta_drn_tf.data.fss1000 import decode_all, decode_image
+    from meta_drn_tf.errors import DataError
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # each bad file is reported below, once
 
     def problem(path: str) -> str | None:
         # A reduced decode reads the whole file (truncation and corruption show) at a fraction of
         # the cost of a full one (JPEGs decode scaled in the DCT): the images are decoded again later.
-        data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
-        if data is None or not data.size or cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
-            return f"{path}: cannot be decoded as an image (missing, corrupt or not an image file)"
+        try:
+            decode_image(path, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        except DataError as e:
+            return str(e)
         return None
 
     problems = decode_all(problem, paths, f"Checking {len(paths)} image(s)", progress=len(paths) > 1)

@@ -47,13 +47,18 @@ def read_class_list(path: str) -> list[str]:
         raise DataError(f"{path}: cannot read the class list ({e.strerror})") from e
 
 
-def read_rgb(path: str) -> np.ndarray:
-    """Decodes an image file (any format OpenCV reads) as RGB uint8 `(H, W, 3)` at its own size."""
+def decode_image(path: str, mode: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Decodes an image file (any format OpenCV reads) with OpenCV's `mode`; DataError names the file."""
     data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    image = cv2.imdecode(data, mode) if data is not None and data.size else None
     if image is None:
         raise DataError(f"{path}: cannot be decoded as an image (missing, corrupt or not an image file)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Decodes an image file (any format OpenCV reads) as RGB uint8 `(H, W, 3)` at its own size."""
+    return cv2.cvtColor(decode_image(path), cv2.COLOR_BGR2RGB)
 
 
 def read_image(path: str, image_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
