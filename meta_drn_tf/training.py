@@ -524,5 +524,5 @@ def train(config: RunConfig) -> dict:
                 trainer = Trainer(config, stops, resources)
         except StopSignal as stop:
             raise Stopped(f"{stop}: stopped while starting, before any training; nothing to save",
-                          stop.signum == signal.SIGTERM) from None
+                          stops.preempted) from None
         return trainer.run()
