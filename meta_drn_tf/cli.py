@@ -2,8 +2,11 @@
 
     from meta_drn_tf import cli
 
+    def define_flags() -> None:
+        flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
+
     if __name__ == "__main__":
-        cli.run(main)
+        cli.run(main, define_flags)
 
 Errors a user causes (`meta_drn_tf.errors`, flag values) end the command with
 one line on stderr, `error: <what is wrong, naming the file or flag, and what
@@ -23,9 +26,9 @@ to do>`, and these exit codes; anything else is a bug and keeps its traceback.
 TensorFlow's C++ start-up messages (CUDA probing on machines without a GPU,
 CPU feature notes) go to the terminal only with `--verbosity=0` or higher
 (`-v 0`); without it they are captured while TensorFlow starts and shown
-only if the start fails. Apps import TensorFlow after this has run: tools
-inside `main`; `python -m meta_drn_tf.X` apps when the package is imported
-(`meta_drn_tf/__init__.py`).
+only if the start fails. So apps import TensorFlow (and the library) only
+after `run` has started it: inside `define_flags` and `main`, never at the top
+of the command's module.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from meta_drn_tf import TF_LOG_LEVEL_DEFAULTED, errors, hardware, paths
+from meta_drn_tf import errors, hardware, paths
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
@@ -126,9 +129,9 @@ def start_tensorflow(loud: bool) -> None:
     if "tensorflow" in sys.modules:
         return
     hardware.limit_malloc_arenas()  # before TensorFlow's threads exist
+    # A level the user set wins; otherwise the C++ runtime's notes stay out of the progress bars.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if loud else "2")
     if loud:
-        if TF_LOG_LEVEL_DEFAULTED:
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
         return
@@ -139,8 +142,17 @@ def start_tensorflow(loud: bool) -> None:
         tf.config.list_physical_devices()  # device discovery logs too (CUDA probing)
 
 
-def run(main: Callable[[list[str]], object]) -> None:
-    """`absl.app.run(main)` with one-line errors, exit codes and a quiet TensorFlow start-up."""
+def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | None = None) -> None:
+    """`absl.app.run(main)` with one-line errors, exit codes and a quiet TensorFlow start-up.
+
+    Args:
+        main: the app; called with the arguments left after the flags.
+        define_flags: defines the app's flags; called once TensorFlow has started (the
+            flags of `train` come from the library's `RunConfig`, which imports it).
+    """
+    start_tensorflow(verbosity_in(sys.argv))
+    if define_flags is not None:
+        define_flags()
     app.run(lambda argv: _guarded(main, argv), flags_parser=_parse_flags)
 
 

@@ -19,48 +19,57 @@ from absl import flags
 
 from meta_drn_tf import cli
 
-flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
-flags.DEFINE_string("data_dir", None, "Dataset (default: the run's; empty string: the synthetic dataset).")
-flags.DEFINE_enum("split", "test", ["train", "val", "test", "all"], "Which classes to evaluate on (all: every class).")
-flags.DEFINE_string("classes_file", None, "Evaluate the classes listed in this file (one a line) instead of --split.")
-flags.DEFINE_list("shots", None, "Support images per episode; several (e.g. 1,5) give one row each "
-                  "(default: the run's). Every row uses the classes with at least max(shots) + 1 images.")
-flags.DEFINE_integer("inner_steps", None, "Test-time inner steps (default: the run's).")
-flags.DEFINE_float("inner_lr", None, "Test-time inner rate (default: the run's; Meta-SGD uses its learned rates).")
-flags.DEFINE_integer("episodes", 0, "Evaluate at most this many episodes per row, evenly spread (0: all).")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
-flags.DEFINE_bool("baseline", True, "Also evaluate the same adaptation from a random initialisation.")
-flags.DEFINE_enum("kernels", None, ["auto", "stock", "cpu"], "Kernel forms (default: the run's; see train --help).")
-flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>).")
-
 FLAGS = flags.FLAGS
-cli.check_paths(model_dir="folder", data_dir="folder", classes_file="file", out_dir="new_folder")
-flags.register_validator("episodes", lambda n: n >= 0, message="must be 0 (all) or more")
-flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
-flags.register_validator("inner_lr", lambda r: r is None or r > 0, message="must be positive")
-flags.register_validator("shots", lambda v: v is None or (v and all(k.isdigit() and int(k) >= 1 for k in v)),
-                         message="give positive integers, e.g. --shots=1 or --shots=1,5")
+
+
+def define_flags() -> None:
+    """The flags of `python -m meta_drn_tf.evaluate`."""
+    from meta_drn_tf.network.kernels import KERNEL_CHOICES
+
+    flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
+    flags.DEFINE_string("data_dir", None, "Dataset (default: the run's; empty string: the synthetic dataset).")
+    flags.DEFINE_enum("split", "test", ["train", "val", "test", "all"],
+                      "Which classes to evaluate on (all: every class).")
+    flags.DEFINE_string("classes_file", None,
+                        "Evaluate the classes listed in this file (one a line) instead of --split.")
+    flags.DEFINE_list("shots", None, "Support images per episode; several (e.g. 1,5) give one row each "
+                      "(default: the run's). Every row uses the classes with at least max(shots) + 1 images.")
+    flags.DEFINE_integer("inner_steps", None, "Test-time inner steps (default: the run's).")
+    flags.DEFINE_float("inner_lr", None, "Test-time inner rate (default: the run's; Meta-SGD uses its learned rates).")
+    flags.DEFINE_integer("episodes", 0, "Evaluate at most this many episodes per row, evenly spread (0: all).")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
+    flags.DEFINE_bool("baseline", True, "Also evaluate the same adaptation from a random initialisation.")
+    flags.DEFINE_enum("kernels", None, KERNEL_CHOICES, "Kernel forms (default: the run's; see train --help).")
+    flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>).")
+
+    cli.check_paths(model_dir="folder", data_dir="folder", classes_file="file", out_dir="new_folder")
+    flags.register_validator("episodes", lambda n: n >= 0, message="must be 0 (all) or more")
+    flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
+    flags.register_validator("inner_lr", lambda r: r is None or r > 0, message="must be positive")
+    flags.register_validator("shots", lambda v: v is None or (v and all(k.isdigit() and int(k) >= 1 for k in v)),
+                             message="give positive integers, e.g. --shots=1 or --shots=1,5")
 
 
 def main(argv):
     del argv
-    from meta_drn_tf import runs
-    from meta_drn_tf.evaluation import evaluate_settings, write_reports
+    from meta_drn_tf.training import runs
+    from meta_drn_tf.training.evaluation import evaluate_settings, write_reports
 
     learner, config = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir,
                                            kernels=FLAGS.kernels)
-    shots = [int(k) for k in FLAGS.shots] if FLAGS.shots else [config.shots]
+    shots = [int(k) for k in FLAGS.shots] if FLAGS.shots else [config.data.shots]
     bank = runs.load(config, FLAGS.split, classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
     which = os.path.splitext(os.path.basename(FLAGS.classes_file))[0] if FLAGS.classes_file else FLAGS.split
-    print(f"Evaluating {config.algo} on {bank.num_classes} classes ({which}), "
+    print(f"Evaluating {config.meta.algorithm} on {bank.num_classes} classes ({which}), "
           + ", ".join(f"{k}-shot" for k in shots))
     baseline = runs.random_init_learner(config) if FLAGS.baseline else None
     results = evaluate_settings(learner, baseline, bank, shots, progress=True, limit=FLAGS.episodes or None,
-                                inner_steps=FLAGS.inner_steps or config.eval_inner_steps, inner_lr=FLAGS.inner_lr)
+                                inner_steps=FLAGS.inner_steps or config.trainer.eval_inner_steps,
+                                inner_lr=FLAGS.inner_lr)
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, f"eval_{which}")
     write_reports(results, out_dir)
     print(f"Reports in {out_dir}")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

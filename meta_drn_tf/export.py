@@ -4,7 +4,7 @@
         [--kernels=stock|cpu]
 
 Writes `<export_dir>/<version>/` (the next free integer version); point TF
-Serving's model_base_path at <export_dir>. See meta_drn_tf/serving.py for the
+Serving's model_base_path at <export_dir>. See meta_drn_tf/serving/saved_model.py for the
 signatures.
 """
 
@@ -16,31 +16,38 @@ from absl import flags
 
 from meta_drn_tf import cli
 
-flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
-flags.DEFINE_string("export_dir", None, "TF Serving model_base_path (default: saved_models/<run name>).")
-flags.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16"], "Compute precision (default: the run's).")
-flags.DEFINE_integer("inner_steps", None, "Inner steps inside the graph (default: the run's test-time setting).")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
-flags.DEFINE_enum("kernels", "stock", ["stock", "cpu"], "The graphs' kernel forms: stock (TensorFlow's own ops: "
-                  "any server, cuDNN on GPUs) or cpu (CPU-tuned: faster on CPU servers only; see README, Serving).")
-
 FLAGS = flags.FLAGS
-cli.check_paths(model_dir="folder", export_dir="new_folder")
-flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
+
+
+def define_flags() -> None:
+    """The flags of `python -m meta_drn_tf.export`."""
+    from meta_drn_tf.meta.config import PRECISION_POLICIES
+
+    flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
+    flags.DEFINE_string("export_dir", None, "TF Serving model_base_path (default: saved_models/<run name>).")
+    flags.DEFINE_enum("precision", None, PRECISION_POLICIES, "Compute precision (default: the run's).")
+    flags.DEFINE_integer("inner_steps", None, "Inner steps inside the graph (default: the run's test-time setting).")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
+    flags.DEFINE_enum("kernels", "stock", ["stock", "cpu"], "The graphs' kernel forms: stock (TensorFlow's own ops: "
+                      "any server, cuDNN on GPUs) or cpu (CPU-tuned: faster on CPU servers only; see README, Serving).")
+
+    cli.check_paths(model_dir="folder", export_dir="new_folder")
+    flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
 
 
 def main(argv):
     del argv
-    from meta_drn_tf import runs, serving
+    from meta_drn_tf.serving import saved_model
+    from meta_drn_tf.training import runs
 
     learner, config = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
     name = os.path.basename(os.path.normpath(FLAGS.model_dir))
     export_dir = FLAGS.export_dir or os.path.join("saved_models", name)
-    path = serving.export(learner, export_dir, config.image_size, config.width,
-                          inner_steps=FLAGS.inner_steps or config.eval_inner_steps, precision=FLAGS.precision,
+    path = saved_model.export(learner, export_dir, config.network.image_size, config.network.width,
+                          inner_steps=FLAGS.inner_steps or config.trainer.eval_inner_steps, precision=FLAGS.precision,
                           kernels=FLAGS.kernels)
     print(f"SavedModel written to {path} ({FLAGS.kernels} kernels)")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

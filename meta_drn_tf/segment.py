@@ -28,28 +28,32 @@ from absl import flags
 
 from meta_drn_tf import cli
 
-flags.DEFINE_string("model", None, "A training run's directory or an exported SavedModel.", required=True)
-flags.DEFINE_multi_string("support", None, "A labelled example image (repeat for k-shot).", required=True)
-flags.DEFINE_multi_string("support_mask", None, "Its mask, in the same order as --support: any image whose "
-                          "object pixels are brighter than half its brightest value (0/255, 0/1, palette...).",
-                          required=True)
-flags.DEFINE_multi_string("images", None, "Images to segment: files, folders or quoted glob patterns "
-                          "(e.g. 'photos/*.jpg'); repeat for more.", required=True)
-flags.DEFINE_string("out", None, "Folder for the masks (created if needed).", required=True)
-flags.DEFINE_float("threshold", 0.5, "Foreground where the probability exceeds this (the paper: 0.5 or 0.35).")
-flags.DEFINE_bool("overlay", False, "Also write <name>_overlay.png pictures.")
-flags.DEFINE_integer("batch_size", 8, "Images per forward pass (bounds memory).")
-flags.DEFINE_bool("skip_bad_files", False, "Segment the readable images when some cannot be decoded (they are "
-                  "listed and counted); default: stop and list them.")
-flags.DEFINE_bool("skip_existing", False, "Leave out the images whose mask (and overlay, with --overlay) is "
-                  "already in --out: continues an interrupted run.")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With a training run: which checkpoint.")
-flags.DEFINE_enum("kernels", "auto", ["auto", "stock", "cpu"], "With a training run: kernel forms (auto: cpu on a "
-                  "CPU, stock on a GPU). A SavedModel keeps the forms it was exported with.")
-cli.check_paths(model="path", support="file", support_mask="file", out="new_folder")
-flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie strictly between 0 and 1")
-flags.register_validator("batch_size", lambda b: b >= 1, message="must be at least 1")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The flags of `python -m meta_drn_tf.segment`."""
+    flags.DEFINE_string("model", None, "A training run's directory or an exported SavedModel.", required=True)
+    flags.DEFINE_multi_string("support", None, "A labelled example image (repeat for k-shot).", required=True)
+    flags.DEFINE_multi_string("support_mask", None, "Its mask, in the same order as --support: any image whose "
+                              "object pixels are brighter than half its brightest value (0/255, 0/1, palette...).",
+                              required=True)
+    flags.DEFINE_multi_string("images", None, "Images to segment: files, folders or quoted glob patterns "
+                              "(e.g. 'photos/*.jpg'); repeat for more.", required=True)
+    flags.DEFINE_string("out", None, "Folder for the masks (created if needed).", required=True)
+    flags.DEFINE_float("threshold", 0.5, "Foreground where the probability exceeds this (the paper: 0.5 or 0.35).")
+    flags.DEFINE_bool("overlay", False, "Also write <name>_overlay.png pictures.")
+    flags.DEFINE_integer("batch_size", 8, "Images per forward pass (bounds memory).")
+    flags.DEFINE_bool("skip_bad_files", False, "Segment the readable images when some cannot be decoded (they are "
+                      "listed and counted); default: stop and list them.")
+    flags.DEFINE_bool("skip_existing", False, "Leave out the images whose mask (and overlay, with --overlay) is "
+                      "already in --out: continues an interrupted run.")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With a training run: which checkpoint.")
+    flags.DEFINE_enum("kernels", "auto", ["auto", "stock", "cpu"], "With a training run: kernel forms (auto: cpu on a "
+                      "CPU, stock on a GPU). A SavedModel keeps the forms it was exported with.")
+    cli.check_paths(model="path", support="file", support_mask="file", out="new_folder")
+    flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie strictly between 0 and 1")
+    flags.register_validator("batch_size", lambda b: b >= 1, message="must be at least 1")
 
 
 def image_paths(patterns: list[str]) -> list[str]:
@@ -204,7 +208,7 @@ def _write_masks(segmenter, paths: list[str], todo: list[int], outputs: list[lis
 def main(argv):
     del argv
     from meta_drn_tf import visualize
-    from meta_drn_tf.segmenter import Segmenter
+    from meta_drn_tf.serving.segmenter import Segmenter
 
     # Everything the user gave is checked before the model loads.
     support_images, support_masks = read_support(FLAGS.support, FLAGS.support_mask)
@@ -226,4 +230,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -3,7 +3,7 @@
     python tests/command_driver.py meta_drn_tf.train < cases.json > results.json
 
 cases.json is a list of argument lists; each runs as `python -m APP ARGS...`
-would (`cli.run(main)`, flags reset to their defaults in between), with its
+would (`cli.run(main)` after the app's `define_flags`, flags reset to their defaults in between), with its
 stdout and stderr captured. Prints one JSON list: {"code": exit code, "stderr":
 what the app wrote there} per case; an exception that escaped the app (a
 traceback a user would see) is {"code": "traceback", "stderr": the traceback}.
@@ -31,8 +31,8 @@ def _main_of(app: str):
     if app.endswith(".py"):  # a tool: its flags are defined when the file runs (not as __main__)
         return runpy.run_path(app, run_name="driven")["main"]
     module = importlib.import_module(app)
-    if hasattr(module, "define_command_flags"):  # a library module that is also a command
-        module.define_command_flags()
+    # What `cli.run(main, define_flags)` does first, done once for all the cases.
+    module.define_flags()
     return module.main
 
 

@@ -52,7 +52,7 @@ def tiny_segmenter(size: int, dtype: str | None = None):
     """A two-conv segmentation network with per-image BatchNorm: cheap to trace, same mechanics."""
     import keras
 
-    from meta_drn_tf.layers import ConvNormAct
+    from meta_drn_tf.network.layers import ConvNormAct
 
     inputs = keras.Input((size, size, 3))
     x = ConvNormAct(4, dtype=dtype, name="conv1")(inputs)

@@ -19,9 +19,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from meta_drn_tf import distribute  # noqa: E402
 from meta_drn_tf.meta import MetaConfig, MetaLearner  # noqa: E402
 from meta_drn_tf.meta.learner import TASK_COUNT_KEY  # noqa: E402
+from meta_drn_tf.training import distribute  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import tiny_segmenter  # noqa: E402

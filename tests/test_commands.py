@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf.config import RunConfig
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
-from meta_drn_tf.runs import build_learner
-from meta_drn_tf.training import RunDirectory
+from meta_drn_tf.training.config import RunConfig
+from meta_drn_tf.training.directory import RunDirectory
+from meta_drn_tf.training.runs import build_learner
 
 HERE = os.path.dirname(__file__)
 TOOLS = os.path.join(HERE, "..", "tools")
@@ -42,7 +42,7 @@ def w(tmp_path_factory):
     (root / "photos").mkdir()
     cv2.imwrite(str(root / "photos" / "dog.png"), image)
     run = str(root / "run")
-    config = RunConfig(model_dir=run, image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4)
+    config = RunConfig.from_flags(model_dir=run, image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4)
     RunDirectory(run).claim(config)
     learner = build_learner(config)
     tf.train.CheckpointManager(tf.train.Checkpoint(learner=learner), os.path.join(run, "best"), 1).save()

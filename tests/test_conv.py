@@ -3,9 +3,9 @@
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf import conv as conv_module
-from meta_drn_tf.conv import same_conv2d
-from meta_drn_tf.kernels import STOCK, KernelPolicy
+from meta_drn_tf.network import conv as conv_module
+from meta_drn_tf.network.conv import same_conv2d
+from meta_drn_tf.network.kernels import STOCK, KernelPolicy
 
 # The cpu policy's forms, each forced on at the tests' small sizes (its thresholds are for real layers).
 TAPS = KernelPolicy("cpu", min_tap_flops=0)

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from meta_drn_tf import cli, distribute
+from meta_drn_tf import cli
+from meta_drn_tf.training import distribute
 
 HERE = os.path.dirname(__file__)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}

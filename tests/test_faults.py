@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from meta_drn_tf.errors import ConfigError
-from meta_drn_tf.runlock import LOCK_FILE, RunLock
-from meta_drn_tf.stopping import StopRequest, StopSignal
+from meta_drn_tf.training.runlock import LOCK_FILE, RunLock
+from meta_drn_tf.training.stopping import StopRequest, StopSignal
 
 
 def test_a_signal_is_recorded_and_raises_only_where_work_may_be_interrupted():
@@ -50,11 +50,11 @@ def test_a_checkpoint_deleted_while_it_is_read_is_followed_by_the_newest(tmp_pat
     import numpy as np
     import tensorflow as tf
 
-    from meta_drn_tf import runs
-    from meta_drn_tf.config import RunConfig
-    from meta_drn_tf.training import RunDirectory
+    from meta_drn_tf.training import runs
+    from meta_drn_tf.training.config import RunConfig
+    from meta_drn_tf.training.directory import RunDirectory
 
-    config = RunConfig(model_dir=str(tmp_path), image_size=16, width=0.0625)
+    config = RunConfig.from_flags(model_dir=str(tmp_path), image_size=16, width=0.0625)
     RunDirectory(str(tmp_path)).claim(config)
     learner = runs.build_learner(config)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(learner=learner), str(tmp_path / "best"), 2)
@@ -74,7 +74,7 @@ def test_a_checkpoint_deleted_while_it_is_read_is_followed_by_the_newest(tmp_pat
 
 
 def test_two_exports_at_once_take_two_versions(tmp_path, monkeypatch):
-    from meta_drn_tf import serving
+    from meta_drn_tf.serving import saved_model as serving
 
     base = tmp_path / "saved_models"
     (base / "1").mkdir(parents=True)

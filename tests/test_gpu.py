@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_segmenter
 
-from meta_drn_tf import serving
 from meta_drn_tf.meta import MetaConfig, MetaLearner
-from meta_drn_tf.model import build_meta_drn
+from meta_drn_tf.network.model import build_meta_drn
+from meta_drn_tf.serving import saved_model as serving
 
 pytestmark = pytest.mark.gpu
 SIZE, WIDTH = 32, 0.0625

@@ -6,9 +6,9 @@ import pytest
 
 from meta_drn_tf.data.episodes import meta_batches, training_tasks
 from meta_drn_tf.data.synthetic import synthetic_bank
-from meta_drn_tf.evaluation import evaluate_bank
 from meta_drn_tf.meta import MetaConfig, MetaLearner
-from meta_drn_tf.model import build_meta_drn
+from meta_drn_tf.network.model import build_meta_drn
+from meta_drn_tf.training.evaluation import evaluate_bank
 
 STEPS = 40
 

@@ -6,12 +6,12 @@ import pytest
 import tensorflow as tf
 from test_meta import SIZE, _directional_fd, _dot, _random_direction, _task
 
-from meta_drn_tf import serving
-from meta_drn_tf.config import RunConfig
 from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.meta import MetaConfig, MetaLearner, Phase, multi_step_loss_weights
 from meta_drn_tf.meta.maml import query_objective
-from meta_drn_tf.model import build_meta_drn
+from meta_drn_tf.network.model import build_meta_drn
+from meta_drn_tf.serving import saved_model as serving
+from meta_drn_tf.training.config import RunConfig
 
 
 def _learner(algorithm="maml", steps=2, seed=0, dtype="float64", **options):
@@ -145,11 +145,11 @@ def test_learned_extras_are_checkpointed_and_exported(tmp_path):
 
 def test_options_that_do_not_combine_with_the_algorithm_are_refused_together():
     with pytest.raises(ConfigError) as error:
-        RunConfig(algo="reptile", lslr=True, per_step_norm=True, first_order_epochs=2, adapt_layers="head")
+        RunConfig.from_flags(algo="reptile", lslr=True, per_step_norm=True, first_order_epochs=2, adapt_layers="head")
     for flag in ("--lslr", "--per_step_norm", "--first_order_epochs", "--adapt_layers"):
         assert flag in str(error.value)
-    with pytest.raises(ConfigError, match="Meta-SGD already learns"):
-        RunConfig(algo="metasgd", lslr=True)
+    with pytest.raises(ConfigError, match="metasgd already learns a rate for every weight; use --algo=maml or fomaml"):
+        RunConfig.from_flags(algo="metasgd", lslr=True)
     with pytest.raises(ValueError, match="first_order_epochs"):
         MetaConfig("fomaml", first_order_epochs=1)
 

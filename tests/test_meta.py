@@ -9,7 +9,7 @@ from conftest import tiny_segmenter
 from meta_drn_tf.data.episodes import meta_batches, training_tasks
 from meta_drn_tf.meta import MetaConfig, MetaLearner, Phase
 from meta_drn_tf.meta.maml import query_objective
-from meta_drn_tf.model import build_meta_drn
+from meta_drn_tf.network.model import build_meta_drn
 
 SIZE = 16
 
@@ -199,7 +199,7 @@ def test_xla_compiled_step_matches_the_plain_step(tiny_bank):
 def test_stock_and_cpu_kernel_policies_give_the_same_meta_gradients(algorithm, monkeypatch):
     """float64: TensorFlow's own ops (stock) and the CPU forms, Winograd in every 3x3 layer and kernel
     gradients tap by tap, give one meta-gradient."""
-    from meta_drn_tf import conv
+    from meta_drn_tf.network import conv
 
     task = _task()
     keras.utils.set_random_seed(0)
@@ -219,7 +219,7 @@ def test_stock_and_cpu_kernel_policies_give_the_same_meta_gradients(algorithm, m
 
 
 def _op_list(learner, epoch: int = 0) -> list[str]:
-    from meta_drn_tf.graphs import meta_step_graph, operations
+    from meta_drn_tf.meta.graphs import meta_step_graph, operations
 
     return [op.type for op in operations(meta_step_graph(learner, 1, 1, 1, 32, epoch))]
 
@@ -262,7 +262,7 @@ def test_winograds_convolutions_except_in_the_memory_mode_and_bfloat16_second_or
 def test_only_first_order_meta_steps_use_fused_norms(algorithm, first_order_epochs, fused):
     """Fused batch-norm kernels have no second-order gradient: MAML's and Meta-SGD's second-order steps
     keep the closed form; first-order ones (MAML++'s first-order epochs too) take the fused kernels."""
-    from meta_drn_tf.graphs import meta_step_graph, operations
+    from meta_drn_tf.meta.graphs import meta_step_graph, operations
 
     learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, first_order_epochs=first_order_epochs,
                                                                  kernels="cpu"))

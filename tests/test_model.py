@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf.model import (
+from meta_drn_tf.network.model import (
     PAPER_PARAMS,
     build_meta_drn,
     parameter_breakdown,
@@ -105,8 +105,8 @@ def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
     (width 0.03125, 16x16, Meta-SGD with learned rates; see test_native_ops.py)."""
     import tarfile
 
-    from meta_drn_tf import serving
     from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.serving import saved_model as serving
 
     expected = np.load(os.path.join(LEGACY, "io.npz"))
     images, support_mask = expected["images"], expected["support_mask"]
@@ -136,7 +136,7 @@ def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
 
 
 def test_strided_1x1_projection_equals_a_strided_convolution():
-    from meta_drn_tf.layers import ConvNormAct
+    from meta_drn_tf.network.layers import ConvNormAct
 
     layer = ConvNormAct(8, strides=2, kernel_size=1, use_activation=False, normalization="none")
     for size in (15, 16):  # odd and even sizes: "same" padding needs none for a 1x1 window
@@ -148,7 +148,7 @@ def test_strided_1x1_projection_equals_a_strided_convolution():
 
 
 def test_old_layer_names_and_arguments_still_load():
-    from meta_drn_tf.layers import ConvNormAct, InstanceNorm, PerImageBatchNorm
+    from meta_drn_tf.network.layers import ConvNormAct, InstanceNorm, PerImageBatchNorm
 
     old = keras.saving.deserialize_keras_object(
         {"module": None, "class_name": "PerImageBatchNorm", "registered_name": "meta_drn_tf>PerImageBatchNorm",

@@ -13,9 +13,9 @@ import textwrap
 
 import pytest
 
-from meta_drn_tf.graphs import meta_step_graph, operations
 from meta_drn_tf.meta import MetaConfig, MetaLearner
-from meta_drn_tf.model import build_meta_drn
+from meta_drn_tf.meta.graphs import meta_step_graph, operations
+from meta_drn_tf.network.model import build_meta_drn
 
 CONV_OPS = ("Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput")
 
@@ -51,9 +51,9 @@ def test_meta_step_and_evaluation_at_a_narrow_width_do_not_crash_natively():
         import keras, numpy as np
         from meta_drn_tf.data.synthetic import synthetic_bank
         from meta_drn_tf.data.episodes import meta_batches, training_tasks
-        from meta_drn_tf.evaluation import evaluate_bank
+        from meta_drn_tf.training.evaluation import evaluate_bank
         from meta_drn_tf.meta import MetaConfig, MetaLearner
-        from meta_drn_tf.model import build_meta_drn
+        from meta_drn_tf.network.model import build_meta_drn
         keras.utils.set_random_seed(0)
         bank = synthetic_bank(num_classes=3, images_per_class=4, image_size=32, seed=1)
         learner = MetaLearner(build_meta_drn(32, 0.125), MetaConfig("maml", inner_lr=0.05))

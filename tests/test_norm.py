@@ -3,8 +3,8 @@
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf.kernels import KernelPolicy
-from meta_drn_tf.norm import instance_norm
+from meta_drn_tf.network.kernels import KernelPolicy
+from meta_drn_tf.network.norm import instance_norm
 
 FUSED = KernelPolicy("cpu", fused_norm=True)  # the cpu policy's first-order steps
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf import Segmenter, cli, serving
-from meta_drn_tf.config import RunConfig
+from meta_drn_tf import Segmenter, cli
 from meta_drn_tf.data.synthetic import synthetic_bank
-from meta_drn_tf.runs import build_learner, restore_learner
-from meta_drn_tf.training import RunDirectory
+from meta_drn_tf.serving import saved_model as serving
+from meta_drn_tf.training.config import RunConfig
+from meta_drn_tf.training.directory import RunDirectory
+from meta_drn_tf.training.runs import build_learner, restore_learner
 
 SIZE = 32
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -26,7 +27,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 def run_dir(tmp_path_factory):
     """A run directory as training leaves it (flags.json, best/ checkpoint), without the training."""
     model_dir = str(tmp_path_factory.mktemp("run"))
-    config = RunConfig(model_dir=model_dir, image_size=SIZE, width=0.0625, inner_lr=0.5, seed=2)
+    config = RunConfig.from_flags(model_dir=model_dir, image_size=SIZE, width=0.0625, inner_lr=0.5, seed=2)
     RunDirectory(model_dir).claim(config)
     learner = build_learner(config)
     tf.train.CheckpointManager(tf.train.Checkpoint(learner=learner), os.path.join(model_dir, "best"), 1).save()
@@ -83,7 +84,7 @@ def test_saved_model_gives_the_masks_of_its_run(run_dir, photos, tmp_path):
     root, _ = photos
     learner, config = restore_learner(run_dir)
     base = tmp_path / "saved_models" / "tiny"
-    serving.export(learner, str(base), SIZE, config.width)
+    serving.export(learner, str(base), SIZE, config.network.width)
     assert _segment(base, root, tmp_path / "from_export").returncode == 0
     assert _segment(run_dir, root, tmp_path / "from_run").returncode == 0
     for path in glob.glob(str(tmp_path / "from_run" / "*.png")):
@@ -139,7 +140,7 @@ def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
 
     # The same weights exported today: adapt once, then segment.
     from meta_drn_tf.meta import MetaConfig, MetaLearner
-    from meta_drn_tf.model import build_meta_drn
+    from meta_drn_tf.network.model import build_meta_drn
 
     learner = MetaLearner(build_meta_drn(16, 0.03125), MetaConfig("metasgd", inner_lr=0.3))
     tf.train.Checkpoint(learner=learner).read(os.path.join(legacy, "checkpoint", "ckpt")).expect_partial()

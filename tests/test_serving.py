@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf import serving
 from meta_drn_tf.meta import MetaConfig, MetaLearner
-from meta_drn_tf.model import build_meta_drn
+from meta_drn_tf.network.model import build_meta_drn
+from meta_drn_tf.serving import saved_model as serving
 
 SIZE, WIDTH = 32, 0.0625
 
@@ -207,7 +207,7 @@ def test_readme_rest_request_body_runs_against_the_saved_model(exported):
 
 
 def _signature_op_types(model) -> dict[str, set[str]]:
-    from meta_drn_tf.graphs import operations
+    from meta_drn_tf.meta.graphs import operations
 
     return {name: {op.type for op in operations(fn.graph)} for name, fn in model.signatures.items()}
 

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf import cli, train
-from meta_drn_tf.errors import ConfigError
+from meta_drn_tf import cli
+from meta_drn_tf.errors import ConfigError, NonFiniteLoss
+from meta_drn_tf.training.config import RunConfig
+from meta_drn_tf.training.trainer import train
 
 TINY = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
             meta_batch_size=2, tasks_per_epoch=4, epochs=1, val_episodes=2, inner_lr=0.01,
@@ -23,8 +25,8 @@ TINY = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=
 
 
 def _cfg(tmp_path, **overrides):
-    return train.default_config(**{**TINY, "model_dir": str(tmp_path), "test_at_end": False,
-                                   "export_at_end": False, **overrides})
+    return RunConfig.from_flags(**{**TINY, "model_dir": str(tmp_path), "test_at_end": False,
+                                  "export_at_end": False, **overrides})
 
 
 def _events(directory):
@@ -37,7 +39,7 @@ def _events(directory):
 
 @pytest.mark.parametrize("algo", ["fomaml", "reptile", "metasgd"])
 def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo):
-    final = train.train(_cfg(tmp_path, algo=algo))
+    final = train(_cfg(tmp_path, algo=algo))
     assert final["epochs"] == 1 and 0 <= final["best_val_soft_iou"] <= 1
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert tf.train.latest_checkpoint(str(tmp_path / "best"))
@@ -48,7 +50,7 @@ def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo):
 
 
 def test_full_lslr_per_step_norm_run_evaluates_on_test_classes_and_exports(tmp_path):
-    final = train.train(_cfg(tmp_path, algo="fomaml", test_at_end=True, export_at_end=True, lslr=True,
+    final = train(_cfg(tmp_path, algo="fomaml", test_at_end=True, export_at_end=True, lslr=True,
                              per_step_norm=True, inner_steps=2, lr_schedule="cosine"))
     # LSLR's rates in TensorBoard: one curve per weight tensor and inner step.
     rates = {t for t in _events(str(tmp_path / "logs" / "train")) if t.startswith("inner_lr/")}
@@ -64,7 +66,7 @@ def test_full_lslr_per_step_norm_run_evaluates_on_test_classes_and_exports(tmp_p
 def finished_run(tmp_path_factory):
     """A completed one-epoch run, copied by each test that continues it."""
     path = tmp_path_factory.mktemp("finished")
-    train.train(_cfg(path))
+    train(_cfg(path))
     return path
 
 
@@ -79,16 +81,16 @@ def _copy(run, tmp_path):
 def test_resume_refuses_other_model_shaping_flags(finished_run, tmp_path):
     _copy(finished_run, tmp_path)
     with pytest.raises(ConfigError, match="--width=0.0625"):
-        train.train(_cfg(tmp_path, width=0.125, epochs=2))
+        train(_cfg(tmp_path, width=0.125, epochs=2))
     # --fresh starts over instead.
-    assert train.train(_cfg(tmp_path, width=0.125, fresh=True))["epochs"] == 1
+    assert train(_cfg(tmp_path, width=0.125, fresh=True))["epochs"] == 1
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
     _copy(finished_run, tmp_path)
     good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
-    with pytest.raises(train.NonFiniteLoss, match=os.path.basename(good)):
-        train.train(_cfg(tmp_path, epochs=2, inner_lr=1e30))
+    with pytest.raises(NonFiniteLoss, match=os.path.basename(good)):
+        train(_cfg(tmp_path, epochs=2, inner_lr=1e30))
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == good
     reader = tf.train.load_checkpoint(good)
     assert all(np.isfinite(reader.get_tensor(k)).all() for k in reader.get_variable_to_dtype_map()
@@ -97,7 +99,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, 
 
 def test_skip_nonfinite_counts_bad_batches_and_goes_on(finished_run, tmp_path):
     _copy(finished_run, tmp_path)
-    final = train.train(_cfg(tmp_path, epochs=2, inner_lr=1e30, skip_nonfinite=True))
+    final = train(_cfg(tmp_path, epochs=2, inner_lr=1e30, skip_nonfinite=True))
     assert final["epochs"] == 2
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")))
     bad = [k for k in reader.get_variable_to_dtype_map() if k.startswith("state/bad_batches")]
@@ -214,7 +216,7 @@ def test_one_writer_per_run_while_evaluate_reads_it(tmp_path):
 def test_fresh_keeps_a_folder_that_holds_no_run(tmp_path):
     (tmp_path / "thesis.tex").write_text("years of work")
     with pytest.raises(ConfigError, match="holds files but no training run"):
-        train.train(_cfg(tmp_path, fresh=True))
+        train(_cfg(tmp_path, fresh=True))
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
 
 
@@ -249,8 +251,8 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     png = tmp_path / "fig4.png"
     tool = os.path.join(os.path.dirname(__file__), "..", "tools", "visualize.py")
     listed = tmp_path / "classes.txt"
-    from meta_drn_tf.config import RunConfig
-    from meta_drn_tf.runs import load
+    from meta_drn_tf.training.config import RunConfig
+    from meta_drn_tf.training.runs import load
 
     names = load(RunConfig.load(str(run)), "all", progress=False).class_names
     listed.write_text("\n".join(names[:3]) + "\n")

@@ -84,7 +84,7 @@ def conv_flops(model, size: int) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from meta_drn_tf.kernels import KernelPolicy
+    from meta_drn_tf.network.kernels import KernelPolicy
 
     # F counts direct convolutions' FLOPs (one Conv2D op a layer), whichever form the step runs.
     direct = KernelPolicy("stock", dilated_gradients_in_one_op=True)
@@ -126,9 +126,9 @@ def run_one(spec: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from meta_drn_tf.graphs import meta_step_graph, operations
     from meta_drn_tf.meta import MetaConfig, MetaLearner
-    from meta_drn_tf.model import build_meta_drn
+    from meta_drn_tf.meta.graphs import meta_step_graph, operations
+    from meta_drn_tf.network.model import build_meta_drn
 
     algo, precision, meta_batch = spec.split(",")
     meta_batch = int(meta_batch)

@@ -44,8 +44,8 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from meta_drn_tf.conv import same_conv2d
-    from meta_drn_tf.norm import instance_norm
+    from meta_drn_tf.network.conv import same_conv2d
+    from meta_drn_tf.network.norm import instance_norm
 
     print(describe())
 

@@ -25,14 +25,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from meta_drn_tf import distribute
+    from meta_drn_tf.training import distribute
 
     distribute.split_cpu(2)
     import numpy as np
     import tensorflow as tf
 
     from meta_drn_tf.meta import MetaConfig, MetaLearner
-    from meta_drn_tf.model import build_meta_drn
+    from meta_drn_tf.network.model import build_meta_drn
 
     print(describe())
     s, b = FLAGS.size, FLAGS.meta_batch

@@ -33,9 +33,9 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from meta_drn_tf import serving
     from meta_drn_tf.meta import MetaConfig, MetaLearner
-    from meta_drn_tf.model import build_meta_drn
+    from meta_drn_tf.network.model import build_meta_drn
+    from meta_drn_tf.serving import saved_model as serving
 
     print(describe())
     s = FLAGS.size

@@ -112,7 +112,7 @@ def time_row(row: Row, sizes: Sizes) -> dict:
     import tensorflow as tf
 
     from meta_drn_tf.meta import MetaConfig, MetaLearner
-    from meta_drn_tf.model import build_meta_drn
+    from meta_drn_tf.network.model import build_meta_drn
 
     keras.backend.clear_session(free_memory=True)
     config = MetaConfig(row.algorithm, precision=row.precision, jit_compile=row.jit,

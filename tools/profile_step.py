@@ -76,7 +76,7 @@ def kernel_times(xplane_path: str) -> list[tuple[str, str, float]]:
 
 def layer_group(op_name: str) -> str:
     """The Fig. 1 group an op belongs to, from its name scope (gradients keep the forward's scope)."""
-    from meta_drn_tf.model import GROUPS
+    from meta_drn_tf.network.model import GROUPS
 
     for part in op_name.split("/"):
         for group in GROUPS:
@@ -93,7 +93,7 @@ def profiled_step(steps: int, logdir: str, host_tracer_level: int = 2) -> str:
     import tensorflow as tf
 
     from meta_drn_tf.meta import MetaConfig, MetaLearner
-    from meta_drn_tf.model import build_meta_drn
+    from meta_drn_tf.network.model import build_meta_drn
 
     config = MetaConfig(FLAGS.algo, precision=FLAGS.precision)
     keras.utils.set_random_seed(0)

@@ -71,7 +71,7 @@ class Outcome:
 
 def run_config(name: str, seed: int):
     """The RunConfig of configuration `name` at `seed`."""
-    from meta_drn_tf.config import RunConfig
+    from meta_drn_tf.training.config import RunConfig
 
     changes = dict(CONFIGS[name])
     for key in EPOCH_FRACTIONS:
@@ -83,7 +83,7 @@ def run_config(name: str, seed: int):
         meta_batch_size=FLAGS.meta_batch_size, queries=FLAGS.queries, inner_lr=FLAGS.inner_lr, meta_lr=FLAGS.meta_lr,
         val_episodes=FLAGS.val_episodes, lr_schedule="constant", baseline_at_end=False, export_at_end=False,
         save_every_minutes=5, fresh=FLAGS.fresh)
-    return RunConfig(**{**base, **changes})
+    return RunConfig.from_flags(**{**base, **changes})
 
 
 def train_one(name: str, seed: int) -> Outcome:
@@ -93,13 +93,13 @@ def train_one(name: str, seed: int) -> Outcome:
     if os.path.exists(record) and not FLAGS.fresh:
         with open(record) as f:
             saved = json.load(f)
-        if saved.pop("config") == config.replace(fresh=False).to_dict():
+        if saved.pop("config") == config.replace(fresh=False).to_flags():
             print(f"{name} seed {seed}: finished earlier ({record})")
             return Outcome(**saved)
     flagfile = os.path.join(FLAGS.out, name, f"seed{seed}.flags")
     os.makedirs(os.path.dirname(flagfile), exist_ok=True)
     with open(flagfile, "w") as f:
-        f.writelines(f"--{k}={v}\n" for k, v in config.to_dict().items() if v is not None)
+        f.writelines(f"--{k}={v}\n" for k, v in config.to_flags().items() if v is not None)
     print(f"\n=== {name}, seed {seed}: python -m meta_drn_tf.train --flagfile={flagfile}", flush=True)
     start = time.time()
     child = subprocess.Popen([sys.executable, "-m", "meta_drn_tf.train", f"--flagfile={flagfile}"])
@@ -111,10 +111,10 @@ def train_one(name: str, seed: int) -> Outcome:
     wall = time.time() - start
     with open(os.path.join(config.model_dir, "test", "summary.json")) as f:
         test = next(iter(json.load(f).values()))
-    steps = config.epochs * max(1, config.tasks_per_epoch // config.meta_batch_size)
+    steps = config.trainer.epochs * max(1, config.trainer.tasks_per_epoch // config.trainer.meta_batch_size)
     outcome = Outcome(name, seed, test, wall, usage.ru_maxrss / 2**20, steps)  # ru_maxrss is KiB on Linux
     with open(record, "w") as f:
-        json.dump({**dataclasses.asdict(outcome), "config": config.replace(fresh=False).to_dict()}, f, indent=1)
+        json.dump({**dataclasses.asdict(outcome), "config": config.replace(fresh=False).to_flags()}, f, indent=1)
     return outcome
 
 

@@ -69,7 +69,10 @@ class Algorithm(abc.ABC):
     """A meta-learning algorithm: one task in, the gradient for the meta-optimizer out."""
 
     default_inner_steps: int = 1
-    second_order: bool = False
+    # What the algorithm's meta-gradient is made of; `MetaConfig` refuses the options it lacks.
+    second_order: bool = False  # it has a second-order phase (MAML++ can anneal to it)
+    query_meta_gradient: bool = True  # it differentiates a query loss through the inner loop
+    learns_inner_rates: bool = False  # its own variables are the inner rates (LSLR would duplicate them)
 
     def create_extra_variables(self, adapted: list[tf.Variable], config) -> list[tf.Variable]:
         """Meta-learned variables besides the model's (Meta-SGD's rates for the `adapted` weights)."""

@@ -12,6 +12,8 @@ from meta_drn_tf.meta.maml import MAML
 class MetaSGD(MAML):
     """Meta-SGD: per-weight inner rates α, initialised to inner_lr, learned with θ."""
 
+    learns_inner_rates = True
+
     def create_extra_variables(self, adapted, config):
         return [
             tf.Variable(tf.fill(v.shape, tf.constant(config.inner_lr, v.dtype)),

@@ -12,6 +12,8 @@ from meta_drn_tf.meta.algorithm import Algorithm, register
 class Reptile(Algorithm):
     """Reptile: θ - θ' after k inner steps is the meta-gradient."""
 
+    query_meta_gradient = False
+
     default_inner_steps = 5
 
     def task_gradients(self, learner, task, phase=None, loss_weights=None):

@@ -40,7 +40,7 @@ import shutil
 import tensorflow as tf
 
 from meta_drn_tf.meta import Adapter
-from meta_drn_tf.model import build_meta_drn
+from meta_drn_tf.network.model import build_meta_drn
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -27,7 +27,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from meta_drn_tf.kernels import MIN_TAP_FLOPS, STOCK, WINOGRAD_MIN_CHANNEL_PRODUCT, KernelPolicy
+from meta_drn_tf.network.kernels import MIN_TAP_FLOPS, STOCK, WINOGRAD_MIN_CHANNEL_PRODUCT, KernelPolicy
 
 
 def same_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, dilation: int = 1, policy: KernelPolicy = STOCK) -> tf.Tensor:

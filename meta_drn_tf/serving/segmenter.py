@@ -7,7 +7,7 @@
     probabilities = segmenter.segment(images)          # uint8 (n, H', W', 3) -> float32 (n, H', W')
     masks = probabilities > 0.5
 
-Both sources run the exported graph functions (`serving.ServingModule`): a
+Both sources run the exported graph functions (`saved_model.ServingModule`): a
 run's in memory, a SavedModel's as TF Serving loads them, so this is also a
 tested client of the served model. `adapt` runs the inner loop once;
 `segment` then applies the adapted weights to any number of batches. Images
@@ -24,8 +24,8 @@ import re
 
 import numpy as np
 
-from meta_drn_tf.config import FLAGS_FILE
 from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.training.config import FLAGS_FILE
 
 
 def saved_model_version(path: str) -> str:
@@ -45,7 +45,7 @@ class Segmenter:
     """Adapts a meta-learned Meta-DRN to a support set once, then segments images.
 
     Args:
-        module: the graph functions - a `serving.ServingModule` or a loaded SavedModel.
+        module: the graph functions - a `saved_model.ServingModule` or a loaded SavedModel.
         description: where they came from (shown by the command-line app).
     """
 
@@ -60,12 +60,14 @@ class Segmenter:
                  kernels: str = "auto") -> Segmenter:
         """A training run's network (its best or latest checkpoint) and test-time inner loop, in the
         kernel forms `kernels` chooses for this machine ("auto", "stock" or "cpu")."""
-        from meta_drn_tf import runs, serving
+        from meta_drn_tf.serving import saved_model
+        from meta_drn_tf.training import runs
 
         learner, config = runs.restore_learner(model_dir, checkpoint)
-        module = serving.serving_module(learner, config.image_size, config.width,
-                                        inner_steps=inner_steps or config.eval_inner_steps, kernels=kernels)
-        return cls(module, f"run {model_dir} ({config.algo}, {checkpoint} checkpoint, {config.image_size}px)")
+        module = saved_model.serving_module(learner, config.network.image_size, config.network.width,
+                                        inner_steps=inner_steps or config.trainer.eval_inner_steps, kernels=kernels)
+        return cls(module, f"run {model_dir} ({config.meta.algorithm}, {checkpoint} checkpoint, "
+                           f"{config.network.image_size}px)")
 
     @classmethod
     def from_saved_model(cls, path: str) -> Segmenter:

@@ -7,23 +7,10 @@ from __future__ import annotations
 
 import os
 
-from meta_drn_tf.config import RunConfig
 from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.training.config import RunConfig
 
 RESTORE_ATTEMPTS = 3
-
-
-def meta_config(config: RunConfig):
-    """The algorithm settings of a run."""
-    from meta_drn_tf.meta import MetaConfig
-
-    return MetaConfig(algorithm=config.algo, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
-                      meta_lr=config.meta_lr, weight_decay=config.weight_decay, precision=config.precision,
-                      jit_compile=config.jit_compile, lslr=config.lslr,
-                      multi_step_loss_epochs=config.multi_step_loss_epochs,
-                      first_order_epochs=config.first_order_epochs, per_step_norm=config.per_step_norm,
-                      adapt_layers=config.adapt_layers, memory_saving=config.memory_saving, kernels=config.kernels,
-                      parallel_tasks=None if config.parallel_tasks == "auto" else int(config.parallel_tasks))
 
 
 def build_learner(config: RunConfig, strategy=None):
@@ -32,14 +19,13 @@ def build_learner(config: RunConfig, strategy=None):
     import tensorflow as tf
 
     from meta_drn_tf.meta import MetaLearner
-    from meta_drn_tf.model import build_meta_drn
+    from meta_drn_tf.network.model import build_meta_drn
 
-    settings = meta_config(config)
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = build_meta_drn(config.image_size, config.width, dtype=settings.dtype_policy)
-        return MetaLearner(model, settings, strategy=strategy)
+        model = build_meta_drn(config.network.image_size, config.network.width, dtype=config.meta.dtype_policy)
+        return MetaLearner(model, config.meta, strategy=strategy)
 
 
 def random_init_learner(config: RunConfig):
@@ -73,11 +59,6 @@ def restore_learner(model_dir: str, which: str = "best", **overrides):
                                   "replaced its checkpoints faster than they could be read); try again") from None
 
 
-def split_files(config: RunConfig) -> dict[str, str] | None:
-    files = {k: getattr(config, f"{k}_classes_file") for k in ("val", "test") if getattr(config, f"{k}_classes_file")}
-    return files or None
-
-
 def load(config: RunConfig, split: str, progress: bool = True, classes_file: str | None = None,
          min_images: int | None = None):
     """The run's dataset: `split` ("train", "val", "test", "all") or the classes listed in `classes_file`."""
@@ -89,8 +70,9 @@ def load_splits(config: RunConfig, splits: tuple[str, ...], progress: bool = Tru
     """The run's dataset, several splits decoded in one pass (every bad file reported at once)."""
     from meta_drn_tf import data
 
-    return data.load_splits(splits, config.data_dir or None, config.image_size,
-                            min_images=min_images or config.shots + 1, seed=config.seed,
-                            split_files=split_files(config), synthetic_classes=config.synthetic_classes,
-                            synthetic_images=config.synthetic_images, progress=progress,
-                            skip_bad_files=config.skip_bad_files, classes_file=classes_file)
+    settings = config.data
+    return data.load_splits(splits, settings.data_dir or None, config.network.image_size,
+                            min_images=min_images or settings.shots + 1, seed=config.seed,
+                            split_files=settings.split_files, synthetic_classes=settings.synthetic_classes,
+                            synthetic_images=settings.synthetic_images, progress=progress,
+                            skip_bad_files=settings.skip_bad_files, classes_file=classes_file)

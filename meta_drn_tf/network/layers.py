@@ -15,9 +15,9 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from meta_drn_tf.conv import same_conv2d
-from meta_drn_tf.kernels import STOCK
-from meta_drn_tf.norm import instance_norm
+from meta_drn_tf.network.conv import same_conv2d
+from meta_drn_tf.network.kernels import STOCK
+from meta_drn_tf.network.norm import instance_norm
 
 PACKAGE = "meta_drn_tf"
 KERNELS_ARG = "kernels"  # the call-context argument that carries the kernel policy

@@ -42,7 +42,7 @@ import functools
 
 import tensorflow as tf
 
-from meta_drn_tf.kernels import STOCK, KernelPolicy
+from meta_drn_tf.network.kernels import STOCK, KernelPolicy
 
 
 def instance_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float,

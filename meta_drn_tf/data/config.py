@@ -1,0 +1,37 @@
+"""`DataConfig`: where the images come from and the shape of a task (the `data` section of `RunConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from meta_drn_tf.settings import Settings, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Settings):
+    """The dataset and the tasks drawn from it."""
+
+    data_dir: str = setting("", "FSS-1000 (or a folder in its layout: ROOT/<class>/<n>.jpg + <n>.png). "
+                                "Empty: the embedded synthetic dataset.")
+    val_classes_file: str = setting("", "Optional class list (one a line) for validation; overrides the split.")
+    test_classes_file: str = setting("", "Optional class list (one a line) for testing; overrides the split.")
+    skip_bad_files: bool = setting(False, "Train on the usable images when some image/mask files cannot be used "
+                                          "(they are listed and counted); default: stop and list them.")
+    synthetic_classes: int = setting(100, "Object families in the synthetic dataset (no --data_dir).")
+    synthetic_images: int = setting(10, "Images per synthetic class.", minimum=1)
+    shots: int = setting(1, "Support images per task (k).", minimum=1)
+    queries: int = setting(5, "Query images per training task (q).", minimum=1)
+
+    def _rules(self) -> Iterator[tuple[str, str]]:
+        for name in ("val_classes_file", "test_classes_file"):
+            if getattr(self, name) and not self.data_dir:
+                yield name, "lists classes of a --data_dir dataset; the synthetic dataset's split is fixed"
+        if self.synthetic_classes < 3:
+            yield "synthetic_classes", "must be at least 3 (train/val/test split)"
+
+    @property
+    def split_files(self) -> dict[str, str] | None:
+        """The class lists that override the split, by split name ("val", "test")."""
+        files = {k: getattr(self, f"{k}_classes_file") for k in ("val", "test") if getattr(self, f"{k}_classes_file")}
+        return files or None

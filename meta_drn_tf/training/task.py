@@ -1,0 +1,56 @@
+"""`MetaTrainingTask`: the steps the controller runs - meta-batches, the meta-train step, validation."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from meta_drn_tf.data.episodes import BankTensors, training_tasks
+from meta_drn_tf.meta.learner import TASK_COUNT_KEY
+from meta_drn_tf.training import distribute
+from meta_drn_tf.training.config import RunConfig
+from meta_drn_tf.training.evaluation import evaluate_bank
+
+
+class MetaTrainingTask:
+    """What one run trains and validates on, unaware of the loop around it.
+
+    Args:
+        config: the run.
+        learner: the MetaLearner (variables under `strategy`).
+        strategy: the tf.distribute strategy the steps run under.
+        train_bank, val_bank: the training and validation classes.
+    """
+
+    def __init__(self, config: RunConfig, learner, strategy: tf.distribute.Strategy, train_bank, val_bank):
+        self.config, self.learner, self.strategy = config, learner, strategy
+        self.val_bank = val_bank
+        self.bank_tensors = BankTensors(train_bank)
+        self.per_replica = distribute.tasks_per_replica(config.trainer.meta_batch_size, strategy)
+        tasks_per_epoch = config.trainer.tasks_per_epoch or int(train_bank.counts.sum())
+        self.steps_per_epoch = max(1, tasks_per_epoch // config.trainer.meta_batch_size)
+
+    def batches(self, start_step: int, remaining: int):
+        """The distributed meta-batches of global steps start_step, ..., start_step + remaining - 1."""
+        config, data, per_replica = self.config, self.config.data, self.per_replica
+        meta_batch = config.trainer.meta_batch_size
+
+        def dataset_fn(context: tf.distribute.InputContext):
+            local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+            ids, counts = distribute.replica_task_ids(start_step, remaining, meta_batch, context.num_replicas_in_sync,
+                                                      local_replicas, context.input_pipeline_id)
+            tasks = training_tasks(self.bank_tensors, data.shots, data.queries, seed=config.seed, task_ids=ids)
+            batches = tf.data.Dataset.zip(tasks.batch(per_replica, drop_remainder=True), counts)
+            return batches.map(lambda batch, count: {**batch, TASK_COUNT_KEY: count}).prefetch(tf.data.AUTOTUNE)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def train_step(self, batch, epoch: int) -> dict[str, tf.Tensor]:
+        """One meta-update; its logs stay on the device."""
+        return self.learner.meta_train_step(batch, epoch)
+
+    def validate(self) -> tuple[dict, list]:
+        """The evaluation protocol on the validation classes: the summary and four adapted tasks."""
+        result, kept = evaluate_bank(self.learner, self.val_bank, self.config.data.shots,
+                                     self.config.trainer.val_episodes or None,
+                                     inner_steps=self.config.trainer.eval_inner_steps, keep_predictions=4)
+        return result.summary(), kept
