@@ -52,17 +52,17 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from meta_drn_tf.training import runs
+    from meta_drn_tf.runs import pieces
     from meta_drn_tf.training.evaluation import evaluate_settings, write_reports
 
-    learner, config = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir,
+    learner, config = pieces.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir,
                                            kernels=FLAGS.kernels)
     shots = [int(k) for k in FLAGS.shots] if FLAGS.shots else [config.data.shots]
-    bank = runs.load(config, FLAGS.split, classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
+    bank = pieces.load(config, FLAGS.split, classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
     which = os.path.splitext(os.path.basename(FLAGS.classes_file))[0] if FLAGS.classes_file else FLAGS.split
     print(f"Evaluating {config.meta.algorithm} on {bank.num_classes} classes ({which}), "
           + ", ".join(f"{k}-shot" for k in shots))
-    baseline = runs.random_init_learner(config) if FLAGS.baseline else None
+    baseline = pieces.random_init_learner(config) if FLAGS.baseline else None
     results = evaluate_settings(learner, baseline, bank, shots, progress=True, limit=FLAGS.episodes or None,
                                 inner_steps=FLAGS.inner_steps or config.trainer.eval_inner_steps,
                                 inner_lr=FLAGS.inner_lr)

@@ -37,10 +37,10 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
+    from meta_drn_tf.runs import pieces
     from meta_drn_tf.serving import saved_model
-    from meta_drn_tf.training import runs
 
-    learner, config = runs.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
+    learner, config = pieces.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
     name = os.path.basename(os.path.normpath(FLAGS.model_dir))
     export_dir = FLAGS.export_dir or os.path.join("saved_models", name)
     path = saved_model.export(learner, export_dir, config.network.image_size, config.network.width,

@@ -21,8 +21,8 @@ def limit_malloc_arenas(count: int = 1) -> bool:
     By default glibc gives each new thread its own arena (up to 8 per core), and a
     tensor freed by another thread than the one that allocated it goes back to the
     allocating thread's arena: TensorFlow's executor threads then keep freed memory in
-    several arenas at once. One arena measured 10-20% less peak RSS for a 224x224
-    MAML step (docs/performance.md) at the same speed. Must run before TensorFlow
+    several arenas at once. One arena lowers the peak RSS of a meta-step at the same
+    speed (measured in docs/performance.md). Must run before TensorFlow
     starts its threads (the apps call it from `cli.start_tensorflow`). A user's own
     MALLOC_ARENA_MAX wins; elsewhere than glibc (macOS, musl) this does nothing.
     """

@@ -3,7 +3,7 @@
     python -m meta_drn_tf.train --flagfile=flags/maml.flags --data_dir=/data/fss1000 --model_dir=runs/maml
     python -m meta_drn_tf.train --flagfile=flags/quickstart.flags      # CPU, embedded synthetic data
 
-The flags are the leaves of `meta_drn_tf.training.config.RunConfig`; the
+The flags are the leaves of `meta_drn_tf.runs.config.RunConfig`; the
 training itself is `meta_drn_tf.training.trainer.train` (usable from Python
 without absl). Re-running the same command resumes from the latest checkpoint
 in --model_dir.
@@ -31,7 +31,7 @@ def main(argv):
     import tensorflow as tf
 
     from meta_drn_tf.errors import WorkerLost
-    from meta_drn_tf.training.config import from_flag_values
+    from meta_drn_tf.runs.config import from_flag_values
     from meta_drn_tf.training.trainer import train
 
     run = from_flag_values()

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
-from meta_drn_tf.training.config import RunConfig
-from meta_drn_tf.training.directory import RunDirectory
-from meta_drn_tf.training.runs import build_learner
+from meta_drn_tf.runs.config import RunConfig
+from meta_drn_tf.runs.directory import RunDirectory
+from meta_drn_tf.runs.pieces import build_learner
 
 HERE = os.path.dirname(__file__)
 TOOLS = os.path.join(HERE, "..", "tools")

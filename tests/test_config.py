@@ -13,8 +13,8 @@ from absl import flags
 
 from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.meta import MetaConfig, registered
-from meta_drn_tf.training.config import RunConfig, define_flags, from_flag_values
-from meta_drn_tf.training.directory import RunDirectory
+from meta_drn_tf.runs.config import RunConfig, define_flags, from_flag_values
+from meta_drn_tf.runs.directory import RunDirectory
 from meta_drn_tf.training.schedules import Cosine, Linear, Plateau, make_schedule
 
 OLD_FLAGS = os.path.join(os.path.dirname(__file__), "data", "flags")

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from meta_drn_tf.errors import ConfigError
-from meta_drn_tf.training.runlock import LOCK_FILE, RunLock
+from meta_drn_tf.runs.runlock import LOCK_FILE, RunLock
 from meta_drn_tf.training.stopping import StopRequest, StopSignal
 
 
@@ -50,13 +50,13 @@ def test_a_checkpoint_deleted_while_it_is_read_is_followed_by_the_newest(tmp_pat
     import numpy as np
     import tensorflow as tf
 
-    from meta_drn_tf.training import runs
-    from meta_drn_tf.training.config import RunConfig
-    from meta_drn_tf.training.directory import RunDirectory
+    from meta_drn_tf.runs import pieces
+    from meta_drn_tf.runs.config import RunConfig
+    from meta_drn_tf.runs.directory import RunDirectory
 
     config = RunConfig.from_flags(model_dir=str(tmp_path), image_size=16, width=0.0625)
     RunDirectory(str(tmp_path)).claim(config)
-    learner = runs.build_learner(config)
+    learner = pieces.build_learner(config)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(learner=learner), str(tmp_path / "best"), 2)
     manager.save()
     learner.model.trainable_variables[0].assign_add(tf.ones_like(learner.model.trainable_variables[0]))
@@ -65,12 +65,12 @@ def test_a_checkpoint_deleted_while_it_is_read_is_followed_by_the_newest(tmp_pat
     # The trainer replaced ckpt-0 between our reading its name and its files.
     names = iter([str(tmp_path / "best" / "ckpt-0"), newest])
     monkeypatch.setattr(tf.train, "latest_checkpoint", lambda directory: next(names))
-    restored, _ = runs.restore_learner(str(tmp_path))
+    restored, _ = pieces.restore_learner(str(tmp_path))
     np.testing.assert_array_equal(restored.model.trainable_variables[0].numpy(), expected)
 
     monkeypatch.setattr(tf.train, "latest_checkpoint", lambda directory: str(tmp_path / "best" / "ckpt-0"))
     with pytest.raises(ConfigError, match="vanished while it was read"):
-        runs.restore_learner(str(tmp_path))
+        pieces.restore_learner(str(tmp_path))
 
 
 def test_two_exports_at_once_take_two_versions(tmp_path, monkeypatch):

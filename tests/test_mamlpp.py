@@ -10,8 +10,8 @@ from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.meta import MetaConfig, MetaLearner, Phase, multi_step_loss_weights
 from meta_drn_tf.meta.maml import query_objective
 from meta_drn_tf.network.model import build_meta_drn
+from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.serving import saved_model as serving
-from meta_drn_tf.training.config import RunConfig
 
 
 def _learner(algorithm="maml", steps=2, seed=0, dtype="float64", **options):

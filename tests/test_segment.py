@@ -14,10 +14,10 @@ import tensorflow as tf
 
 from meta_drn_tf import Segmenter, cli
 from meta_drn_tf.data.synthetic import synthetic_bank
+from meta_drn_tf.runs.config import RunConfig
+from meta_drn_tf.runs.directory import RunDirectory
+from meta_drn_tf.runs.pieces import build_learner, restore_learner
 from meta_drn_tf.serving import saved_model as serving
-from meta_drn_tf.training.config import RunConfig
-from meta_drn_tf.training.directory import RunDirectory
-from meta_drn_tf.training.runs import build_learner, restore_learner
 
 SIZE = 32
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

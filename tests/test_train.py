@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from meta_drn_tf import cli
 from meta_drn_tf.errors import ConfigError, NonFiniteLoss
-from meta_drn_tf.training.config import RunConfig
+from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.training.trainer import train
 
 TINY = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
@@ -37,7 +37,7 @@ def _events(directory):
     return tags
 
 
-@pytest.mark.parametrize("algo", ["fomaml", "reptile", "metasgd"])
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "metasgd"])
 def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo):
     final = train(_cfg(tmp_path, algo=algo))
     assert final["epochs"] == 1 and 0 <= final["best_val_soft_iou"] <= 1
@@ -251,8 +251,8 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     png = tmp_path / "fig4.png"
     tool = os.path.join(os.path.dirname(__file__), "..", "tools", "visualize.py")
     listed = tmp_path / "classes.txt"
-    from meta_drn_tf.training.config import RunConfig
-    from meta_drn_tf.training.runs import load
+    from meta_drn_tf.runs.config import RunConfig
+    from meta_drn_tf.runs.pieces import load
 
     names = load(RunConfig.load(str(run)), "all", progress=False).class_names
     listed.write_text("\n".join(names[:3]) + "\n")

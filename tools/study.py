@@ -71,7 +71,7 @@ class Outcome:
 
 def run_config(name: str, seed: int):
     """The RunConfig of configuration `name` at `seed`."""
-    from meta_drn_tf.training.config import RunConfig
+    from meta_drn_tf.runs.config import RunConfig
 
     changes = dict(CONFIGS[name])
     for key in EPOCH_FRACTIONS:

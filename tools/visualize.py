@@ -29,11 +29,11 @@ flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie str
 def main(argv):
     del argv
     from meta_drn_tf import visualize
-    from meta_drn_tf.training import runs
+    from meta_drn_tf.runs import pieces
     from meta_drn_tf.training.evaluation import evaluate_bank
 
-    learner, config = runs.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
-    bank = runs.load(config, FLAGS.split, progress=False, classes_file=FLAGS.classes_file)
+    learner, config = pieces.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
+    bank = pieces.load(config, FLAGS.split, progress=False, classes_file=FLAGS.classes_file)
     bank = bank.subset(bank.class_names[: FLAGS.classes])
     # The first evaluation episode of each class: its first labelled image is the support.
     _, episodes = evaluate_bank(learner, bank, config.data.shots, inner_steps=config.trainer.eval_inner_steps,

@@ -18,7 +18,7 @@ class FusedAdamW(keras.optimizers.AdamW):
     The arithmetic is Keras's: m += (g - m)(1 - β1), v += (g² - v)(1 - β2),
     w -= lr·sqrt(1 - β2ᵗ)/(1 - β1ᵗ)·m/(sqrt(v) + ε), after the same decoupled weight decay; but
     in one pass over w, m, v and g, where Keras's runs about eight elementwise ops per weight,
-    each a pass over weight-sized tensors (the meta-update is 5% of a first-order meta-step on a
+    each a pass over weight-sized tensors (a visible share of a first-order meta-step on a
     CPU; docs/performance.md). The optimizer's variables, config and checkpoints are
     AdamW's. AMSGrad and sparse gradients take Keras's own update.
 

@@ -185,16 +185,15 @@ def kernel_gradient_by_taps(input_shape: tf.TensorShape, kernel_shape: tf.Tensor
 def _kernel_gradient_by_taps(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation: int) -> tf.Tensor:
     """dK[i, j] = X(i, j)^T dY, with X(i, j) the padded input shifted by tap (i, j), pixels as rows.
 
-    One plain matrix product per kernel tap instead of `Conv2DBackpropFilter`: 15-45%
-    faster at dilation 1 with 512 channels on this CPU, as fast elsewhere, and no
-    space-to-batch layout for dilated kernels (docs/performance.md). Of x and dy, the
+    One plain matrix product per kernel tap instead of `Conv2DBackpropFilter`: faster on
+    CPUs at dilation 1 with many channels, as fast elsewhere, and no space-to-batch layout
+    for dilated kernels (measurements: docs/performance.md). Of x and dy, the
     one with fewer channels is the one shifted (copied): dY shifted the opposite way
     gives the same sums. It is shifted channels first, so that each shifted copy is
     X(i, j)^T itself, the left operand as the CPU's matrix product reads it fastest
-    (4-15% faster than `transpose_a` at 512 channels). Where the other side has many
-    times more channels (the 512 -> 16 output convolution), the copies are stacked into
-    one matrix and the product is one: nine products of 16 columns each run at a tenth
-    of the CPU's rate.
+    (faster than `transpose_a`). Where the other side has many times more channels (the
+    512 -> 16 output convolution), the copies are stacked into one matrix and the product
+    is one: products of a few columns each run far below the CPU's rate.
     """
     k_h, k_w, c_in, c_out = kernel_shape
     shift_x = c_in <= c_out

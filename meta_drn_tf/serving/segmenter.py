@@ -25,7 +25,7 @@ import re
 import numpy as np
 
 from meta_drn_tf.errors import ConfigError
-from meta_drn_tf.training.config import FLAGS_FILE
+from meta_drn_tf.runs.config import FLAGS_FILE
 
 
 def saved_model_version(path: str) -> str:
@@ -60,10 +60,10 @@ class Segmenter:
                  kernels: str = "auto") -> Segmenter:
         """A training run's network (its best or latest checkpoint) and test-time inner loop, in the
         kernel forms `kernels` chooses for this machine ("auto", "stock" or "cpu")."""
+        from meta_drn_tf.runs import pieces
         from meta_drn_tf.serving import saved_model
-        from meta_drn_tf.training import runs
 
-        learner, config = runs.restore_learner(model_dir, checkpoint)
+        learner, config = pieces.restore_learner(model_dir, checkpoint)
         module = saved_model.serving_module(learner, config.network.image_size, config.network.width,
                                         inner_steps=inner_steps or config.trainer.eval_inner_steps, kernels=kernels)
         return cls(module, f"run {model_dir} ({config.meta.algorithm}, {checkpoint} checkpoint, "

@@ -1,9 +1,9 @@
-"""Training runs: their settings, the loop, evaluation, and what keeps a run safe.
+"""Training: the loop, its actions, evaluation, and what keeps a run going.
 
-`config.py` is `RunConfig` (the tree of settings behind the flags); `trainer.py`
-assembles a run (`train`), `controller.py` owns the loop's cadence, `task.py`
-supplies its steps and `actions.py` what is done with their results; `evaluation.py`
-is the paper's protocol; `runs.py` builds and restores a run's learner; the rest
-keeps a run safe: `checkpoints.py`, `directory.py`, `runlock.py`, `stopping.py`,
-`distribute.py`.
+`trainer.py` assembles a run (`train`); `controller.py` owns the loop's cadence,
+`task.py` supplies its steps and `actions.py` what is done with their results
+(TensorBoard, the best checkpoint, the final test, the export); `schedules.py` are
+the meta learning rates; `evaluation.py` is the paper's protocol; `checkpoints.py`,
+`stopping.py` and `distribute.py` keep a run resumable, stoppable and spread over
+devices. A run's settings and directory are `meta_drn_tf.runs`.
 """

@@ -22,9 +22,9 @@ import tensorflow as tf
 from absl import logging
 
 from meta_drn_tf.errors import NonFiniteLoss, Stopped
+from meta_drn_tf.runs.config import TrainerConfig
 from meta_drn_tf.training.actions import KeepBest, TrainingScalars, ValidationReport
 from meta_drn_tf.training.checkpoints import Checkpoints
-from meta_drn_tf.training.config import TrainerConfig
 from meta_drn_tf.training.schedules import Schedule
 from meta_drn_tf.training.stopping import StopRequest, StopSignal
 from meta_drn_tf.training.task import MetaTrainingTask

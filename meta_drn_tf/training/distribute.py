@@ -18,8 +18,7 @@ import os
 import tensorflow as tf
 
 from meta_drn_tf.errors import ConfigError
-
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+from meta_drn_tf.runs.config import STRATEGIES
 
 
 def split_cpu(n: int) -> None:

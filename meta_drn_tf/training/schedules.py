@@ -6,7 +6,7 @@ import math
 
 import tensorflow as tf
 
-from meta_drn_tf.training.config import TrainerConfig
+from meta_drn_tf.runs.config import TrainerConfig
 
 
 class Schedule:

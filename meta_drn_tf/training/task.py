@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from meta_drn_tf.data.episodes import BankTensors, training_tasks
 from meta_drn_tf.meta.learner import TASK_COUNT_KEY
+from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.training import distribute
-from meta_drn_tf.training.config import RunConfig
 from meta_drn_tf.training.evaluation import evaluate_bank
 
 

@@ -1,6 +1,6 @@
 """The training core, free of flags: `train(RunConfig.from_flags(...))`.
 
-    from meta_drn_tf.training.config import RunConfig
+    from meta_drn_tf.runs.config import RunConfig
     from meta_drn_tf.training.trainer import train
 
     summary = train(RunConfig.from_flags(model_dir="runs/x", image_size=64, width=0.25, epochs=2))
@@ -21,14 +21,14 @@ from absl import logging
 
 from meta_drn_tf import hardware
 from meta_drn_tf.errors import ConfigError, Stopped
+from meta_drn_tf.runs.config import RunConfig
+from meta_drn_tf.runs.directory import RunDirectory
+from meta_drn_tf.runs.pieces import build_learner, load_splits, random_init_learner
+from meta_drn_tf.runs.runlock import RunLock
 from meta_drn_tf.training import distribute
 from meta_drn_tf.training.actions import Export, FinalTest, KeepBest, TrainingScalars, ValidationReport
 from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
-from meta_drn_tf.training.config import RunConfig
 from meta_drn_tf.training.controller import Controller
-from meta_drn_tf.training.directory import RunDirectory
-from meta_drn_tf.training.runlock import RunLock
-from meta_drn_tf.training.runs import build_learner, load_splits, random_init_learner
 from meta_drn_tf.training.schedules import make_schedule
 from meta_drn_tf.training.stopping import StopRequest, StopSignal
 from meta_drn_tf.training.task import MetaTrainingTask

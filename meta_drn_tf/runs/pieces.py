@@ -1,4 +1,4 @@
-"""A training run's pieces, shared by train, evaluate, export, segment and the tools (no flags here).
+"""A training run's pieces, built from its RunConfig: the learner (new, baseline or restored) and the data.
 
 A run is described by a `RunConfig`, saved as `flags.json` in its model_dir.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from meta_drn_tf.errors import ConfigError
-from meta_drn_tf.training.config import RunConfig
+from meta_drn_tf.runs.config import RunConfig
 
 RESTORE_ATTEMPTS = 3
 

@@ -8,8 +8,8 @@ import shutil
 from absl import logging
 
 from meta_drn_tf.errors import ConfigError
-from meta_drn_tf.training.config import FLAGS_FILE, RunConfig
-from meta_drn_tf.training.runlock import LOCK_FILE
+from meta_drn_tf.runs.config import FLAGS_FILE, RunConfig
+from meta_drn_tf.runs.runlock import LOCK_FILE
 
 # Settings (flags) that define the network and its weights: a run cannot resume under others.
 MODEL_SETTINGS = ("algo", "image_size", "width", "lslr", "per_step_norm")

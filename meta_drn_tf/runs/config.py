@@ -1,6 +1,6 @@
 """`RunConfig`: everything that defines a training run, one tree of settings, saved as `flags.json`.
 
-    from meta_drn_tf.training.config import RunConfig
+    from meta_drn_tf.runs.config import RunConfig
     from meta_drn_tf.training.trainer import train
 
     train(RunConfig.from_flags(model_dir="runs/x", image_size=64, width=0.25, epochs=2))
@@ -29,11 +29,12 @@ from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.meta.config import MetaConfig
 from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.settings import Settings, leaves, section, setting
-from meta_drn_tf.training.distribute import STRATEGIES
 
 FLAGS_FILE = "flags.json"
 # Settings renamed since an older version: flags.json files that use the old name still load.
 RENAMED = {"final_meta_lr": "min_meta_lr"}
+# What `training.distribute.make_strategy` builds.
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
 @dataclasses.dataclass(frozen=True)
