@@ -20,7 +20,7 @@ def define_flags() -> None:
     """The flags of `python -m meta_drn_tf.train`: one per RunConfig leaf."""
     from absl import flags
 
-    from meta_drn_tf.training import config
+    from meta_drn_tf.runs import config
 
     config.define_flags()
     flags.adopt_module_key_flags(config)  # --helpshort lists them as this app's flags

@@ -126,3 +126,21 @@ def test_functions_stay_short():
                     node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
                 long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not long, long
+
+
+def test_every_import_of_the_package_resolves_including_those_inside_functions():
+    """A lazy import (inside a function, run only on some path) that names a moved module fails here."""
+    statements = set()
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("meta_drn_tf"):
+                statements.add(f"from {node.module} import {', '.join(alias.name for alias in node.names)}")
+            elif isinstance(node, ast.Import):
+                statements |= {f"import {a.name}" for a in node.names if a.name.startswith("meta_drn_tf")}
+    broken = []
+    for statement in sorted(statements):
+        try:
+            exec(statement, {})
+        except ImportError as e:
+            broken.append(f"{statement}: {e}")
+    assert not broken, broken
