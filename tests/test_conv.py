@@ -153,10 +153,10 @@ def test_even_kernels_are_refused():
 
 def test_taps_only_for_large_layers_of_known_size():
     big, small = tf.TensorShape([1, 224, 224, 64]), tf.TensorShape([2, 16, 16, 4])
-    assert conv_module.kernel_gradient_by_taps(big, tf.TensorShape([3, 3, 64, 64]))
-    assert not conv_module.kernel_gradient_by_taps(small, tf.TensorShape([3, 3, 4, 8]))
-    assert not conv_module.kernel_gradient_by_taps(tf.TensorShape([1, None, None, 64]), tf.TensorShape([3, 3, 64, 64]))
-    assert not conv_module.kernel_gradient_by_taps(big, tf.TensorShape([3, 3, 64, 64]), None)  # a policy without taps
+    assert conv_module.taps_pay_off(big, tf.TensorShape([3, 3, 64, 64]))
+    assert not conv_module.taps_pay_off(small, tf.TensorShape([3, 3, 4, 8]))
+    assert not conv_module.taps_pay_off(tf.TensorShape([1, None, None, 64]), tf.TensorShape([3, 3, 64, 64]))
+    assert not conv_module.taps_pay_off(big, tf.TensorShape([3, 3, 64, 64]), None)  # a policy without taps
 
 
 @pytest.mark.parametrize("dilation, batch", [(1, 1), (2, 2)])  # a batch of 2: kernel gradients summed over images

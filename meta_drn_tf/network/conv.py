@@ -82,7 +82,7 @@ def _kernel_gradient_value(x: tf.Tensor, dy: tf.Tensor, kernel_shape, dilation: 
     """d<conv(x, kernel), dy>/d kernel, first order only, in the fastest form `policy` allows here."""
     if winograd_applies(x.shape, kernel_shape, dilation, x.dtype, policy.winograd_min_channel_product):
         return _winograd_kernel_gradient(x, dy, dilation)
-    if kernel_gradient_by_taps(x.shape, kernel_shape, policy.min_tap_flops):
+    if taps_pay_off(x.shape, kernel_shape, policy.min_tap_flops):
         return _kernel_gradient_by_taps(x, dy, kernel_shape, dilation)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         placeholder = tf.zeros(kernel_shape, x.dtype)
@@ -171,7 +171,7 @@ def _one_after_another(*terms) -> list[tf.Tensor]:
 SIDE_BY_SIDE_CHANNEL_RATIO = 8
 
 
-def kernel_gradient_by_taps(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape,
+def taps_pay_off(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape,
                             min_tap_flops: int | None = MIN_TAP_FLOPS) -> bool:
     """Whether the kernel gradient is computed tap by tap: for layers of at least `min_tap_flops`
     per tap (None: never), where a CPU's matrix products beat `Conv2DBackpropFilter`. On a GPU,

@@ -25,7 +25,7 @@ class RunDirectory:
         self.root = root
         self.config = os.path.join(root, FLAGS_FILE)
         self.checkpoints = os.path.join(root, "checkpoints")
-        self.best = os.path.join(root, "best")
+        self.best_checkpoints = os.path.join(root, "best")
         self.test = os.path.join(root, "test")
         self.export = os.path.join(root, "export")
         self.best_model = os.path.join(root, "best_model.keras")

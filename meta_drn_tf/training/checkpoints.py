@@ -24,6 +24,7 @@ class TrainState(tf.Module):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        # The best validation soft IoU so far (the attribute's name is its key in every checkpoint).
         self.best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_val_soft_iou")
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_wait")
         self.bad_batches = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_batches")

@@ -95,8 +95,8 @@ class Trainer:
         # wait for the step in flight (a host sync per step).
         with tf.device("/CPU:0"):
             state = TrainState()
-        self.checkpoints = Checkpoints(self.learner, state, self.dirs.checkpoints, self.dirs.best, self.chief,
-                                       resources)
+        self.checkpoints = Checkpoints(self.learner, state, self.dirs.checkpoints, self.dirs.best_checkpoints,
+                                       self.chief, resources)
         resumed = self.checkpoints.resume()
         if resumed:
             print(f"Resuming {resumed}: epoch {int(state.epoch) + 1}, "
