@@ -33,6 +33,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The flags of `python -m meta_drn_tf.segment`."""
+    from meta_drn_tf.network.kernels import KERNEL_CHOICES
+
     flags.DEFINE_string("model", None, "A training run's directory or an exported SavedModel.", required=True)
     flags.DEFINE_multi_string("support", None, "A labelled example image (repeat for k-shot).", required=True)
     flags.DEFINE_multi_string("support_mask", None, "Its mask, in the same order as --support: any image whose "
@@ -49,7 +51,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("skip_existing", False, "Leave out the images whose mask (and overlay, with --overlay) is "
                       "already in --out: continues an interrupted run.")
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With a training run: which checkpoint.")
-    flags.DEFINE_enum("kernels", "auto", ["auto", "stock", "cpu"], "With a training run: kernel forms (auto: cpu on a "
+    flags.DEFINE_enum("kernels", "auto", KERNEL_CHOICES, "With a training run: kernel forms (auto: cpu on a "
                       "CPU, stock on a GPU). A SavedModel keeps the forms it was exported with.")
     cli.check_paths(model="path", support="file", support_mask="file", out="new_folder")
     flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie strictly between 0 and 1")
