@@ -11,13 +11,12 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
 
-# Starts TensorFlow as an app does (or by a plain import), runs ops on its thread pools, then
-# counts malloc's arenas ("Arena N:" lines of glibc's malloc_stats, printed on stderr).
+# Starts TensorFlow as an app does, runs ops on its thread pools, then counts malloc's arenas
+# ("Arena N:" lines of glibc's malloc_stats, printed on stderr).
 SCRIPT = textwrap.dedent("""
     import ctypes, sys
     from meta_drn_tf import cli
-    if sys.argv[1] == "app":
-        cli.start_tensorflow(False)
+    cli.start_tensorflow(False)
     import tensorflow as tf
     x = tf.random.normal([128, 128])
     for _ in range(10):
@@ -29,19 +28,19 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _arenas(start: str, **env: str) -> int:
+def _arenas(**env: str) -> int:
     environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
-    result = subprocess.run([sys.executable, "-c", SCRIPT, start], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                             env=environment, timeout=300, check=True)
     return sum(line.startswith("Arena ") for line in result.stderr.splitlines())
 
 
 def test_apps_run_tensorflow_on_one_malloc_arena():
-    assert _arenas("app") == 1
+    assert _arenas() == 1
 
 
 def test_a_users_malloc_arena_max_wins():
-    assert _arenas("app", MALLOC_ARENA_MAX="3") == 3
+    assert _arenas(MALLOC_ARENA_MAX="3") == 3
 
 
 @pytest.mark.parametrize("setting, expected", [("1", "on"), ("0", "off")])

@@ -37,6 +37,10 @@ class TrainingScalars:
                 tf.summary.scalar(name, value)
             self._learned_rates()
 
+    def flush(self) -> None:
+        """Writes what is buffered to the event file (at validation: TensorBoard shows the epoch whole)."""
+        self.writer.flush()
+
     def _learned_rates(self) -> None:
         learner = self.learner
         # LSLR: one curve per weight tensor and inner step.

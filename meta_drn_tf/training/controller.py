@@ -140,7 +140,7 @@ class Controller:
         """Validation's summary, reported (`ValidationReport`)."""
         summary, kept = self.task.validate()
         self.report(int(self.state.global_step), int(self.state.epoch) + 1, summary, kept)
-        self.scalars.writer.flush()
+        self.scalars.flush()
         return summary
 
     def end_epoch(self, summary: dict) -> None:

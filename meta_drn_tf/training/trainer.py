@@ -55,7 +55,8 @@ class Trainer:
         print(f"train: {self.banks['train'].num_classes} classes, validation: {self.banks['val'].num_classes} "
               f"classes; {self.task.steps_per_epoch} meta-steps of {config.trainer.meta_batch_size} tasks per "
               f"epoch on {self.strategy.num_replicas_in_sync} replica(s)")
-        self.controller = self._controller(resources)
+        self.checkpoints = self._checkpoints(resources)
+        self.controller = self._controller()
 
     def _start_strategy(self, resources: contextlib.ExitStack) -> tf.distribute.Strategy:
         config, runtime = self.config, self.config.runtime
@@ -89,18 +90,22 @@ class Trainer:
         test = self.config.trainer.test_at_end and self.chief
         return load_splits(self.config, ("train", "val", "test") if test else ("train", "val"))
 
-    def _controller(self, resources: contextlib.ExitStack) -> Controller:
-        config = self.config
+    def _checkpoints(self, resources: contextlib.ExitStack) -> Checkpoints:
+        """The run's checkpoints, with the latest one restored (resume)."""
         # On the host: the loop reads and bumps these every step, and reading a GPU variable would
         # wait for the step in flight (a host sync per step).
         with tf.device("/CPU:0"):
             state = TrainState()
-        self.checkpoints = Checkpoints(self.learner, state, self.dirs.checkpoints, self.dirs.best_checkpoints,
-                                       self.chief, resources)
-        resumed = self.checkpoints.resume()
+        checkpoints = Checkpoints(self.learner, state, self.dirs.checkpoints, self.dirs.best_checkpoints,
+                                  self.chief, resources)
+        resumed = checkpoints.resume()
         if resumed:
             print(f"Resuming {resumed}: epoch {int(state.epoch) + 1}, "
                   f"step {int(state.step)} of {self.task.steps_per_epoch}")
+        return checkpoints
+
+    def _controller(self) -> Controller:
+        config, state = self.config, self.checkpoints.state
         schedule = make_schedule(config.trainer, config.meta.meta_lr, self.task.steps_per_epoch * config.trainer.epochs)
         writer, val_writer = self._summary_writer("train"), self._summary_writer("validation")
         controller = Controller(self.task, self.checkpoints, schedule, config.trainer, self.stops,
