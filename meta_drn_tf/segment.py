@@ -1,7 +1,7 @@
 """Segment your own images from one labelled example.
 
     python -m meta_drn_tf.segment --model=runs/quickstart --support=cat1.jpg --support_mask=cat1.png \\
-        --images='photos/*.jpg' --out=masks/ [--threshold=0.5] [--overlay]
+        --images='photos/*.jpg' --out=masks/ [--threshold=0.5] [--overlay] [--save_tflite=cat.tflite]
 
 --model is a training run or an exported SavedModel (a version folder, or
 the model_base_path: its newest version). The network adapts once to the
@@ -11,6 +11,9 @@ and 255 = object (the FSS-1000 encoding). --overlay adds
 `OUT/<name>_overlay.png`: the example with its mask in green beside the image
 with the predicted mask in red. Images are processed in batches of
 --batch_size images of one size, so memory stays bounded.
+
+--save_tflite also writes the adapted network as a TensorFlow Lite file for
+phones (`Segmenter.export_tflite`; --tflite_quantize=none|float16|int8).
 
 Every input is checked before the network loads: all unreadable images are
 listed at once (exit 5), or left out and named with --skip_bad_files. Each PNG
@@ -34,6 +37,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The flags of `python -m meta_drn_tf.segment`."""
     from meta_drn_tf.network.kernels import KERNEL_CHOICES
+    from meta_drn_tf.serving.tflite import QUANTIZATIONS
 
     flags.DEFINE_string("model", None, "A training run's directory or an exported SavedModel.", required=True)
     flags.DEFINE_multi_string("support", None, "A labelled example image (repeat for k-shot).", required=True)
@@ -53,7 +57,11 @@ def define_flags() -> None:
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With a training run: which checkpoint.")
     flags.DEFINE_enum("kernels", "auto", KERNEL_CHOICES, "With a training run: kernel forms (auto: cpu on a "
                       "CPU, stock on a GPU). A SavedModel keeps the forms it was exported with.")
-    cli.check_paths(model="path", support="file", support_mask="file", out="new_folder")
+    flags.DEFINE_string("save_tflite", None, "Also write the adapted network as a TensorFlow Lite file: one uint8 "
+                        "image at the training size in, probabilities out (for phones and edge devices).")
+    flags.DEFINE_enum("tflite_quantize", "none", QUANTIZATIONS, "The TensorFlow Lite file's weights: none "
+                      "(float32), float16 (half the size) or int8 (a quarter).")
+    cli.check_paths(model="path", support="file", support_mask="file", out="new_folder", save_tflite="new_file")
     flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie strictly between 0 and 1")
     flags.register_validator("batch_size", lambda b: b >= 1, message="must be at least 1")
 
@@ -220,13 +228,16 @@ def main(argv):
     todo, existing, skipped = _usable_images(paths, outputs)
     if skipped:
         print(f"Skipping {len(skipped)} unreadable image(s) (--skip_bad_files):\n  " + "\n  ".join(skipped))
-    if todo:
+    if todo or FLAGS.save_tflite:
         segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels)
         print(f"Adapting {segmenter.description} to {len(support_images)} example(s); "
               f"segmenting {len(todo)} image(s)")
         segmenter.adapt(support_images, support_masks)
         support_tile = visualize.overlay(support_images[0], support_masks[0], visualize.GREEN)
         _write_masks(segmenter, paths, todo, outputs, support_tile)
+        if FLAGS.save_tflite:
+            segmenter.export_tflite(FLAGS.save_tflite, FLAGS.tflite_quantize)
+            print(f"TensorFlow Lite file ({FLAGS.tflite_quantize} quantization): {FLAGS.save_tflite}")
     notes = [f"{len(skipped)} unreadable skipped"] * bool(skipped) + [f"{existing} already there"] * bool(existing)
     print(f"Wrote {len(todo)} mask(s) to {FLAGS.out}" + (f" ({'; '.join(notes)})" if notes else ""))
 

@@ -181,6 +181,9 @@ def _segment_cases(w):
         (with_(batch_size=0), USAGE, "--batch_size"),
         (with_(kernels="gpu"), USAGE, "--kernels"),
         (with_(checkpoint="latest"), USAGE, "no checkpoint"),
+        (with_(save_tflite=f"{w['file']}/cat.tflite"), USAGE, "--save_tflite"),
+        (with_(save_tflite=w["photos"]), USAGE, "--save_tflite"),
+        (with_(tflite_quantize="int4"), USAGE, "--tflite_quantize"),
     ]
 
 

@@ -18,6 +18,7 @@ from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
 from meta_drn_tf.runs.pieces import build_learner, restore_learner
 from meta_drn_tf.serving import saved_model as serving
+from meta_drn_tf.serving import tflite
 
 SIZE = 32
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -85,12 +86,18 @@ def test_saved_model_gives_the_masks_of_its_run(run_dir, photos, tmp_path):
     learner, config = restore_learner(run_dir)
     base = tmp_path / "saved_models" / "tiny"
     serving.export(learner, str(base), SIZE, config.network.width)
-    assert _segment(base, root, tmp_path / "from_export").returncode == 0
+    from_export = _segment(base, root, tmp_path / "from_export", f"--save_tflite={tmp_path / 'tiny.tflite'}")
+    assert from_export.returncode == 0, from_export.stderr[-2000:]
     assert _segment(run_dir, root, tmp_path / "from_run").returncode == 0
     for path in glob.glob(str(tmp_path / "from_run" / "*.png")):
         a = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         b = cv2.imread(str(tmp_path / "from_export" / os.path.basename(path)), cv2.IMREAD_UNCHANGED)
         assert np.mean(a != b) < 1e-3, path
+    # The TensorFlow Lite file of the same adaptation gives the same masks at the training size.
+    images = np.stack([cv2.cvtColor(cv2.imread(str(root / f"img{i}.png")), cv2.COLOR_BGR2RGB) for i in range(1, 5)])
+    masks = np.stack([cv2.imread(str(tmp_path / "from_export" / f"img{i}.png"), cv2.IMREAD_UNCHANGED)
+                      for i in range(1, 5)])
+    assert np.mean((tflite.run(str(tmp_path / "tiny.tflite"), images) > 0.5) != (masks > 0)) < 1e-3
 
 
 def test_bad_images_are_listed_at_once_or_skipped_and_an_interrupted_folder_continues(run_dir, photos, tmp_path):

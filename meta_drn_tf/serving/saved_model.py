@@ -48,13 +48,16 @@ DEFAULT_THRESHOLD = 0.5
 class ServingModule(tf.Module):
     """The exported object: the network's weights, its learned extras, the serving functions."""
 
-    def __init__(self, adapter: Adapter, image_size: int, inner_steps: int | None = None):
+    def __init__(self, adapter: Adapter, image_size: int, width: float, inner_steps: int | None = None):
         super().__init__(name="meta_drn_segmenter")
         self.adapter = adapter
         self._size = image_size
         self._inner_steps = inner_steps or adapter.config.inner_steps
-        # Saved with the model: which kernel forms its graphs hold.
+        # Saved with the model: which kernel forms its graphs hold, and what rebuilds its network
+        # (`Segmenter.export_tflite`).
         self.kernels = tf.Variable(adapter.kernel_policy().name, trainable=False, name="kernels")
+        self.image_size = tf.Variable(image_size, trainable=False, name="image_size")
+        self.width = tf.Variable(width, trainable=False, dtype=tf.float32, name="width")
 
     def _resize(self, images: tf.Tensor) -> tf.Tensor:
         return tf.image.resize(images, [self._size, self._size], method="bilinear")
@@ -239,4 +242,4 @@ def serving_module(
         target.assign(source)
     if precision == "float16" and learner.config.precision == "float16":
         adapter.loss_scale.assign(learner.loss_scale)  # the trained scale, not a fresh 2**15
-    return ServingModule(adapter, image_size, inner_steps)
+    return ServingModule(adapter, image_size, width, inner_steps)

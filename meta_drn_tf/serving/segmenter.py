@@ -6,6 +6,7 @@
     segmenter.adapt(support_images, support_masks)     # uint8 (k, H, W, 3) RGB; (k, H, W) masks in {0, 1}
     probabilities = segmenter.segment(images)          # uint8 (n, H', W', 3) -> float32 (n, H', W')
     masks = probabilities > 0.5
+    segmenter.export_tflite("cat.tflite", quantize="int8")   # the adapted network, for phones
 
 Both sources run the exported graph functions (`saved_model.ServingModule`): a
 run's in memory, a SavedModel's as TF Serving loads them, so this is also a
@@ -14,7 +15,8 @@ tested client of the served model. `adapt` runs the inner loop once;
 of any size are resized to the training size inside the graph and the
 probabilities come back at each image's own size. A SavedModel exported
 before the `adapt` signature existed re-adapts inside every `segment` call
-(`serving_default`): the same result, more work.
+(`serving_default`): the same result, more work. `export_tflite` writes the
+adapted network as a TensorFlow Lite file (`serving.tflite`).
 """
 
 from __future__ import annotations
@@ -127,3 +129,28 @@ class Segmenter:
             out = self._module.serving_default(*self._support, queries, threshold)
         return out["probabilities"].numpy()
 
+    def export_tflite(self, path: str, quantize: str = "none") -> str:
+        """Writes the adapted network as a TensorFlow Lite file; returns `path`.
+
+        The file takes one uint8 RGB image `[1, S, S, 3]` at the training size S (resize other
+        sizes first) and returns float32 probabilities `[1, S, S]`; no adaptation runs on the
+        device. `quantize`: "none", "float16" or "int8" (weights; `meta_drn_tf.serving.tflite`).
+        """
+        if self._support is None:
+            raise RuntimeError("call adapt() with at least one labelled example first")
+        if not hasattr(self._module, "width"):
+            raise ConfigError(f"{self.description} does not record its network's size (exported before "
+                              "TFLite support): export it again with python -m meta_drn_tf.export")
+        from meta_drn_tf import paths
+        from meta_drn_tf.network.model import build_meta_drn
+        from meta_drn_tf.serving import tflite
+
+        size = int(self._module.image_size.numpy())
+        model = build_meta_drn(size, float(self._module.width.numpy()))
+        fast = self._fast_weights if self._fast_weights is not None else self._module.adapt(*self._support)[
+            "fast_weights"]
+        shapes = [v.shape for v in model.trainable_variables]
+        parts = np.split(fast.numpy(), np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1])
+        weights = [part.reshape(shape) for part, shape in zip(parts, shapes)]
+        paths.write_atomically(path, tflite.convert(model, weights, quantize))
+        return path

@@ -1,0 +1,108 @@
+"""Adapted segmenters as TensorFlow Lite files, checked with TFLite's interpreter against the Segmenter."""
+
+import glob
+import os
+import subprocess
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from meta_drn_tf.data.fss1000 import read_binary_mask, read_rgb
+from meta_drn_tf.data.synthetic import synthetic_bank
+from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.network.model import build_meta_drn
+from meta_drn_tf.serving import saved_model, tflite
+from meta_drn_tf.serving.segmenter import Segmenter
+
+SIZE, WIDTH = 64, 0.25
+# The least IoU of a file's masks with the Segmenter's (threshold 0.5, over all the class's images).
+MIN_IOU = {"none": 0.99, "float16": 0.99, "int8": 0.95}
+
+
+def _photos(real_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, SIZE, SIZE, 3) of one class and the first one's mask: real photos where present."""
+    if real_dir is None:
+        bank = synthetic_bank(num_classes=3, images_per_class=6, image_size=SIZE, seed=4)
+        return bank.images[0], bank.masks[0, 0].astype(np.float32)
+    jpgs = sorted(glob.glob(os.path.join(real_dir, "british_shorthair", "*.jpg")))
+    images = np.stack([cv2.resize(read_rgb(p), (SIZE, SIZE), interpolation=cv2.INTER_AREA) for p in jpgs])
+    first = read_rgb(jpgs[0])
+    mask = read_binary_mask(jpgs[0][:-4] + ".png", first.shape[:2]).astype(np.uint8)
+    return images, cv2.resize(mask, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=["synthetic", "real"])
+def adapted(request):
+    """A Segmenter adapted to one example (a seeded network, 20 inner steps) and its class's images."""
+    real_dir = None
+    if request.param == "real":
+        real_dir = request.getfixturevalue("real_fewshot_dir")
+    tf.keras.utils.set_random_seed(3)
+    learner = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig("maml", inner_lr=0.5))
+    segmenter = Segmenter(saved_model.serving_module(learner, SIZE, WIDTH, inner_steps=20, kernels="stock"), "test")
+    images, mask = _photos(real_dir)
+    segmenter.adapt(images[:1], mask[None])
+    return segmenter, images
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0.5, b > 0.5
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.mark.parametrize("quantize", tflite.QUANTIZATIONS)
+def test_the_file_segments_like_the_segmenter(adapted, quantize, tmp_path):
+    segmenter, images = adapted
+    expected = segmenter.segment(images)
+    assert 0.05 < (expected > 0.5).mean() < 0.95  # the comparison is not between empty masks
+    path = segmenter.export_tflite(str(tmp_path / "cat.tflite"), quantize)
+    got = tflite.run(path, images)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert _iou(expected, got) >= MIN_IOU[quantize], [_iou(e, g) for e, g in zip(expected, got)]
+    if quantize == "none":
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_quantized_files_are_smaller(adapted, tmp_path):
+    segmenter, _ = adapted
+    size = {q: os.path.getsize(segmenter.export_tflite(str(tmp_path / f"{q}.tflite"), q)) for q in tflite.QUANTIZATIONS}
+    assert size["float16"] < 0.55 * size["none"] and size["int8"] < 0.3 * size["none"]
+
+
+def test_the_file_runs_with_the_interpreter_alone(adapted, tmp_path):
+    """What README's snippet does, in a process that never imports the library."""
+    segmenter, images = adapted
+    path = segmenter.export_tflite(str(tmp_path / "cat.tflite"), "int8")
+    np.save(tmp_path / "image.npy", images[1])
+    script = f"""
+import sys, numpy as np, tensorflow as tf
+interpreter = tf.lite.Interpreter(model_path={path!r})
+interpreter.allocate_tensors()
+image_in, probabilities_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+interpreter.set_tensor(image_in["index"], np.load({str(tmp_path / 'image.npy')!r})[None])
+interpreter.invoke()
+np.save({str(tmp_path / 'out.npy')!r}, interpreter.get_tensor(probabilities_out["index"])[0])
+assert not any(name.startswith("meta_drn_tf") for name in sys.modules), "imported the library"
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path), timeout=120,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""})
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), tflite.run(path, images[1:2])[0], atol=1e-6)
+
+
+def test_export_needs_an_adaptation_and_a_model_that_records_its_size(tmp_path):
+    learner = MetaLearner(build_meta_drn(16, 0.0625), MetaConfig("maml"))
+    module = saved_model.serving_module(learner, 16, 0.0625, kernels="stock")
+    with pytest.raises(RuntimeError, match="adapt"):
+        Segmenter(module, "run").export_tflite(str(tmp_path / "x.tflite"))
+    with pytest.raises(ValueError, match="quantize must be one of none, float16, int8"):
+        tflite.convert(learner.model, [v.numpy() for v in learner.model.trainable_variables], "int4")
+
+    old_export = types.SimpleNamespace(adapt=module.adapt)  # written before exports recorded their size
+    segmenter = Segmenter(old_export, "SavedModel old/1").adapt(np.zeros((16, 16, 3), np.uint8), np.ones((16, 16)))
+    with pytest.raises(ConfigError, match="SavedModel old/1 does not record its network's size.*meta_drn_tf.export"):
+        segmenter.export_tflite(str(tmp_path / "x.tflite"))
