@@ -1,7 +1,7 @@
 """meta_drn_tf: meta-learned 1-shot image segmentation (Meta-DRN) in TensorFlow / Keras 3.
 
 The commands users type are the modules at this level (`python -m meta_drn_tf.train`,
-`evaluate`, `export`, `segment`, `model`); the library lives in the subpackages:
+`evaluate`, `export`, `segment`, `model`, `app`); the library lives in the subpackages:
 `network` (layers, the model, kernel policy), `meta` (adaptation, meta-learning, one module
 per algorithm), `data` (datasets and episodes), `training` (run configuration, trainer,
 evaluation) and `serving` (SavedModel export, `Segmenter`). docs/architecture.md draws them.

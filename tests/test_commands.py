@@ -195,6 +195,16 @@ def _model_cases(w):
     ]
 
 
+def _app_cases(w):
+    return [
+        ([], USAGE, "--model"),
+        ([f"--model={w['root']}/nope"], USAGE, f"{w['root']}/nope"),
+        ([f"--model={w['stuff']}"], USAGE, "neither a training run"),
+        ([f"--model={w['run']}", "--port=0"], USAGE, "--port"),
+        ([f"--model={w['run']}", "--checkpoint=latest"], USAGE, "no checkpoint"),
+    ]
+
+
 def _make_synthetic_cases(w):
     return [
         ([], USAGE, "--out"),
@@ -228,6 +238,7 @@ def _study_cases(w):
 COMMANDS = {
     "meta_drn_tf.train": _train_cases, "meta_drn_tf.evaluate": _evaluate_cases,
     "meta_drn_tf.export": _export_cases, "meta_drn_tf.segment": _segment_cases, "meta_drn_tf.model": _model_cases,
+    "meta_drn_tf.app": _app_cases,
     os.path.join(TOOLS, "make_synthetic.py"): _make_synthetic_cases,
     os.path.join(TOOLS, "visualize.py"): _visualize_cases, os.path.join(TOOLS, "study.py"): _study_cases,
 }

@@ -23,7 +23,7 @@ LEVELS = (
     ("runs",),
     ("serving",),
     ("training",),
-    ("train", "evaluate", "export", "segment", "model", "__init__"),
+    ("train", "evaluate", "export", "segment", "model", "app", "__init__"),
 )
 LEVEL = {unit: i for i, units in enumerate(LEVELS) for unit in units}
 MAX_FILE_LINES = 400

@@ -92,6 +92,10 @@ class Segmenter:
             raise ConfigError(f"--model {path}: no such file or directory")
         return cls.from_saved_model(path)
 
+    def copy(self) -> Segmenter:
+        """A segmenter on the same graph functions with no adaptation (one per user of a shared model)."""
+        return Segmenter(self._module, self.description)
+
     def adapt(self, images: np.ndarray, masks: np.ndarray) -> Segmenter:
         """Adapts to labelled examples: uint8 RGB `(k, H, W, 3)` and masks `(k, H, W)` in [0, 1].
 

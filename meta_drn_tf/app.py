@@ -1,0 +1,148 @@
+"""A local web page to label one example and segment a set of photos: `pip install -e '.[app]'`.
+
+    python -m meta_drn_tf.app --model=runs/quickstart [--port=7860]
+
+Open the address it prints (http://127.0.0.1:7860). Paint the object on an example
+photo (or upload its mask), drop the photos (or a zip of them), press Segment: every
+photo comes back with its mask overlaid, beside the example's own fit. The threshold
+slider redraws the masks without running the network again; "Download all masks"
+gives a zip of PNGs in the encoding of `segment` (0 = background, 255 = object, at
+each photo's size) and "Save for phones" a TensorFlow Lite file of the adapted
+network. The page listens on this machine only, sends nothing anywhere, and serves
+several people at once, each with their own adaptation.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from absl import flags
+
+from meta_drn_tf import cli
+
+FLAGS = flags.FLAGS
+THRESHOLD = 0.5
+
+
+def define_flags() -> None:
+    """The flags of `python -m meta_drn_tf.app`."""
+    from meta_drn_tf.network.kernels import KERNEL_CHOICES
+
+    flags.DEFINE_string("model", None, "A training run's directory or an exported SavedModel.", required=True)
+    flags.DEFINE_integer("port", 7860, "The page's port on 127.0.0.1.")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With a training run: which checkpoint.")
+    flags.DEFINE_enum("kernels", "auto", KERNEL_CHOICES, "With a training run: kernel forms (see segment --help).")
+    cli.check_paths(model="path")
+    flags.register_validator("port", lambda p: 0 < p < 65536, message="must be a port number (1-65535)")
+
+
+def _example(editor: dict | None, uploaded_mask):
+    """The example photo and its mask from the page: painted layers, else the uploaded mask."""
+    import gradio as gr
+    import numpy as np
+
+    from meta_drn_tf.serving.labelling import mask_from_painting, mask_from_upload
+
+    background = (editor or {}).get("background")
+    if background is None:
+        raise gr.Error("Add an example photo first (step 1).")
+    image = np.asarray(background)[..., :3].astype(np.uint8)
+    mask = mask_from_painting((editor or {}).get("layers") or [])
+    if not mask.any() and uploaded_mask is not None:
+        mask = mask_from_upload(uploaded_mask)
+    return image, mask
+
+
+def _write(folder: str, name: str, data: bytes) -> str:
+    path = os.path.join(folder, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def build_app(segmenter):
+    """The page (a `gradio.Blocks`) around a loaded `Segmenter`; each visitor adapts their own copy."""
+    import gradio as gr
+
+    from meta_drn_tf.serving.labelling import LabellingSession
+
+    outputs_folder = tempfile.mkdtemp(prefix="meta_drn_app_")
+
+    def run(editor, uploaded_mask, files, threshold, session, progress=gr.Progress()):
+        image, mask = _example(editor, uploaded_mask)
+        if not files:
+            raise gr.Error("Add the photos to segment first (step 2).")
+        session = session or LabellingSession(segmenter)
+        try:
+            fit = session.adapt(image, mask)
+            problems = session.segment([getattr(f, "name", f) for f in files],
+                                       progress=lambda i, n: progress((i, n), desc="Segmenting photos"))
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return (_fit_picture(image, mask, fit, threshold), *_results(session, threshold, problems), session)
+
+    def _fit_picture(image, mask, fit, threshold):
+        from meta_drn_tf import visualize
+
+        return visualize.side_by_side([visualize.overlay(image, mask, visualize.GREEN),
+                                       visualize.overlay(image, fit > threshold, visualize.RED)])
+
+    def _results(session, threshold, problems=()):
+        folder = tempfile.mkdtemp(dir=outputs_folder)
+        message = f"{len(session.photos)} photo(s) segmented at threshold {threshold:.2f}."
+        if problems:
+            message += "\n\nLeft out:\n" + "\n".join(f"- {p}" for p in problems)
+        return session.overlays(threshold), message, _write(folder, "masks.zip", session.masks_zip(threshold))
+
+    def rethreshold(threshold, session):
+        if session is None or not session.photos:
+            return [], "Nothing segmented yet.", None
+        return _results(session, threshold)
+
+    def save_tflite(quantize, session):
+        if session is None or session.example is None:
+            raise gr.Error("Segment with an example first: the file holds the adapted network.")
+        return session.segmenter.export_tflite(os.path.join(tempfile.mkdtemp(dir=outputs_folder),
+                                                            f"segmenter_{quantize}.tflite"), quantize)
+
+    with gr.Blocks(title="meta_drn_tf: segment from one example", analytics_enabled=False) as page:
+        gr.Markdown(f"# Segment photos from one example\nModel: {segmenter.description}")
+        session = gr.State(None)
+        with gr.Row():
+            editor = gr.ImageEditor(label="1. An example photo: paint the object on it", type="numpy",
+                                    image_mode="RGBA", sources=["upload"], elem_id="example",
+                                    brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"))
+            uploaded_mask = gr.Image(label="…or upload its mask instead of painting", type="numpy",
+                                     image_mode="L", sources=["upload"], elem_id="example_mask")
+        files = gr.File(label="2. The photos to segment (images or a zip)", file_count="multiple",
+                        file_types=["image", ".zip"], elem_id="photos")
+        button = gr.Button("3. Segment", variant="primary", elem_id="segment")
+        threshold = gr.Slider(0.05, 0.95, value=THRESHOLD, step=0.05, label="Threshold: a pixel is the object "
+                              "above this probability", elem_id="threshold")
+        message = gr.Markdown(elem_id="message")
+        fit = gr.Image(label="The example: your mask (green) and the adapted network's (red)", elem_id="fit")
+        gallery = gr.Gallery(label="Masks (red)", columns=4, elem_id="gallery")
+        masks = gr.File(label="Download all masks (zip of PNGs)", elem_id="masks")
+        with gr.Row():
+            quantize = gr.Radio(["none", "float16", "int8"], value="int8", label="Save for phones: quantization")
+            save = gr.Button("Save the adapted segmenter (TensorFlow Lite)")
+            tflite_file = gr.File(label="TensorFlow Lite file")
+        button.click(run, [editor, uploaded_mask, files, threshold, session],
+                     [fit, gallery, message, masks, session], api_name="segment")
+        threshold.release(rethreshold, [threshold, session], [gallery, message, masks], api_name="rethreshold")
+        save.click(save_tflite, [quantize, session], tflite_file, api_name="save_tflite")
+    return page.queue(default_concurrency_limit=4)
+
+
+def main(argv):
+    del argv
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry: nothing leaves this machine
+    from meta_drn_tf.serving.segmenter import Segmenter
+
+    segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels)
+    build_app(segmenter).launch(server_name="127.0.0.1", server_port=FLAGS.port, share=False)
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags)

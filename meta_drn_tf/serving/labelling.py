@@ -1,0 +1,123 @@
+"""What the labelling web app does, without the page: one person's examples, photos and masks.
+
+    session = LabellingSession(segmenter)               # one per person: adaptations are not shared
+    fit = session.adapt(example_rgb, example_mask)      # the example's own probabilities
+    problems = session.segment(["a.jpg", "b.png"], progress=print)
+    pictures = session.overlays(threshold=0.4)           # (overlay, caption) per photo: no re-adaptation
+    zip_bytes = session.masks_zip(threshold=0.4)        # <name>.png, 0/255 at each photo's size
+
+Probabilities are kept per photo, so a new threshold redraws without running the
+network; a new example re-adapts once. Unreadable files are named in `problems`,
+never raised: a page shows them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from meta_drn_tf import visualize
+from meta_drn_tf.data.fss1000 import decode_mask
+from meta_drn_tf.serving.segmenter import Segmenter
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def mask_from_painting(layers: list[np.ndarray]) -> np.ndarray:
+    """{0, 1} mask of the pixels any painted layer covers (RGBA layers: alpha above zero)."""
+    painted = [np.asarray(layer)[..., 3] > 0 for layer in layers if layer is not None and np.ndim(layer) == 3]
+    if not painted:
+        return np.zeros((0, 0), np.uint8)
+    return np.logical_or.reduce(painted).astype(np.uint8)
+
+
+def mask_from_upload(image: np.ndarray) -> np.ndarray:
+    """{0, 1} mask of an uploaded mask picture, in any encoding `segment` reads (0/255, 0/1, palette...)."""
+    return decode_mask(np.asarray(image))
+
+
+def _decode(name: str, data: bytes) -> np.ndarray | None:
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    return None if array is None else cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def read_photos(paths: list[str]) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """(name, RGB image) of every image in `paths` (image files, or zips of them), and the problems."""
+    photos, problems = [], []
+    for path in paths:
+        if path.lower().endswith(".zip"):
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    members = [(n, archive.read(n)) for n in sorted(archive.namelist())
+                               if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith("__MACOSX")]
+            except zipfile.BadZipFile:
+                problems.append(f"{os.path.basename(path)}: not a readable zip file")
+                continue
+        else:
+            with open(path, "rb") as f:
+                members = [(os.path.basename(path), f.read())]
+        for name, data in members:
+            image = _decode(name, data)
+            if image is None:
+                problems.append(f"{name}: not an image this app can read (JPEG, PNG, BMP, WebP, TIFF)")
+            else:
+                photos.append((os.path.basename(name), image))
+    return photos, problems
+
+
+class LabellingSession:
+    """One person's work: an adapted copy of the segmenter, their photos and the probabilities.
+
+    Args:
+        segmenter: the loaded model; this session adapts its own copy (`Segmenter.copy`).
+    """
+
+    def __init__(self, segmenter: Segmenter):
+        self.segmenter = segmenter.copy()
+        self.example: tuple[np.ndarray, np.ndarray] | None = None
+        self.photos: list[tuple[str, np.ndarray, np.ndarray]] = []  # name, image, probabilities
+
+    def adapt(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Adapts to one example (uint8 RGB, {0,1} mask of its size); the example's own probabilities."""
+        image, mask = np.asarray(image)[..., :3].astype(np.uint8), np.asarray(mask)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the example is "
+                             f"{image.shape[1]}x{image.shape[0]}: paint on the example, or upload its own mask")
+        if not mask.any():
+            raise ValueError("the mask is empty: paint the object on the example, or upload a mask")
+        if self.example is None or not all(map(np.array_equal, self.example, (image, mask))):
+            self.segmenter.adapt(image, mask.astype(np.float32))  # once per example: not for new photos
+            self.example = (image, mask)
+        return self.segmenter.segment(image[None])[0]
+
+    def segment(self, paths: list[str], progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Segments the photos in `paths` (files or zips) with the adapted network; the problems found."""
+        if self.example is None:
+            raise ValueError("give an example first: a photo with the object painted or its mask")
+        photos, problems = read_photos(paths)
+        self.photos = []
+        for i, (name, image) in enumerate(photos):
+            self.photos.append((name, image, self.segmenter.segment(image[None])[0]))
+            if progress:
+                progress(i + 1, len(photos))
+        return problems
+
+    def overlays(self, threshold: float) -> list[tuple[np.ndarray, str]]:
+        """(photo with its mask in red, caption) for every photo, at `threshold`."""
+        return [(visualize.overlay(image, probabilities > threshold, visualize.RED),
+                 f"{name}: {100 * (probabilities > threshold).mean():.0f}% object")
+                for name, image, probabilities in self.photos]
+
+    def masks_zip(self, threshold: float) -> bytes:
+        """A zip of `<name>.png` per photo: its mask at its own size, 0 = background, 255 = object."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, _, probabilities in self.photos:
+                ok, png = cv2.imencode(".png", ((probabilities > threshold) * 255).astype(np.uint8))
+                archive.writestr(os.path.splitext(name)[0] + ".png", png.tobytes())
+        return buffer.getvalue()

@@ -1,0 +1,195 @@
+"""The labelling web app: its logic alone, its page through gradio's API client, and a real browser."""
+
+import io
+import os
+import shutil
+import time
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from meta_drn_tf.data.synthetic import synthetic_bank
+from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.network.model import build_meta_drn
+from meta_drn_tf.serving import saved_model, tflite
+from meta_drn_tf.serving.labelling import LabellingSession, mask_from_painting, mask_from_upload, read_photos
+from meta_drn_tf.serving.segmenter import Segmenter
+
+gradio = pytest.importorskip("gradio", reason="the app's extra is not installed: pip install -e '.[app]'")
+
+SIZE = 32
+SCREENSHOT = os.environ.get("APP_SCREENSHOT")  # where the browser test also keeps its picture
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    learner = MetaLearner(build_meta_drn(SIZE, 0.125), MetaConfig("maml", inner_lr=0.5))
+    return Segmenter(saved_model.serving_module(learner, SIZE, 0.125, inner_steps=5, kernels="stock"), "test model")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """An example, its mask (0/255 PNG), three photos (one of another size) and a file that is no image."""
+    root = tmp_path_factory.mktemp("photos")
+    bank = synthetic_bank(num_classes=3, images_per_class=4, image_size=SIZE, seed=2)
+    paths = {}
+    for i in range(4):
+        image = bank.images[0, i] if i < 3 else cv2.resize(bank.images[0, i], (48, 40))
+        paths[f"img{i}"] = str(root / f"img{i}.png")
+        cv2.imwrite(paths[f"img{i}"], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    paths["mask"] = str(root / "mask.png")
+    cv2.imwrite(paths["mask"], bank.masks[0, 0] * 255)
+    for name in ("grey1", "grey2"):  # photos without a trace of red: red in the gallery is the masks'
+        paths[name] = str(root / f"{name}.png")
+        cv2.imwrite(paths[name], np.full((SIZE, SIZE, 3), 128, np.uint8))
+    paths["notes"] = str(root / "notes.jpg")
+    open(paths["notes"], "w").write("not a picture")
+    return paths
+
+
+def _expected_masks(segmenter, files, threshold=0.5):
+    """What `segment` would write: the Segmenter adapted to the example, 0/255 at each photo's size."""
+    example = cv2.cvtColor(cv2.imread(files["img0"]), cv2.COLOR_BGR2RGB)
+    reference = segmenter.copy().adapt(example, cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED) / 255.0)
+    photos = {f"img{i}.png": cv2.cvtColor(cv2.imread(files[f"img{i}"]), cv2.COLOR_BGR2RGB) for i in (1, 2, 3)}
+    return {name: (reference.segment(image[None])[0] > threshold).astype(np.uint8) * 255
+            for name, image in photos.items()}
+
+
+def _zip_masks(data: bytes) -> dict:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {n: cv2.imdecode(np.frombuffer(archive.read(n), np.uint8), cv2.IMREAD_UNCHANGED)
+                for n in archive.namelist()}
+
+
+def _assert_same_masks(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        assert got[name].shape == expected[name].shape and np.mean(got[name] != expected[name]) < 1e-3, name
+
+
+def test_painted_and_uploaded_masks_and_photo_folders(files, tmp_path):
+    layer = np.zeros((4, 5, 4), np.uint8)
+    layer[1:3, 2:4, 3] = 255
+    assert mask_from_painting([None, layer]).sum() == 4 and mask_from_painting([]).size == 0
+    assert set(np.unique(mask_from_upload(cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED)))) == {0, 1}
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(files["img1"], "trip/img1.png")
+        z.writestr("trip/readme.txt", "skipped: not an image name")
+        z.writestr("trip/broken.jpg", b"\x00\x01")
+    photos, problems = read_photos([str(archive), files["img2"], files["notes"]])
+    assert [name for name, _ in photos] == ["img1.png", "img2.png"]
+    assert len(problems) == 2 and problems[0].startswith("trip/broken.jpg") and problems[1].startswith("notes.jpg")
+
+
+def test_a_session_adapts_once_and_rethresholds_without_the_network(segmenter, files):
+    session = LabellingSession(segmenter)
+    example = cv2.cvtColor(cv2.imread(files["img0"]), cv2.COLOR_BGR2RGB)
+    mask = cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED) // 255
+    with pytest.raises(ValueError, match="the mask is empty"):
+        session.adapt(example, np.zeros_like(mask))
+    fit = session.adapt(example, mask)
+    assert fit.shape == mask.shape
+    problems = session.segment([files["img1"], files["img2"], files["img3"], files["notes"]])
+    assert len(problems) == 1 and "notes.jpg" in problems[0]
+    _assert_same_masks(_zip_masks(session.masks_zip(0.5)), _expected_masks(segmenter, files))
+    adapted = session.segmenter._fast_weights
+    session.adapt(example, mask)  # the same example again: no new adaptation
+    assert session.segmenter._fast_weights is adapted
+    calls = []
+    session.segmenter.segment = lambda images: calls.append(images)  # a redraw must not run the network
+    low = _zip_masks(session.masks_zip(0.2))
+    assert not calls and low["img3.png"].shape == (40, 48)
+    assert all((low[n] >= m).all() for n, m in _zip_masks(session.masks_zip(0.5)).items())
+
+
+@pytest.fixture
+def page(segmenter):
+    from meta_drn_tf.app import build_app
+
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    app = build_app(segmenter)
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port())
+    yield app
+    app.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_page_through_its_api_client_gives_segments_masks(page, segmenter, files):
+    from gradio_client import Client, handle_file
+
+    client = Client(page.local_url, verbose=False)
+    photos = [handle_file(files[n]) for n in ("img1", "img2", "img3", "notes")]
+    example = {"background": handle_file(files["img0"]), "layers": [], "composite": None}
+    fit, gallery, message, masks = client.predict(example, handle_file(files["mask"]), photos, 0.5,
+                                                  api_name="/segment")
+    _assert_same_masks(_zip_masks(open(masks, "rb").read()), _expected_masks(segmenter, files))
+    assert len(gallery) == 3 and "notes.jpg" in message and os.path.isfile(fit)
+    assert "no image" not in message
+    # Redrawing at another threshold (no new adaptation), then the adapted network for phones.
+    gallery, message, masks = client.predict(0.3, api_name="/rethreshold")
+    _assert_same_masks(_zip_masks(open(masks, "rb").read()), _expected_masks(segmenter, files, 0.3))
+    path = client.predict("float16", api_name="/save_tflite")
+    example_image = cv2.cvtColor(cv2.imread(files["img1"]), cv2.COLOR_BGR2RGB)
+    assert tflite.run(path, example_image[None]).shape == (1, SIZE, SIZE)
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not (binary and driver_path):
+        pytest.skip("no Chromium here: apt-get install chromium chromium-driver (.ci/run does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,2000"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+
+
+def test_a_person_uploads_an_example_its_mask_and_photos_and_sees_the_masks(page, files, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    try:
+        browser.get(page.local_url)
+        wait = WebDriverWait(browser, 60)
+        wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#example input[type=file]")))
+        browser.find_element(By.CSS_SELECTOR, "#example input[type=file]").send_keys(files["img0"])
+        browser.find_element(By.CSS_SELECTOR, "#example_mask input[type=file]").send_keys(files["mask"])
+        browser.find_element(By.CSS_SELECTOR, "#photos input[type=file]").send_keys(
+            files["grey1"] + "\n" + files["grey2"])
+        level = browser.find_element(By.CSS_SELECTOR, "#threshold input[type=number]")
+        level.clear()
+        level.send_keys("0.05\t")  # a low threshold: most of each photo counts as the object
+        time.sleep(2)  # the uploads reach the server
+        browser.find_element(By.CSS_SELECTOR, "#segment").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#gallery img")) >= 2)
+        time.sleep(1)
+        gallery = browser.find_element(By.CSS_SELECTOR, "#gallery")
+        browser.execute_script("arguments[0].scrollIntoView()", gallery)
+        picture = tmp_path / "app.png"
+        browser.save_screenshot(str(picture))
+        if SCREENSHOT:
+            shutil.copy(picture, SCREENSHOT)
+        crop = cv2.imdecode(np.frombuffer(gallery.screenshot_as_png, np.uint8), cv2.IMREAD_COLOR)
+    finally:
+        browser.quit()
+    blue, green, red = (crop[..., i].astype(int) for i in range(3))
+    reddish = (red > 120) & (red > green + 60) & (red > blue + 60)  # grey photos have none of these
+    assert reddish.mean() > 0.2, f"the red mask overlay covers {reddish.mean():.1%} of the gallery"
