@@ -8,7 +8,8 @@ photo comes back with its mask overlaid, beside the example's own fit. The thres
 slider redraws the masks without running the network again; "Download all masks"
 gives a zip of PNGs in the encoding of `segment` (0 = background, 255 = object, at
 each photo's size) and "Save for phones" a TensorFlow Lite file of the adapted
-network. The page listens on this machine only, sends nothing anywhere, and serves
+network. More examples (k-shot) go under "More examples" as photos
+with their masks. The page listens on this machine only, sends nothing anywhere, and serves
 several people at once, each with their own adaptation.
 """
 
@@ -54,6 +55,11 @@ def _example(editor: dict | None, uploaded_mask):
     return image, mask
 
 
+def _paths(files) -> list[str]:
+    """Local paths of gradio's uploaded files (paths, or objects with a `name`)."""
+    return [getattr(f, "name", f) for f in files or []]
+
+
 def _write(folder: str, name: str, data: bytes) -> str:
     path = os.path.join(folder, name)
     with open(path, "wb") as f:
@@ -61,50 +67,70 @@ def _write(folder: str, name: str, data: bytes) -> str:
     return path
 
 
+class _Handlers:
+    """What the page's buttons and slider do, for a loaded `Segmenter`; files go under `folder`."""
+
+    def __init__(self, segmenter, folder: str):
+        self.segmenter, self.folder = segmenter, folder
+
+    def run(self, editor, uploaded_mask, more_photos, more_masks, files, threshold, session, progress=None):
+        import gradio as gr
+
+        from meta_drn_tf.serving.labelling import LabellingSession, read_examples
+
+        image, mask = _example(editor, uploaded_mask)
+        if not files:
+            raise gr.Error("Add the photos to segment first (step 2).")
+        session = session or LabellingSession(self.segmenter)
+        try:
+            images, masks = read_examples(_paths(more_photos), _paths(more_masks))
+            fit = session.adapt([image, *images], [mask, *masks])
+            report = (lambda i, n: progress((i, n), desc="Segmenting photos")) if progress else None
+            problems = session.segment(_paths(files), progress=report)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return (_fit_picture(image, mask, fit, threshold), *self.results(session, threshold, problems), session)
+
+    def results(self, session, threshold: float, problems=()):
+        """The gallery, the message and the masks' zip at `threshold`."""
+        message = f"{len(session.photos)} photo(s) segmented at threshold {threshold:.2f}."
+        if problems:
+            message += "\n\nLeft out:\n" + "\n".join(f"- {p}" for p in problems)
+        zip_path = _write(tempfile.mkdtemp(dir=self.folder), "masks.zip", session.masks_zip(threshold))
+        return session.overlays(threshold), message, zip_path
+
+    def rethreshold(self, threshold, session):
+        if session is None or not session.photos:
+            return [], "Nothing segmented yet.", None
+        return self.results(session, threshold)
+
+    def save_tflite(self, quantize, session):
+        import gradio as gr
+
+        if session is None or session.example is None:
+            raise gr.Error("Segment with an example first: the file holds the adapted network.")
+        return session.segmenter.export_tflite(os.path.join(tempfile.mkdtemp(dir=self.folder),
+                                                            f"segmenter_{quantize}.tflite"), quantize)
+
+
+def _fit_picture(image, mask, fit, threshold):
+    """The example with the mask given (green) beside the adapted network's (red)."""
+    from meta_drn_tf import visualize
+
+    return visualize.side_by_side([visualize.overlay(image, mask, visualize.GREEN),
+                                   visualize.overlay(image, fit > threshold, visualize.RED)])
+
+
 def build_app(segmenter):
     """The page (a `gradio.Blocks`) around a loaded `Segmenter`; each visitor adapts their own copy."""
     import gradio as gr
 
-    from meta_drn_tf.serving.labelling import LabellingSession
+    from meta_drn_tf.serving.tflite import QUANTIZATIONS
 
-    outputs_folder = tempfile.mkdtemp(prefix="meta_drn_app_")
+    handlers = _Handlers(segmenter, tempfile.mkdtemp(prefix="meta_drn_app_"))
 
-    def run(editor, uploaded_mask, files, threshold, session, progress=gr.Progress()):
-        image, mask = _example(editor, uploaded_mask)
-        if not files:
-            raise gr.Error("Add the photos to segment first (step 2).")
-        session = session or LabellingSession(segmenter)
-        try:
-            fit = session.adapt(image, mask)
-            problems = session.segment([getattr(f, "name", f) for f in files],
-                                       progress=lambda i, n: progress((i, n), desc="Segmenting photos"))
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
-        return (_fit_picture(image, mask, fit, threshold), *_results(session, threshold, problems), session)
-
-    def _fit_picture(image, mask, fit, threshold):
-        from meta_drn_tf import visualize
-
-        return visualize.side_by_side([visualize.overlay(image, mask, visualize.GREEN),
-                                       visualize.overlay(image, fit > threshold, visualize.RED)])
-
-    def _results(session, threshold, problems=()):
-        folder = tempfile.mkdtemp(dir=outputs_folder)
-        message = f"{len(session.photos)} photo(s) segmented at threshold {threshold:.2f}."
-        if problems:
-            message += "\n\nLeft out:\n" + "\n".join(f"- {p}" for p in problems)
-        return session.overlays(threshold), message, _write(folder, "masks.zip", session.masks_zip(threshold))
-
-    def rethreshold(threshold, session):
-        if session is None or not session.photos:
-            return [], "Nothing segmented yet.", None
-        return _results(session, threshold)
-
-    def save_tflite(quantize, session):
-        if session is None or session.example is None:
-            raise gr.Error("Segment with an example first: the file holds the adapted network.")
-        return session.segmenter.export_tflite(os.path.join(tempfile.mkdtemp(dir=outputs_folder),
-                                                            f"segmenter_{quantize}.tflite"), quantize)
+    def run(editor, uploaded_mask, more_photos, more_masks, files, threshold, session, progress=gr.Progress()):
+        return handlers.run(editor, uploaded_mask, more_photos, more_masks, files, threshold, session, progress)
 
     with gr.Blocks(title="meta_drn_tf: segment from one example", analytics_enabled=False) as page:
         gr.Markdown(f"# Segment photos from one example\nModel: {segmenter.description}")
@@ -115,6 +141,10 @@ def build_app(segmenter):
                                     brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"))
             uploaded_mask = gr.Image(label="…or upload its mask instead of painting", type="numpy",
                                      image_mode="L", sources=["upload"], elem_id="example_mask")
+        with gr.Accordion("More examples (optional): photos and their masks, in the same order", open=False):
+            with gr.Row():
+                more_photos = gr.File(label="Photos", file_count="multiple", file_types=["image"])
+                more_masks = gr.File(label="Their masks", file_count="multiple", file_types=["image"])
         files = gr.File(label="2. The photos to segment (images or a zip)", file_count="multiple",
                         file_types=["image", ".zip"], elem_id="photos")
         button = gr.Button("3. Segment", variant="primary", elem_id="segment")
@@ -125,13 +155,14 @@ def build_app(segmenter):
         gallery = gr.Gallery(label="Masks (red)", columns=4, elem_id="gallery")
         masks = gr.File(label="Download all masks (zip of PNGs)", elem_id="masks")
         with gr.Row():
-            quantize = gr.Radio(["none", "float16", "int8"], value="int8", label="Save for phones: quantization")
+            quantize = gr.Radio(list(QUANTIZATIONS), value="int8", label="Save for phones: quantization")
             save = gr.Button("Save the adapted segmenter (TensorFlow Lite)")
             tflite_file = gr.File(label="TensorFlow Lite file")
-        button.click(run, [editor, uploaded_mask, files, threshold, session],
+        button.click(run, [editor, uploaded_mask, more_photos, more_masks, files, threshold, session],
                      [fit, gallery, message, masks, session], api_name="segment")
-        threshold.release(rethreshold, [threshold, session], [gallery, message, masks], api_name="rethreshold")
-        save.click(save_tflite, [quantize, session], tflite_file, api_name="save_tflite")
+        threshold.release(handlers.rethreshold, [threshold, session], [gallery, message, masks],
+                          api_name="rethreshold")
+        save.click(handlers.save_tflite, [quantize, session], tflite_file, api_name="save_tflite")
     return page.queue(default_concurrency_limit=4)
 
 

@@ -61,6 +61,15 @@ def _expected_masks(segmenter, files, threshold=0.5):
             for name, image in photos.items()}
 
 
+def _rgb(path: str) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+
+
+def _write_png(path: str, image: np.ndarray) -> str:
+    cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+    return path
+
+
 def _zip_masks(data: bytes) -> dict:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         return {n: cv2.imdecode(np.frombuffer(archive.read(n), np.uint8), cv2.IMREAD_UNCHANGED)
@@ -93,14 +102,14 @@ def test_a_session_adapts_once_and_rethresholds_without_the_network(segmenter, f
     example = cv2.cvtColor(cv2.imread(files["img0"]), cv2.COLOR_BGR2RGB)
     mask = cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED) // 255
     with pytest.raises(ValueError, match="the mask is empty"):
-        session.adapt(example, np.zeros_like(mask))
-    fit = session.adapt(example, mask)
+        session.adapt([example], [np.zeros_like(mask)])
+    fit = session.adapt([example], [mask])
     assert fit.shape == mask.shape
     problems = session.segment([files["img1"], files["img2"], files["img3"], files["notes"]])
     assert len(problems) == 1 and "notes.jpg" in problems[0]
     _assert_same_masks(_zip_masks(session.masks_zip(0.5)), _expected_masks(segmenter, files))
     adapted = session.segmenter._fast_weights
-    session.adapt(example, mask)  # the same example again: no new adaptation
+    session.adapt([example], [mask])  # the same example again: no new adaptation
     assert session.segmenter._fast_weights is adapted
     calls = []
     session.segmenter.segment = lambda images: calls.append(images)  # a redraw must not run the network
@@ -134,7 +143,7 @@ def test_the_page_through_its_api_client_gives_segments_masks(page, segmenter, f
     client = Client(page.local_url, verbose=False)
     photos = [handle_file(files[n]) for n in ("img1", "img2", "img3", "notes")]
     example = {"background": handle_file(files["img0"]), "layers": [], "composite": None}
-    fit, gallery, message, masks = client.predict(example, handle_file(files["mask"]), photos, 0.5,
+    fit, gallery, message, masks = client.predict(example, handle_file(files["mask"]), [], [], photos, 0.5,
                                                   api_name="/segment")
     _assert_same_masks(_zip_masks(open(masks, "rb").read()), _expected_masks(segmenter, files))
     assert len(gallery) == 3 and "notes.jpg" in message and os.path.isfile(fit)
@@ -143,6 +152,21 @@ def test_the_page_through_its_api_client_gives_segments_masks(page, segmenter, f
     gallery, message, masks = client.predict(0.3, api_name="/rethreshold")
     _assert_same_masks(_zip_masks(open(masks, "rb").read()), _expected_masks(segmenter, files, 0.3))
     path = client.predict("float16", api_name="/save_tflite")
+    # Two examples (2-shot): the second photo with its mask, as a person adds them; masks as `segment`'s.
+    more = synthetic_bank(num_classes=3, images_per_class=4, image_size=SIZE, seed=2)
+    second = _write_png(files["img0"].replace("img0", "second"), more.images[0, 3])
+    second_mask = _write_png(files["img0"].replace("img0", "second_mask"), more.masks[0, 3] * 255)
+    _, gallery, message, masks = client.predict(example, handle_file(files["mask"]), [handle_file(second)],
+                                                [handle_file(second_mask)], photos[:2], 0.5, api_name="/segment")
+    reference = segmenter.copy().adapt(np.stack([_rgb(files["img0"]), more.images[0, 3]]),
+                                       np.stack([more.masks[0, 0], more.masks[0, 3]]).astype(np.float32))
+    got = _zip_masks(open(masks, "rb").read())
+    for name in ("img1.png", "img2.png"):
+        expected = (reference.segment(_rgb(files[name[:-4]])[None])[0] > 0.5).astype(np.uint8) * 255
+        assert np.mean(got[name] != expected) < 1e-3, name
+    with pytest.raises(Exception, match="1 more example photo.* but 0 mask"):
+        client.predict(example, handle_file(files["mask"]), [handle_file(second)], [], photos, 0.5,
+                       api_name="/segment")
     example_image = cv2.cvtColor(cv2.imread(files["img1"]), cv2.COLOR_BGR2RGB)
     assert tflite.run(path, example_image[None]).shape == (1, SIZE, SIZE)
 

@@ -1,7 +1,7 @@
 """What the labelling web app does, without the page: one person's examples, photos and masks.
 
     session = LabellingSession(segmenter)               # one per person: adaptations are not shared
-    fit = session.adapt(example_rgb, example_mask)      # the example's own probabilities
+    fit = session.adapt([example_rgb], [example_mask])  # the (first) example's own probabilities
     problems = session.segment(["a.jpg", "b.png"], progress=print)
     pictures = session.overlays(threshold=0.4)           # (overlay, caption) per photo: no re-adaptation
     zip_bytes = session.masks_zip(threshold=0.4)        # <name>.png, 0/255 at each photo's size
@@ -39,6 +39,23 @@ def mask_from_painting(layers: list[np.ndarray]) -> np.ndarray:
 def mask_from_upload(image: np.ndarray) -> np.ndarray:
     """{0, 1} mask of an uploaded mask picture, in any encoding `segment` reads (0/255, 0/1, palette...)."""
     return decode_mask(np.asarray(image))
+
+
+def read_examples(photo_paths: list[str], mask_paths: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Further examples from files: photos and their masks, in the same order (ValueError naming a bad one)."""
+    if len(photo_paths) != len(mask_paths):
+        raise ValueError(f"{len(photo_paths)} more example photo(s) but {len(mask_paths)} mask(s): give one mask "
+                         "for each photo, in the same order")
+    images, masks = [], []
+    for photo, mask in zip(photo_paths, mask_paths):
+        image = cv2.imread(photo, cv2.IMREAD_COLOR)
+        raw = cv2.imread(mask, cv2.IMREAD_UNCHANGED)
+        for path, array in ((photo, image), (mask, raw)):
+            if array is None:
+                raise ValueError(f"{os.path.basename(path)}: not an image this app can read")
+        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        masks.append(mask_from_upload(raw))
+    return images, masks
 
 
 def _decode(name: str, data: bytes) -> np.ndarray | None:
@@ -82,18 +99,24 @@ class LabellingSession:
         self.example: tuple[np.ndarray, np.ndarray] | None = None
         self.photos: list[tuple[str, np.ndarray, np.ndarray]] = []  # name, image, probabilities
 
-    def adapt(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Adapts to one example (uint8 RGB, {0,1} mask of its size); the example's own probabilities."""
-        image, mask = np.asarray(image)[..., :3].astype(np.uint8), np.asarray(mask)
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the example is "
-                             f"{image.shape[1]}x{image.shape[0]}: paint on the example, or upload its own mask")
-        if not mask.any():
-            raise ValueError("the mask is empty: paint the object on the example, or upload a mask")
-        if self.example is None or not all(map(np.array_equal, self.example, (image, mask))):
-            self.segmenter.adapt(image, mask.astype(np.float32))  # once per example: not for new photos
-            self.example = (image, mask)
-        return self.segmenter.segment(image[None])[0]
+    def adapt(self, images: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+        """Adapts to the examples (uint8 RGB images, {0,1} masks of their sizes; the others are resized
+        to the first one's size), once per set of examples; the first example's own probabilities."""
+        images = [np.asarray(image)[..., :3].astype(np.uint8) for image in images]
+        masks = [np.asarray(mask).astype(np.uint8) for mask in masks]
+        for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"example {i + 1}: the mask is {mask.shape[1]}x{mask.shape[0]} but the photo is "
+                                 f"{image.shape[1]}x{image.shape[0]}: paint on the photo, or upload its own mask")
+            if not mask.any():
+                raise ValueError(f"example {i + 1}: the mask is empty: paint the object, or upload a mask")
+        h, w = images[0].shape[:2]
+        images = np.stack([cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA) for x in images])
+        masks = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in masks])
+        if self.example is None or not all(map(np.array_equal, self.example, (images, masks))):
+            self.segmenter.adapt(images, masks.astype(np.float32))  # once per set of examples, not per photo
+            self.example = (images, masks)
+        return self.segmenter.segment(images[:1])[0]
 
     def segment(self, paths: list[str], progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Segments the photos in `paths` (files or zips) with the adapted network; the problems found."""
