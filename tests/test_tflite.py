@@ -36,12 +36,8 @@ def _photos(real_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     return images, cv2.resize(mask, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST).astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["synthetic", "real"])
-def adapted(request):
+def _adapted(real_dir: str | None):
     """A Segmenter adapted to one example (a seeded network, 20 inner steps) and its class's images."""
-    real_dir = None
-    if request.param == "real":
-        real_dir = request.getfixturevalue("real_fewshot_dir")
     tf.keras.utils.set_random_seed(3)
     learner = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig("maml", inner_lr=0.5))
     segmenter = Segmenter(saved_model.serving_module(learner, SIZE, WIDTH, inner_steps=20, kernels="stock"), "test")
@@ -50,14 +46,25 @@ def adapted(request):
     return segmenter, images
 
 
+@pytest.fixture(scope="module")
+def synthetic():
+    return _adapted(None)
+
+
+@pytest.fixture(scope="module")
+def real(real_fewshot_dir):
+    return _adapted(real_fewshot_dir)
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0.5, b > 0.5
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+@pytest.mark.parametrize("source", ["synthetic", "real"])
 @pytest.mark.parametrize("quantize", tflite.QUANTIZATIONS)
-def test_the_file_segments_like_the_segmenter(adapted, quantize, tmp_path):
-    segmenter, images = adapted
+def test_the_file_segments_like_the_segmenter(source, quantize, request, tmp_path):
+    segmenter, images = request.getfixturevalue(source)
     expected = segmenter.segment(images)
     assert 0.05 < (expected > 0.5).mean() < 0.95  # the comparison is not between empty masks
     path = segmenter.export_tflite(str(tmp_path / "cat.tflite"), quantize)
@@ -68,15 +75,15 @@ def test_the_file_segments_like_the_segmenter(adapted, quantize, tmp_path):
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_quantized_files_are_smaller(adapted, tmp_path):
-    segmenter, _ = adapted
+def test_quantized_files_are_smaller(synthetic, tmp_path):
+    segmenter, _ = synthetic
     size = {q: os.path.getsize(segmenter.export_tflite(str(tmp_path / f"{q}.tflite"), q)) for q in tflite.QUANTIZATIONS}
     assert size["float16"] < 0.55 * size["none"] and size["int8"] < 0.3 * size["none"]
 
 
-def test_the_file_runs_with_the_interpreter_alone(adapted, tmp_path):
+def test_the_file_runs_with_the_interpreter_alone(synthetic, tmp_path):
     """What README's snippet does, in a process that never imports the library."""
-    segmenter, images = adapted
+    segmenter, images = synthetic
     path = segmenter.export_tflite(str(tmp_path / "cat.tflite"), "int8")
     np.save(tmp_path / "image.npy", images[1])
     script = f"""
