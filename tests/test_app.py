@@ -217,3 +217,31 @@ def test_a_person_uploads_an_example_its_mask_and_photos_and_sees_the_masks(page
     blue, green, red = (crop[..., i].astype(int) for i in range(3))
     reddish = (red > 120) & (red > green + 60) & (red > blue + 60)  # grey photos have none of these
     assert reddish.mean() > 0.2, f"the red mask overlay covers {reddish.mean():.1%} of the gallery"
+
+
+
+def test_one_visitors_long_run_does_not_block_another(page, files, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    first, second = Client(page.local_url, verbose=False), Client(page.local_url, verbose=False)
+    example = {"background": handle_file(files["img0"]), "layers": [], "composite": None}
+
+    def segment(client, photos):
+        return client.submit(example, handle_file(files["mask"]), [], [], [handle_file(p) for p in photos], 0.5,
+                             api_name="/segment")
+
+    segment(first, [files["img1"]]).result(timeout=120)  # the model's first use traces its graphs, once
+    real_segment = Segmenter.segment
+
+    def slow_segment(self, images):  # a long run: 0.3 s per photo, 6 s for twenty
+        time.sleep(0.3)
+        return real_segment(self, images)
+
+    monkeypatch.setattr(Segmenter, "segment", slow_segment)
+    long_run = segment(first, [files["img1"]] * 20)
+    time.sleep(1.0)  # the long run is under way
+    started = time.time()
+    gallery = segment(second, [files["img2"]]).result(timeout=120)[1]  # another visitor, the same button
+    assert len(gallery) == 1 and time.time() - started < 3.0, f"answered after {time.time() - started:.1f} s"
+    assert not long_run.done(), "the long run ended before the other visitor was answered: not a test"
+    assert len(long_run.result(timeout=120)[1]) == 20
