@@ -60,13 +60,6 @@ def _paths(files) -> list[str]:
     return [getattr(f, "name", f) for f in files or []]
 
 
-def _write(folder: str, name: str, data: bytes) -> str:
-    path = os.path.join(folder, name)
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
-
-
 class _Handlers:
     """What the page's buttons and slider do, for a loaded `Segmenter`; files go under `folder`."""
 
@@ -96,7 +89,10 @@ class _Handlers:
         message = f"{len(session.photos)} photo(s) segmented at threshold {threshold:.2f}."
         if problems:
             message += "\n\nLeft out:\n" + "\n".join(f"- {p}" for p in problems)
-        zip_path = _write(tempfile.mkdtemp(dir=self.folder), "masks.zip", session.masks_zip(threshold))
+        from meta_drn_tf.paths import write_atomically
+
+        zip_path = os.path.join(tempfile.mkdtemp(dir=self.folder), "masks.zip")
+        write_atomically(zip_path, session.masks_zip(threshold))
         return session.overlays(threshold), message, zip_path
 
     def rethreshold(self, threshold, session):

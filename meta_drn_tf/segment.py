@@ -102,26 +102,19 @@ def output_names(paths: list[str]) -> list[str]:
 
 def read_support(images: list[str], masks: list[str]):
     """The labelled examples as uint8 arrays, resized to the first example's size."""
-    import cv2
-    import numpy as np
-
     from meta_drn_tf.data.fss1000 import read_binary_mask, read_rgb
     from meta_drn_tf.errors import ConfigError, DataError
+    from meta_drn_tf.serving.segmenter import stack_examples
 
     if len(images) != len(masks):
         raise ConfigError(f"{len(images)} --support image(s) but {len(masks)} --support_mask(s): give one mask each")
-    pairs = []
+    pictures, outlines = [], []
     for image_path, mask_path in zip(images, masks):
-        image = read_rgb(image_path)
-        mask = read_binary_mask(mask_path, image.shape[:2])
-        if not mask.any():
+        pictures.append(read_rgb(image_path))
+        outlines.append(read_binary_mask(mask_path, pictures[-1].shape[:2]))
+        if not outlines[-1].any():
             raise DataError(f"{mask_path}: the mask is empty; mark the object in the example with bright pixels")
-        if pairs and image.shape != pairs[0][0].shape:
-            h, w = pairs[0][0].shape[:2]
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-        pairs.append((image, mask))
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    return stack_examples(pictures, outlines)
 
 
 def output_files(names: list[str], out: str, overlay: bool) -> list[list[str]]:

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from meta_drn_tf import visualize
-from meta_drn_tf.data.fss1000 import decode_mask
-from meta_drn_tf.serving.segmenter import Segmenter
+from meta_drn_tf.data.fss1000 import decode_image, decode_mask, read_rgb
+from meta_drn_tf.serving.segmenter import Segmenter, stack_examples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -46,16 +46,9 @@ def read_examples(photo_paths: list[str], mask_paths: list[str]) -> tuple[list[n
     if len(photo_paths) != len(mask_paths):
         raise ValueError(f"{len(photo_paths)} more example photo(s) but {len(mask_paths)} mask(s): give one mask "
                          "for each photo, in the same order")
-    images, masks = [], []
-    for photo, mask in zip(photo_paths, mask_paths):
-        image = cv2.imread(photo, cv2.IMREAD_COLOR)
-        raw = cv2.imread(mask, cv2.IMREAD_UNCHANGED)
-        for path, array in ((photo, image), (mask, raw)):
-            if array is None:
-                raise ValueError(f"{os.path.basename(path)}: not an image this app can read")
-        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-        masks.append(mask_from_upload(raw))
-    return images, masks
+    # DataError (a ValueError) names a file that cannot be decoded.
+    return ([read_rgb(photo) for photo in photo_paths],
+            [mask_from_upload(decode_image(mask, cv2.IMREAD_UNCHANGED)) for mask in mask_paths])
 
 
 def _decode(name: str, data: bytes) -> np.ndarray | None:
@@ -110,9 +103,7 @@ class LabellingSession:
                                  f"{image.shape[1]}x{image.shape[0]}: paint on the photo, or upload its own mask")
             if not mask.any():
                 raise ValueError(f"example {i + 1}: the mask is empty: paint the object, or upload a mask")
-        h, w = images[0].shape[:2]
-        images = np.stack([cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA) for x in images])
-        masks = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in masks])
+        images, masks = stack_examples(images, masks)
         if self.example is None or not all(map(np.array_equal, self.example, (images, masks))):
             self.segmenter.adapt(images, masks.astype(np.float32))  # once per set of examples, not per photo
             self.example = (images, masks)

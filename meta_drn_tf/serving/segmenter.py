@@ -43,6 +43,16 @@ def saved_model_version(path: str) -> str:
                       "(saved_model.pb, or integer version folders holding one)")
 
 
+def stack_examples(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled examples as one `(k, H, W, 3)` and one `(k, H, W)` array at the first example's size
+    (the others resized: images by area, masks to the nearest pixel)."""
+    import cv2
+
+    h, w = images[0].shape[:2]
+    return (np.stack([cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA) for image in images]),
+            np.stack([cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) for mask in masks]))
+
+
 class Segmenter:
     """Adapts a meta-learned Meta-DRN to a support set once, then segments images.
 
