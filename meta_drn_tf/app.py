@@ -77,8 +77,10 @@ class _Handlers:
         session = session or LabellingSession(self.segmenter)
         try:
             images, masks = read_examples(_paths(more_photos), _paths(more_masks))
+            if progress is not None:  # the first adaptation also traces the network's graphs: seconds
+                progress(0.0, desc="Adapting to the example")
             fit = session.adapt([image, *images], [mask, *masks])
-            report = (lambda i, n: progress((i, n), desc="Segmenting photos")) if progress else None
+            report = (lambda i, n: progress((i, n), desc="Segmenting photos")) if progress is not None else None
             problems = session.segment(_paths(files), progress=report)
         except ValueError as e:
             raise gr.Error(str(e)) from None

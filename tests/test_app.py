@@ -184,26 +184,42 @@ def _browser():
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
 
 
-def test_a_person_uploads_an_example_its_mask_and_photos_and_sees_the_masks(page, files, tmp_path):
+def _segment_in_the_browser(browser, url: str, files: dict, photos: list[str], threshold: str | None = None):
+    """What a person does: opens the page, uploads the example, its mask and the photos, presses Segment."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = _browser()
-    try:
-        browser.get(page.local_url)
-        wait = WebDriverWait(browser, 60)
-        wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#example input[type=file]")))
-        browser.find_element(By.CSS_SELECTOR, "#example input[type=file]").send_keys(files["img0"])
-        browser.find_element(By.CSS_SELECTOR, "#example_mask input[type=file]").send_keys(files["mask"])
-        browser.find_element(By.CSS_SELECTOR, "#photos input[type=file]").send_keys(
-            files["grey1"] + "\n" + files["grey2"])
+    browser.get(url)
+    WebDriverWait(browser, 60).until(ready.presence_of_element_located((By.CSS_SELECTOR, "#example input[type=file]")))
+    browser.find_element(By.CSS_SELECTOR, "#example input[type=file]").send_keys(files["img0"])
+    browser.find_element(By.CSS_SELECTOR, "#example_mask input[type=file]").send_keys(files["mask"])
+    browser.find_element(By.CSS_SELECTOR, "#photos input[type=file]").send_keys("\n".join(photos))
+    if threshold is not None:
         level = browser.find_element(By.CSS_SELECTOR, "#threshold input[type=number]")
         level.clear()
-        level.send_keys("0.05\t")  # a low threshold: most of each photo counts as the object
-        time.sleep(2)  # the uploads reach the server
-        browser.find_element(By.CSS_SELECTOR, "#segment").click()
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#gallery img")) >= 2)
+        level.send_keys(threshold + "\t")
+    # The uploads have reached the server once the photo list shows every file's name.
+    WebDriverWait(browser, 60).until(lambda b: {os.path.basename(p) for p in photos} <= {
+        cell.get_attribute("aria-label") for cell in b.find_elements(By.CSS_SELECTOR, "#photos td.filename")})
+    time.sleep(1)
+    browser.find_element(By.CSS_SELECTOR, "#segment").click()
+
+
+def _gallery_images(browser) -> int:
+    from selenium.webdriver.common.by import By
+
+    return len(browser.find_elements(By.CSS_SELECTOR, "#gallery img"))
+
+
+def test_a_person_uploads_an_example_its_mask_and_photos_and_sees_the_masks(page, files, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    try:  # a low threshold: most of each photo counts as the object
+        _segment_in_the_browser(browser, page.local_url, files, [files["grey1"], files["grey2"]], "0.05")
+        WebDriverWait(browser, 60).until(lambda b: _gallery_images(b) >= 2)
         time.sleep(1)
         gallery = browser.find_element(By.CSS_SELECTOR, "#gallery")
         browser.execute_script("arguments[0].scrollIntoView()", gallery)
@@ -218,6 +234,33 @@ def test_a_person_uploads_an_example_its_mask_and_photos_and_sees_the_masks(page
     reddish = (red > 120) & (red > green + 60) & (red > blue + 60)  # grey photos have none of these
     assert reddish.mean() > 0.2, f"the red mask overlay covers {reddish.mean():.1%} of the gallery"
 
+
+def test_a_person_segmenting_fifty_photos_sees_the_progress(page, files, tmp_path, monkeypatch):
+    """The page says how far a long run has got ("Segmenting photos 12/50"), while it runs."""
+    import re
+
+    bank = synthetic_bank(num_classes=3, images_per_class=10, image_size=SIZE, seed=5)
+    photos = [_write_png(str(tmp_path / f"photo{i:02d}.png"), bank.images[i % 3, i // 5]) for i in range(50)]
+    real_segment = Segmenter.segment
+
+    def slow_segment(self, images):  # 0.1 s a photo: about 5 s for the fifty, long enough to watch
+        time.sleep(0.1)
+        return real_segment(self, images)
+
+    monkeypatch.setattr(Segmenter, "segment", slow_segment)
+    browser = _browser()
+    seen = set()
+    try:
+        _segment_in_the_browser(browser, page.local_url, files, photos)
+        deadline = time.time() + 120
+        while _gallery_images(browser) < 50 and time.time() < deadline:
+            seen.update(int(n) for n in re.findall(r"Segmenting photos\D*(\d+)\s*/\s*50", browser.page_source))
+            time.sleep(0.05)
+        assert _gallery_images(browser) == 50
+    finally:
+        browser.quit()
+    # Several readings that count up to the fifty: the bar moved while the photos were being segmented.
+    assert len(seen) >= 3 and max(seen) <= 50, sorted(seen)
 
 
 def test_one_visitors_long_run_does_not_block_another(page, files, monkeypatch):
