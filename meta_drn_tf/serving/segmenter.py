@@ -143,6 +143,28 @@ class Segmenter:
             out = self._module.serving_default(*self._support, queries, threshold)
         return out["probabilities"].numpy()
 
+    @property
+    def image_size(self) -> int:
+        """The training size S: the network's input is S x S."""
+        if not hasattr(self._module, "width"):
+            raise ConfigError(f"{self.description} does not record its network's size (exported before "
+                              "TFLite support): export it again with python -m meta_drn_tf.export")
+        return int(self._module.image_size.numpy())
+
+    def adapted_network(self) -> tuple:
+        """The network at the training size and its adapted weights, `(keras.Model, [np.ndarray])`
+        in the order of `model.trainable_variables` (what `export_tflite` folds into a file)."""
+        if self._support is None:
+            raise RuntimeError("call adapt() with at least one labelled example first")
+        from meta_drn_tf.network.model import build_meta_drn
+
+        model = build_meta_drn(self.image_size, float(self._module.width.numpy()))
+        fast = self._fast_weights if self._fast_weights is not None else self._module.adapt(*self._support)[
+            "fast_weights"]
+        shapes = [v.shape for v in model.trainable_variables]
+        parts = np.split(fast.numpy(), np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1])
+        return model, [part.reshape(shape) for part, shape in zip(parts, shapes)]
+
     def export_tflite(self, path: str, quantize: str = "none") -> str:
         """Writes the adapted network as a TensorFlow Lite file; returns `path`.
 
@@ -150,21 +172,9 @@ class Segmenter:
         sizes first) and returns float32 probabilities `[1, S, S]`; no adaptation runs on the
         device. `quantize`: "none", "float16" or "int8" (weights; `meta_drn_tf.serving.tflite`).
         """
-        if self._support is None:
-            raise RuntimeError("call adapt() with at least one labelled example first")
-        if not hasattr(self._module, "width"):
-            raise ConfigError(f"{self.description} does not record its network's size (exported before "
-                              "TFLite support): export it again with python -m meta_drn_tf.export")
+        model, weights = self.adapted_network()
         from meta_drn_tf import paths
-        from meta_drn_tf.network.model import build_meta_drn
         from meta_drn_tf.serving import tflite
 
-        size = int(self._module.image_size.numpy())
-        model = build_meta_drn(size, float(self._module.width.numpy()))
-        fast = self._fast_weights if self._fast_weights is not None else self._module.adapt(*self._support)[
-            "fast_weights"]
-        shapes = [v.shape for v in model.trainable_variables]
-        parts = np.split(fast.numpy(), np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1])
-        weights = [part.reshape(shape) for part, shape in zip(parts, shapes)]
         paths.write_atomically(path, tflite.convert(model, weights, quantize))
         return path

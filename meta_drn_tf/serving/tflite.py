@@ -9,9 +9,10 @@ the device: the inner loop ran once, on the machine that exported the file.
 
 Quantizations: "none" (float32), "float16" (float16 weights: half the file) and
 "int8" (int8 weights, a quarter of the file; activations are quantized on the
-fly, TFLite's dynamic-range quantization). Full-integer int8, activations
-calibrated on the examples, loses too much in the per-image normalization's
-statistics (docs/performance.md, "TFLite"). The graphs are the stock kernel
+fly, TFLite's dynamic-range quantization). Full-integer int8 (activations
+calibrated on the examples and their augmentations) is not offered: its masks
+disagree with the float network's on many photos (docs/performance.md, "TFLite";
+`tools/study_int8.py` measures it). The graphs are the stock kernel
 forms: TFLite's builtin ops.
 """
 
@@ -34,6 +35,17 @@ def convert(model, weights: list[np.ndarray], quantize: str = "none") -> bytes:
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    converter = make_converter(model, weights)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+def make_converter(model, weights: list[np.ndarray]) -> tf.lite.TFLiteConverter:
+    """TFLite's converter of `model` under `weights` (constants), uint8 image `[1, S, S, 3]` in,
+    probabilities `[1, S, S]` out, before any quantization setting (`convert` sets them)."""
     size = model.input_shape[1]
 
     @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")])
@@ -45,12 +57,7 @@ def convert(model, weights: list[np.ndarray], quantize: str = "none") -> bytes:
 
     holder = tf.Module()  # what the converter saves: the function alone, its weights constants
     holder.segment = segment
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([segment.get_concrete_function()], holder)
-    if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    return converter.convert()
+    return tf.lite.TFLiteConverter.from_concrete_functions([segment.get_concrete_function()], holder)
 
 
 def run(flatbuffer: bytes | str, images: np.ndarray) -> np.ndarray:

@@ -1,0 +1,115 @@
+"""How far full-integer int8 TFLite files of adapted segmenters agree with the Segmenter.
+
+    python tools/study_int8.py --model=runs/quickstart [--data_dir=../shared/data/real_fewshot]
+
+For every class of a few-shot folder (FSS-1000 layout): adapts the model to the class's
+first photo, then compares the masks (threshold 0.5) of TFLite files with the Segmenter's on
+all the class's photos, as IoU per photo. Rows: the shipped dynamic-range `int8`, and
+full-integer files (`supported_ops=TFLITE_BUILTINS_INT8`) calibrated on the example and 30
+augmentations (`full`), with the norms' ops left in float (`full, norms float`), and
+calibrated on the class's photos too (`full, photos in calibration`: an upper bound, those
+photos being unknown when a file is made). Prints a Markdown table and the machine line.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from absl import flags
+
+from meta_drn_tf import cli
+
+flags.DEFINE_string("model", "runs/quickstart", "A training run or SavedModel.")
+flags.DEFINE_string("data_dir", "../shared/data/real_fewshot", "Classes of photos with masks (FSS-1000 layout).")
+flags.DEFINE_integer("augmentations", 30, "Augmented copies of the example that calibrate.")
+FLAGS = flags.FLAGS
+NORM_OPS = ["MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUB", "MUL", "ADD"]
+ROWS = ("int8", "full", "full, norms float", "full, photos in calibration")
+
+
+def _photos(folder: str, size: int):
+    """The class's photos at `size` (uint8) and the first one's mask."""
+    import cv2
+    import numpy as np
+
+    from meta_drn_tf.data.fss1000 import read_binary_mask, read_rgb
+
+    jpgs = sorted(glob.glob(os.path.join(folder, "*.jpg")))
+    images = np.stack([cv2.resize(read_rgb(p), (size, size), interpolation=cv2.INTER_AREA) for p in jpgs])
+    mask = read_binary_mask(jpgs[0][:-4] + ".png", read_rgb(jpgs[0]).shape[:2]).astype(np.uint8)
+    return images, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+
+
+def _calibration_images(example, count: int):
+    """The example and `count` augmentations of it (the training augmentation), uint8 `(1 + count, S, S, 3)`."""
+    import numpy as np
+    import tensorflow as tf
+
+    from meta_drn_tf.data import augment
+
+    images = tf.constant(np.repeat(example[None], count, axis=0).astype(np.float32) / 255.0)
+    augmented, _ = augment.augment_task(images, tf.zeros_like(images[..., :1]), tf.constant([0, 0], tf.int64))
+    return np.concatenate([example[None], np.round(augmented.numpy() * 255.0).astype(np.uint8)])
+
+
+def _full_integer(segmenter, calibration, norms_in_float: bool) -> bytes:
+    """A full-integer file of the adapted network, its activations calibrated on `calibration`."""
+    import tensorflow as tf
+
+    from meta_drn_tf.serving import tflite
+
+    def dataset():
+        return ([image[None]] for image in calibration)
+
+    converter = tflite.make_converter(*segmenter.adapted_network())
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if not norms_in_float:
+        return converter.convert()
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=NORM_OPS)
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset,
+                                                         debug_options=options)
+    return debugger.get_nondebug_quantized_model()
+
+
+def _files(segmenter, images):
+    """Each row's TFLite file for a segmenter adapted to images[0]."""
+    import numpy as np
+
+    from meta_drn_tf.serving import tflite
+
+    calibration = _calibration_images(images[0], FLAGS.augmentations)
+    return {"int8": tflite.convert(*segmenter.adapted_network(), "int8"),
+            "full": _full_integer(segmenter, calibration, False),
+            "full, norms float": _full_integer(segmenter, calibration, True),
+            "full, photos in calibration": _full_integer(segmenter, np.concatenate([calibration, images]), False)}
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    from meta_drn_tf.hardware import describe
+    from meta_drn_tf.serving import tflite
+    from meta_drn_tf.serving.segmenter import Segmenter
+
+    print(describe())
+    base = Segmenter.load(FLAGS.model, kernels="stock")
+    ious = {row: [] for row in ROWS}
+    for name in sorted(os.listdir(FLAGS.data_dir)):
+        images, mask = _photos(os.path.join(FLAGS.data_dir, name), base.image_size)
+        segmenter = base.copy().adapt(images[:1], mask[None])
+        expected = segmenter.segment(images) > 0.5
+        for row, flatbuffer in _files(segmenter, images).items():
+            got = tflite.run(flatbuffer, images) > 0.5
+            ious[row] += [(e & g).sum() / max((e | g).sum(), 1) for e, g in zip(expected, got)]
+    print(f"\n{FLAGS.model} ({base.description}), {len(ious['int8'])} photos of {FLAGS.data_dir}\n")
+    print("| file | IoU min | mean | photos at >= 0.95 |\n|---|---|---|---|")
+    for row, values in ious.items():
+        print(f"| {row} | {min(values):.3f} | {np.mean(values):.3f} | {np.mean(np.array(values) >= 0.95):.0%} |")
+
+
+if __name__ == "__main__":
+    cli.run(main)
