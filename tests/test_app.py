@@ -20,7 +20,6 @@ from meta_drn_tf.serving.segmenter import Segmenter
 gradio = pytest.importorskip("gradio", reason="the app's extra is not installed: pip install -e '.[app]'")
 
 SIZE = 32
-SCREENSHOT = os.environ.get("APP_SCREENSHOT")  # where the browser test also keeps its picture
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +223,7 @@ def test_a_person_uploads_an_example_its_mask_and_photos_and_sees_the_masks(page
         gallery = browser.find_element(By.CSS_SELECTOR, "#gallery")
         browser.execute_script("arguments[0].scrollIntoView()", gallery)
         picture = tmp_path / "app.png"
-        browser.save_screenshot(str(picture))
-        if SCREENSHOT:
-            shutil.copy(picture, SCREENSHOT)
+        browser.save_screenshot(str(picture))  # the test's artifact, kept in pytest's tmp_path
         crop = cv2.imdecode(np.frombuffer(gallery.screenshot_as_png, np.uint8), cv2.IMREAD_COLOR)
     finally:
         browser.quit()
