@@ -162,8 +162,10 @@ def test_taps_only_for_large_layers_of_known_size():
 @pytest.mark.parametrize("dilation, batch", [(1, 1), (2, 2)])  # a batch of 2: kernel gradients summed over images
 def test_bfloat16_winograd_errs_a_few_roundings_more_than_a_direct_bfloat16_convolution(dilation, batch):
     """bfloat16 Winograd rounds its transformed tiles and kernels too: its values and kernel gradient
-    stay within 3x the relative error of the direct bfloat16 forms (2x measured here; a wrong transform
-    would be off by 100%)."""
+    stay within 3x the relative error of the direct bfloat16 forms (2x measured on an AVX512-BF16 host)
+    or within four bfloat16 roundings (2^-8 each), whichever is larger: where the direct forms
+    accumulate in float32 (Eigen's kernels on AVX2 hosts: 0.003) Winograd's four roundings are the
+    larger bound (0.012 measured). A wrong transform would be off by 100%."""
     x = tf.random.stateless_normal([batch, 16, 16, 48], seed=[8, 9], dtype=tf.float64)
     kernel = tf.random.stateless_normal([3, 3, 48, 40], seed=[10, 11], dtype=tf.float64) / 20.0
     dy = tf.random.stateless_normal([batch, 16, 16, 40], seed=[12, 13], dtype=tf.float64)
@@ -183,7 +185,7 @@ def test_bfloat16_winograd_errs_a_few_roundings_more_than_a_direct_bfloat16_conv
     winograd = error(lambda a, b: same_conv2d(a, b, dilation, WINOGRAD))
     direct = error(lambda a, b: same_conv2d(a, b, dilation, TAPS))
     for name, ours, theirs in zip(("value", "kernel gradient"), winograd, direct):
-        assert ours < 3 * theirs, (name, ours, theirs)
+        assert ours < max(3 * theirs, 4 * 2.0**-8), (name, ours, theirs)
 
 
 def _op_types(fn, *specs) -> set[str]:
