@@ -74,7 +74,12 @@ def _free_ports(n):
     return ports
 
 
-def _worker_cmd(model_dir, epochs, timeout_s=30):
+# The collectives' timeout of runs that should not time out: on a loaded 2-core host a worker's first
+# steps of an epoch (tracing, then validation on the chief) took over 30 s, and 30 failed such a run.
+COLLECTIVE_TIMEOUT_S = 120
+
+
+def _worker_cmd(model_dir, epochs, timeout_s=COLLECTIVE_TIMEOUT_S):
     # Meta-batch 3 over two workers: shares of 2 and 1 task, the second padded (an uneven split).
     flags = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
                  meta_batch_size=3, tasks_per_epoch=3, epochs=epochs, val_episodes=1, inner_lr=0.01,
@@ -84,7 +89,7 @@ def _worker_cmd(model_dir, epochs, timeout_s=30):
     return [sys.executable, "-m", "meta_drn_tf.train"] + [f"--{k}={v}" for k, v in flags.items()]
 
 
-def _start_workers(model_dir, epochs, timeout_s=30):
+def _start_workers(model_dir, epochs, timeout_s=COLLECTIVE_TIMEOUT_S):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
