@@ -66,7 +66,7 @@ class _Handlers:
     def __init__(self, segmenter, folder: str):
         self.segmenter, self.folder = segmenter, folder
 
-    def run(self, editor, uploaded_mask, more_photos, more_masks, files, threshold, session, progress=None):
+    def run(self, editor, uploaded_mask, more_photos, more_masks, files, threshold, session, progress):
         import gradio as gr
 
         from meta_drn_tf.serving.labelling import LabellingSession, read_examples
@@ -77,11 +77,10 @@ class _Handlers:
         session = session or LabellingSession(self.segmenter)
         try:
             images, masks = read_examples(_paths(more_photos), _paths(more_masks))
-            if progress is not None:  # the first adaptation also traces the network's graphs: seconds
-                progress(0.0, desc="Adapting to the example")
+            # `progress` is gradio's tracker (falsy until it tracks an iterable: never test it for truth).
+            progress(0.0, desc="Adapting to the example")  # the first adaptation traces graphs: seconds
             fit = session.adapt([image, *images], [mask, *masks])
-            report = (lambda i, n: progress((i, n), desc="Segmenting photos")) if progress is not None else None
-            problems = session.segment(_paths(files), progress=report)
+            problems = session.segment(_paths(files), progress=lambda i, n: progress((i, n), desc="Segmenting photos"))
         except ValueError as e:
             raise gr.Error(str(e)) from None
         return (_fit_picture(image, mask, fit, threshold), *self.results(session, threshold, problems), session)
