@@ -13,7 +13,7 @@ with the predicted mask in red. Images are processed in batches of
 --batch_size images of one size, so memory stays bounded.
 
 --save_tflite also writes the adapted network as a TensorFlow Lite file for
-phones (`Segmenter.export_tflite`; --tflite_quantize=none|float16|int8).
+phones (`Segmenter.export_tflite`; --tflite_quantize=none|float16|int8|int16x8).
 
 Every input is checked before the network loads: all unreadable images are
 listed at once (exit 5), or left out and named with --skip_bad_files. Each PNG
@@ -59,8 +59,9 @@ def define_flags() -> None:
                       "CPU, stock on a GPU). A SavedModel keeps the forms it was exported with.")
     flags.DEFINE_string("save_tflite", None, "Also write the adapted network as a TensorFlow Lite file: one uint8 "
                         "image at the training size in, probabilities out (for phones and edge devices).")
-    flags.DEFINE_enum("tflite_quantize", "none", QUANTIZATIONS, "The TensorFlow Lite file's weights: none "
-                      "(float32), float16 (half the size) or int8 (a quarter).")
+    flags.DEFINE_enum("tflite_quantize", "none", QUANTIZATIONS, "The TensorFlow Lite file's numbers: none "
+                      "(float32), float16 (weights: half the size), int8 (weights: a quarter, for CPUs) or "
+                      "int16x8 (integer throughout, calibrated on the example: for integer-only NPUs).")
     cli.check_paths(model="path", support="file", support_mask="file", out="new_folder", save_tflite="new_file")
     flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie strictly between 0 and 1")
     flags.register_validator("batch_size", lambda b: b >= 1, message="must be at least 1")

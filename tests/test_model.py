@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from meta_drn_tf.network.kernels import LITE, STOCK
+from meta_drn_tf.network.layers import SubPixelUpsample
 from meta_drn_tf.network.model import (
     PAPER_PARAMS,
     build_meta_drn,
@@ -19,6 +21,22 @@ def test_output_is_one_logit_per_pixel_at_input_resolution(size, width):
     out = model(np.random.rand(2, size, size, 3).astype("float32"))
     assert out.shape == (2, size, size, 1)
     assert out.dtype == tf.float32
+
+
+def test_tflite_forms_upsample_by_transpose_to_the_same_pixels():
+    """TFLite files' depth-to-space (`LITE`) is a reshape and a transpose (TFLite's DEPTH_TO_SPACE has no
+    int16 kernel), and moves every value where depth_to_space does."""
+    layer = SubPixelUpsample(classes=2, scale=4)
+    x = tf.random.stateless_normal([3, 5, 6, 7], seed=[0, 1])
+    layer.build(x.shape)
+
+    def traced(policy):
+        return tf.function(lambda x: layer(x, kernels=policy)).get_concrete_function(x)
+
+    np.testing.assert_array_equal(traced(LITE)(x).numpy(), traced(STOCK)(x).numpy())
+    assert traced(LITE)(x).shape == (3, 20, 24, 2)
+    types = {policy: {op.type for op in traced(policy).graph.get_operations()} for policy in (STOCK, LITE)}
+    assert "DepthToSpace" in types[STOCK] and "DepthToSpace" not in types[LITE]
 
 
 def test_any_size_model_accepts_rectangular_inputs():

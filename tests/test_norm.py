@@ -3,7 +3,7 @@
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf.network.kernels import KernelPolicy
+from meta_drn_tf.network.kernels import LITE, STOCK, KernelPolicy
 from meta_drn_tf.network.norm import instance_norm
 
 FUSED = KernelPolicy("cpu", fused_norm=True)  # the cpu policy's first-order steps
@@ -42,6 +42,25 @@ def test_values_and_gradients_of_both_orders_match_the_composite(slope, graph):
     names = ("output", "d/dx", "d/dgamma", "d/dbeta", "d2/dx", "d2/dgamma", "d2/dbeta")
     for name, a, b in zip(names, ours(x, gamma, beta), expected):
         tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10, message=name)
+
+
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_tflite_forms_match_the_composite_without_a_squared_difference(slope):
+    """TFLite files' norm (`LITE`): the same values and gradients, its variance a product (TFLite's
+    SQUARED_DIFFERENCE has no int16 kernel)."""
+    x = tf.random.stateless_normal([2, 5, 7, 3], seed=[12, 13], dtype=tf.float64) * 2.0 + 0.5
+    gamma = tf.random.stateless_normal([3], seed=[14, 15], dtype=tf.float64)
+    beta = tf.random.stateless_normal([3], seed=[16, 17], dtype=tf.float64)
+    ours = _first_and_second_order(lambda x, g, b: instance_norm(x, g, b, 1e-3, slope, LITE), x, gamma, beta)
+    expected = _first_and_second_order(lambda x, g, b: _reference(x, g, b, 1e-3, slope), x, gamma, beta)
+    for a, b in zip(ours, expected):
+        tf.debugging.assert_near(a, b, rtol=1e-10, atol=1e-10)
+
+    def op_types(policy):
+        traced = tf.function(lambda x: instance_norm(x, gamma, beta, 1e-3, slope, policy))
+        return {op.type for op in traced.get_concrete_function(x).graph.get_operations()}
+
+    assert "SquaredDifference" in op_types(STOCK) and "SquaredDifference" not in op_types(LITE)
 
 
 @pytest.mark.parametrize("slope", [None, 0.1])

@@ -21,7 +21,7 @@ from meta_drn_tf.serving.segmenter import Segmenter
 
 SIZE, WIDTH = 64, 0.25
 # The least IoU of a file's masks with the Segmenter's (threshold 0.5, over all the class's images).
-MIN_IOU = {"none": 0.99, "float16": 0.99, "int8": 0.95}
+MIN_IOU = {"none": 0.99, "float16": 0.99, "int8": 0.95, "int16x8": 0.95}
 
 
 def _photos(real_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +80,42 @@ def test_quantized_files_are_smaller(synthetic, tmp_path):
     segmenter, _ = synthetic
     size = {q: os.path.getsize(segmenter.export_tflite(str(tmp_path / f"{q}.tflite"), q)) for q in tflite.QUANTIZATIONS}
     assert size["float16"] < 0.55 * size["none"] and size["int8"] < 0.3 * size["none"]
+    assert size["int16x8"] < 0.35 * size["none"]
+
+
+def test_int16x8_files_are_integer_but_at_their_edges(synthetic, tmp_path):
+    """Every op computes in int16 with int8 weights except the input's uint8-to-float cast and the
+    (de)quantization at the edges: what an integer-only accelerator needs."""
+    segmenter, _ = synthetic
+    interpreter = tf.lite.Interpreter(model_path=segmenter.export_tflite(str(tmp_path / "x.tflite"), "int16x8"))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    outputs = {op["op_name"]: set() for op in ops}
+    for op in ops:
+        outputs[op["op_name"]].update(tensors[i]["dtype"] for i in op["outputs"])
+    edges = {"CAST": {np.float32}, "QUANTIZE": {np.int16}, "DEQUANTIZE": {np.float32}}
+    assert {name: types for name, types in outputs.items() if name not in edges} == {
+        name: {np.int16} for name in outputs if name not in edges}
+    assert {"CONV_2D", "MEAN", "RSQRT", "TRANSPOSE"} <= set(outputs)
+    assert all(outputs[name] == types for name, types in edges.items() if name in outputs)
+    filters = [tensors[op["inputs"][1]]["dtype"] for op in ops if op["op_name"] == "CONV_2D"]
+    assert filters and set(filters) == {np.int8}
+
+
+def test_calibration_holds_the_examples_their_training_copies_and_more(synthetic):
+    segmenter, images = synthetic
+    examples = np.stack([cv2.resize(images[i], (2 * SIZE, 2 * SIZE)) for i in (0, 1)])  # resized to SIZE
+    calibration = tflite.calibration_images(examples, SIZE)
+    beyond = len(tflite.CONTRASTS) + len(tflite.BRIGHTNESS_SHIFTS) + 2 + len(tflite.BLUR_SIGMAS) + 1
+    assert calibration.shape == (2 + tflite.CALIBRATION_COPIES + beyond * (2 + tflite.BEYOND_TRAINING_COPIES),
+                                 SIZE, SIZE, 3) and calibration.dtype == np.uint8
+    np.testing.assert_array_equal(calibration[0], cv2.resize(examples[0], (SIZE, SIZE), interpolation=cv2.INTER_AREA))
+    spreads = calibration.reshape(len(calibration), -1).std(axis=1)
+    copies = spreads[2:2 + tflite.CALIBRATION_COPIES]
+    # Beyond the training copies: lower and higher contrast than any of them.
+    assert spreads.min() < 0.8 * copies.min() and spreads.max() > 1.2 * copies.max()
+    np.testing.assert_array_equal(calibration, tflite.calibration_images(examples, SIZE))
+    assert not np.array_equal(calibration, tflite.calibration_images(examples, SIZE, seed=1))
 
 
 def test_the_file_runs_with_the_interpreter_alone(synthetic, tmp_path):
@@ -107,8 +143,11 @@ def test_export_needs_an_adaptation_and_a_model_that_records_its_size(tmp_path):
     module = saved_model.serving_module(learner, 16, 0.0625, kernels="stock")
     with pytest.raises(RuntimeError, match="adapt"):
         Segmenter(module, "run").export_tflite(str(tmp_path / "x.tflite"))
-    with pytest.raises(ValueError, match="quantize must be one of none, float16, int8"):
-        tflite.convert(learner.model, [v.numpy() for v in learner.model.trainable_variables], "int4")
+    weights = [v.numpy() for v in learner.model.trainable_variables]
+    with pytest.raises(ValueError, match="quantize must be one of none, float16, int8, int16x8, got 'int4'"):
+        tflite.convert(learner.model, weights, "int4")
+    with pytest.raises(ValueError, match="int16x8 needs calibration images"):
+        tflite.convert(learner.model, weights, "int16x8")
 
     old_export = types.SimpleNamespace(adapt=module.adapt)  # written before exports recorded their size
     segmenter = Segmenter(old_export, "SavedModel old/1").adapt(np.zeros((16, 16, 3), np.uint8), np.ones((16, 16)))

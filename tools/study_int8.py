@@ -1,14 +1,16 @@
-"""How far full-integer int8 TFLite files of adapted segmenters agree with the Segmenter.
+"""How far quantized TFLite files of adapted segmenters agree with the Segmenter.
 
     python tools/study_int8.py --model=runs/quickstart [--data_dir=../shared/data/real_fewshot]
 
 For every class of a few-shot folder (FSS-1000 layout): adapts the model to the class's
 first photo, then compares the masks (threshold 0.5) of TFLite files with the Segmenter's on
-all the class's photos, as IoU per photo. Rows: the shipped dynamic-range `int8`, and
-full-integer files (`supported_ops=TFLITE_BUILTINS_INT8`) calibrated on the example and 30
-augmentations (`full`), with the norms' ops left in float (`full, norms float`), and
-calibrated on the class's photos too (`full, photos in calibration`: an upper bound, those
-photos being unknown when a file is made). Prints a Markdown table and the machine line.
+all the class's photos, as IoU per photo. Rows: the shipped `int8` (dynamic-range) and
+`int16x8` (calibrated on `tflite.calibration_images` of the example); full-integer int8 files
+(`supported_ops=TFLITE_BUILTINS_INT8`) on the same calibration (`full`), with the norms' ops
+left in float (`full, norms float`), and calibrated on the class's photos too (`full, photos in
+calibration`: an upper bound, those photos being unknown when a file is made); and int16x8
+calibrated on the training augmentation's copies alone (`int16x8, training copies only`: what
+the lighting, blur and noise beyond them add). Prints a Markdown table and the machine line.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from meta_drn_tf import cli
 
 flags.DEFINE_string("model", "runs/quickstart", "A training run or SavedModel.")
 flags.DEFINE_string("data_dir", "../shared/data/real_fewshot", "Classes of photos with masks (FSS-1000 layout).")
-flags.DEFINE_integer("augmentations", 30, "Augmented copies of the example that calibrate.")
 FLAGS = flags.FLAGS
-NORM_OPS = ["MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUB", "MUL", "ADD"]
-ROWS = ("int8", "full", "full, norms float", "full, photos in calibration")
+NORM_OPS = ["MEAN", "RSQRT", "SUB", "MUL", "ADD"]
+ROWS = ("int8", "int16x8", "int16x8, training copies only", "full", "full, norms float", "full, photos in calibration")
 
 
 def _photos(folder: str, size: int):
@@ -39,18 +40,6 @@ def _photos(folder: str, size: int):
     images = np.stack([cv2.resize(read_rgb(p), (size, size), interpolation=cv2.INTER_AREA) for p in jpgs])
     mask = read_binary_mask(jpgs[0][:-4] + ".png", read_rgb(jpgs[0]).shape[:2]).astype(np.uint8)
     return images, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float32)
-
-
-def _calibration_images(example, count: int):
-    """The example and `count` augmentations of it (the training augmentation), uint8 `(1 + count, S, S, 3)`."""
-    import numpy as np
-    import tensorflow as tf
-
-    from meta_drn_tf.data import augment
-
-    images = tf.constant(np.repeat(example[None], count, axis=0).astype(np.float32) / 255.0)
-    augmented, _ = augment.augment_task(images, tf.zeros_like(images[..., :1]), tf.constant([0, 0], tf.int64))
-    return np.concatenate([example[None], np.round(augmented.numpy() * 255.0).astype(np.uint8)])
 
 
 def _full_integer(segmenter, calibration, norms_in_float: bool) -> bytes:
@@ -80,8 +69,11 @@ def _files(segmenter, images):
 
     from meta_drn_tf.serving import tflite
 
-    calibration = _calibration_images(images[0], FLAGS.augmentations)
+    calibration = tflite.calibration_images(images[:1], images.shape[1])
+    training_copies = calibration[:1 + tflite.CALIBRATION_COPIES]
     return {"int8": tflite.convert(*segmenter.adapted_network(), "int8"),
+            "int16x8": tflite.convert(*segmenter.adapted_network(), "int16x8", calibration),
+            "int16x8, training copies only": tflite.convert(*segmenter.adapted_network(), "int16x8", training_copies),
             "full": _full_integer(segmenter, calibration, False),
             "full, norms float": _full_integer(segmenter, calibration, True),
             "full, photos in calibration": _full_integer(segmenter, np.concatenate([calibration, images]), False)}

@@ -53,6 +53,10 @@ class KernelPolicy:
             with oneDNN's kernels; with Eigen's, side by side is faster).
         fused_norm: cpu: TensorFlow's fused batch-norm kernels, per image, for the norms' values and
             first-order gradients (first-order steps only).
+        lite_forms: TFLite files (`LITE`): the norm's variance as a product of the centred input
+            with itself and depth-to-space as a reshape and a transpose, the forms that TFLite's
+            int16-activation (16x8) kernels have: its SQUARED_DIFFERENCE and DEPTH_TO_SPACE take
+            no int16. Forward only: these forms' gradients are autodiff's.
     """
 
     name: str = "stock"
@@ -61,6 +65,7 @@ class KernelPolicy:
     min_tap_flops: int | None = None
     terms_in_turn: bool = False
     fused_norm: bool = False
+    lite_forms: bool = False
 
     @property
     def cpu_forms(self) -> bool:
@@ -68,6 +73,7 @@ class KernelPolicy:
 
 
 STOCK = KernelPolicy()
+LITE = KernelPolicy(lite_forms=True)
 
 
 def resolve(kernels: str, device: str) -> str:

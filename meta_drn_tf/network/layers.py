@@ -247,6 +247,16 @@ class ResBlock(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+def _depth_to_space_by_transpose(x, scale: int):
+    """`ops.depth_to_space` (channels last) as a reshape, a transpose and a reshape: ops that TFLite
+    runs with int16 activations, which its DEPTH_TO_SPACE does not. `(n, h, w, scale²·c)` of static
+    h, w, c -> `(n, h·scale, w·scale, c)`."""
+    _, h, w, channels = x.shape
+    c = channels // (scale * scale)
+    blocks = ops.transpose(ops.reshape(x, (-1, h, w, scale, scale, c)), (0, 1, 3, 2, 4, 5))
+    return ops.reshape(blocks, (-1, h * scale, w * scale, c))
+
+
 class SubPixelUpsample(layers.Layer):
     """Sub-pixel convolution: 3x3 conv to `classes * scale**2` channels, then
     depth-to-space by `scale` (Shi et al. 2016).
@@ -274,6 +284,8 @@ class SubPixelUpsample(layers.Layer):
         # The conv layer's own weights, through the convolution in the policy's forms (see ConvNormAct).
         kernel = ops.cast(self.conv.kernel, inputs.dtype)
         x = same_conv2d(inputs, kernel, 1, kernels or STOCK) + ops.cast(self.conv.bias, inputs.dtype)
+        if (kernels or STOCK).lite_forms:
+            return _depth_to_space_by_transpose(x, self.scale)
         return ops.depth_to_space(x, self.scale, data_format="channels_last")
 
     def compute_output_shape(self, input_shape):

@@ -55,14 +55,17 @@ def instance_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: floa
         epsilon: added to the variance.
         leaky_slope: the LeakyReLU slope for negative inputs (> 0), or None for no activation.
         policy: with `fused_norm` (the cpu policy's first-order steps), TensorFlow's fused
-            batch-norm kernels, per image; otherwise the closed form (elementwise ops and
-            per-image reductions, no layout change: what GPUs and XLA fuse).
+            batch-norm kernels, per image; with `lite_forms` (TFLite files), the composite in
+            plain ops; otherwise the closed form (elementwise ops and per-image reductions, no
+            layout change: what GPUs and XLA fuse).
 
     Returns:
         `(batch, H, W, C)`, x's dtype.
     """
     if leaky_slope is not None and leaky_slope <= 0:
         raise ValueError(f"leaky_slope must be positive (the gradient reads the output's sign), got {leaky_slope}")
+    if policy.lite_forms:
+        return _lite_norm(x, gamma, beta, float(epsilon), leaky_slope)
     if policy.fused_norm and x.dtype in FUSED_DTYPES and gamma.dtype == tf.float32:
         return _fused_norm(float(epsilon), leaky_slope)(x, gamma, beta)
     return _norm_with_closed_form_gradient(float(epsilon), leaky_slope)(x, gamma, beta)
@@ -72,6 +75,19 @@ def _statistics(x: tf.Tensor, epsilon: float) -> tuple[tf.Tensor, tf.Tensor]:
     mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
     variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=[1, 2], keepdims=True)
     return mean, tf.math.rsqrt(variance + epsilon)
+
+
+def _lite_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float,
+               leaky_slope: float | None) -> tf.Tensor:
+    """The norm for TFLite files: the centred input's square is a MUL of it with itself (TFLite's
+    SQUARED_DIFFERENCE has no int16 kernel), and the output is formed from the centred input, so
+    that no two large terms cancel where activations are integers."""
+    centred = tf.cast(x, gamma.dtype) - tf.reduce_mean(tf.cast(x, gamma.dtype), axis=[1, 2], keepdims=True)
+    variance = tf.reduce_mean(centred * centred, axis=[1, 2], keepdims=True)
+    y = centred * (tf.math.rsqrt(variance + epsilon) * gamma) + beta
+    if leaky_slope is not None:
+        y = tf.nn.leaky_relu(y, leaky_slope)
+    return tf.cast(y, x.dtype)
 
 
 def _activation_gradient(dy: tf.Tensor, y: tf.Tensor, leaky_slope: float | None) -> tf.Tensor:

@@ -170,11 +170,14 @@ class Segmenter:
 
         The file takes one uint8 RGB image `[1, S, S, 3]` at the training size S (resize other
         sizes first) and returns float32 probabilities `[1, S, S]`; no adaptation runs on the
-        device. `quantize`: "none", "float16" or "int8" (weights; `meta_drn_tf.serving.tflite`).
+        device. `quantize`: "none", "float16", "int8" or "int16x8" (`meta_drn_tf.serving.tflite`);
+        int16x8's ranges are calibrated on the examples given to `adapt` and augmentations of them.
         """
         model, weights = self.adapted_network()
         from meta_drn_tf import paths
         from meta_drn_tf.serving import tflite
 
-        paths.write_atomically(path, tflite.convert(model, weights, quantize))
+        calibration = tflite.calibration_images(self._support[0].numpy(), self.image_size) if (
+            quantize == "int16x8") else None
+        paths.write_atomically(path, tflite.convert(model, weights, quantize, calibration))
         return path

@@ -7,24 +7,45 @@ image `[1, S, S, 3]` in (S: the training size; resize other images to it
 first), foreground probabilities float32 `[1, S, S]` out. No adaptation runs on
 the device: the inner loop ran once, on the machine that exported the file.
 
-Quantizations: "none" (float32), "float16" (float16 weights: half the file) and
-"int8" (int8 weights, a quarter of the file; activations are quantized on the
-fly, TFLite's dynamic-range quantization). Full-integer int8 (activations
-calibrated on the examples and their augmentations) is not offered: its masks
-disagree with the float network's on many photos (docs/performance.md, "TFLite";
-`tools/study_int8.py` measures it). The graphs are the stock kernel
-forms: TFLite's builtin ops.
+Quantizations:
+- "none": float32.
+- "float16": float16 weights, half the file.
+- "int8": int8 weights, a quarter of the file; activations quantized on the fly
+  (TFLite's dynamic-range quantization). For CPUs.
+- "int16x8": integer throughout (TFLite's 16x8 mode): int8 weights, int16 activations
+  whose ranges are calibrated on the examples and augmentations of them
+  (`calibration_images`); only the input's uint8-to-float cast and the
+  quantize/dequantize pair at the edges are not integer ops. For integer-only
+  accelerators that take 16x8 (Arm's Ethos-U NPUs, TFLite Micro).
+Full-integer int8 (int8 activations) is not offered: its masks disagree with the
+float network's on many photos (docs/performance.md, "TFLite"; `tools/study_int8.py`
+measures it). The graphs take the `LITE` kernel forms: TFLite's builtin ops, with
+int16 kernels for each.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import tensorflow as tf
 
-QUANTIZATIONS = ("none", "float16", "int8")
+from meta_drn_tf.data import augment
+from meta_drn_tf.network.kernels import LITE
+
+QUANTIZATIONS = ("none", "float16", "int8", "int16x8")
+# Calibration: copies of the examples by the training augmentation, and of the examples and the first
+# BEYOND_TRAINING_COPIES of them, lighting, colours, blur and noise beyond it. Other photos of a class
+# drive activations (above all the norms' means and variances) past what one example's training copies
+# do, and int16x8 clips what lies beyond the calibrated ranges (docs/performance.md, "TFLite").
+CALIBRATION_COPIES = 30
+BEYOND_TRAINING_COPIES = 10
+CONTRASTS = (0.3, 0.5, 1.5, 2.5)
+BRIGHTNESS_SHIFTS = (-64.0, 64.0)  # grey levels
+BLUR_SIGMAS = (1.0, 2.0)
+NOISE_SIGMA = 12.0  # grey levels
 
 
-def convert(model, weights: list[np.ndarray], quantize: str = "none") -> bytes:
+def convert(model, weights: list[np.ndarray], quantize: str = "none", calibration: np.ndarray | None = None) -> bytes:
     """A TFLite flatbuffer of `model` under `weights` that takes a uint8 image `[1, S, S, 3]` and
     returns probabilities `[1, S, S]`.
 
@@ -32,15 +53,60 @@ def convert(model, weights: list[np.ndarray], quantize: str = "none") -> bytes:
         model: the Keras network (its architecture: logits `[n, S, S, 1]` of images in [0, 1]).
         weights: the adapted values of `model.trainable_variables`, in order; folded in as constants.
         quantize: one of QUANTIZATIONS.
+        calibration: for "int16x8", uint8 images `(n, S, S, 3)` whose activations set the ranges
+            (`calibration_images`).
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if quantize == "int16x8" and calibration is None:
+        raise ValueError("int16x8 needs calibration images: tflite.calibration_images(examples, size)")
     converter = make_converter(model, weights)
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int16x8":
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        # The builtins only for the input's uint8-to-float cast, which has no 16x8 form.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
+
+
+def calibration_images(examples: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """What int16x8 files are calibrated on: the examples resized to `size`, CALIBRATION_COPIES
+    copies of them by the training augmentation (flip, rotate, zoom, warp, lighting), and, of
+    the examples and the first BEYOND_TRAINING_COPIES copies, contrast times each of CONTRASTS,
+    brightness plus each of BRIGHTNESS_SHIFTS, colour channels rotated, Gaussian blur of each of
+    BLUR_SIGMAS and noise.
+
+    Args:
+        examples: uint8 RGB `(k, H, W, 3)`.
+        size: the training size S.
+        seed: the augmentations' seed.
+
+    Returns:
+        uint8 `(k + 30 + 11·(k + 10), S, S, 3)` with the defaults.
+    """
+    resized = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in examples])
+    repeated = tf.constant(np.resize(resized, (CALIBRATION_COPIES, size, size, 3)), tf.float32) / 255.0
+    copies, _ = augment.augment_task(repeated, tf.zeros_like(repeated[..., :1]), tf.constant([seed, 0], tf.int64))
+    copies = np.round(copies.numpy() * 255.0).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    beyond = [_beyond_training(image.astype(np.float32), rng)
+              for image in np.concatenate([resized, copies[:BEYOND_TRAINING_COPIES]])]
+    return np.concatenate([resized, copies, np.concatenate(beyond)])
+
+
+def _beyond_training(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 copies of a float image in [0, 255]: each contrast, brightness and blur, its colour
+    channels rotated both ways, and one noise."""
+    mean = image.mean()
+    out = [(image - mean) * contrast + mean for contrast in CONTRASTS]
+    out += [image + shift for shift in BRIGHTNESS_SHIFTS] + [np.roll(image, shift, axis=-1) for shift in (1, 2)]
+    out += [cv2.GaussianBlur(image, (0, 0), sigma) for sigma in BLUR_SIGMAS]
+    out.append(image + rng.normal(0.0, NOISE_SIGMA, image.shape))
+    return np.round(np.clip(np.stack(out), 0, 255)).astype(np.uint8)
 
 
 def make_converter(model, weights: list[np.ndarray]) -> tf.lite.TFLiteConverter:
@@ -52,7 +118,8 @@ def make_converter(model, weights: list[np.ndarray]) -> tf.lite.TFLiteConverter:
     def segment(image):
         # Constants, not variables: the converter folds them, and TFLite reads no resource variables.
         constants = [tf.constant(w, v.dtype) for w, v in zip(weights, model.trainable_variables, strict=True)]
-        logits, _ = model.stateless_call(constants, [], tf.cast(image, tf.float32) / 255.0, training=False)
+        logits, _ = model.stateless_call(constants, [], tf.cast(image, tf.float32) / 255.0, training=False,
+                                         kernels=LITE)
         return {"probabilities": tf.sigmoid(tf.cast(logits, tf.float32))[..., 0]}
 
     holder = tf.Module()  # what the converter saves: the function alone, its weights constants
