@@ -230,7 +230,7 @@ def main(argv):
         support_tile = visualize.overlay(support_images[0], support_masks[0], visualize.GREEN)
         _write_masks(segmenter, paths, todo, outputs, support_tile)
         if FLAGS.save_tflite:
-            segmenter.export_tflite(FLAGS.save_tflite, FLAGS.tflite_quantize)
+            segmenter.export_tflite(FLAGS.save_tflite, FLAGS.tflite_quantize, progress=True)
             print(f"TensorFlow Lite file ({FLAGS.tflite_quantize} quantization): {FLAGS.save_tflite}")
     notes = [f"{len(skipped)} unreadable skipped"] * bool(skipped) + [f"{existing} already there"] * bool(existing)
     print(f"Wrote {len(todo)} mask(s) to {FLAGS.out}" + (f" ({'; '.join(notes)})" if notes else ""))

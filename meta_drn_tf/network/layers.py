@@ -246,7 +246,6 @@ class ResBlock(layers.Layer):
         }
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
 def _depth_to_space_by_transpose(x, scale: int):
     """`ops.depth_to_space` (channels last) as a reshape, a transpose and a reshape: ops that TFLite
     runs with int16 activations, which its DEPTH_TO_SPACE does not. `(n, h, w, scale²·c)` of static
@@ -257,6 +256,7 @@ def _depth_to_space_by_transpose(x, scale: int):
     return ops.reshape(blocks, (-1, h * scale, w * scale, c))
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SubPixelUpsample(layers.Layer):
     """Sub-pixel convolution: 3x3 conv to `classes * scale**2` channels, then
     depth-to-space by `scale` (Shi et al. 2016).

@@ -165,13 +165,14 @@ class Segmenter:
         parts = np.split(fast.numpy(), np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1])
         return model, [part.reshape(shape) for part, shape in zip(parts, shapes)]
 
-    def export_tflite(self, path: str, quantize: str = "none") -> str:
+    def export_tflite(self, path: str, quantize: str = "none", progress: bool = False) -> str:
         """Writes the adapted network as a TensorFlow Lite file; returns `path`.
 
         The file takes one uint8 RGB image `[1, S, S, 3]` at the training size S (resize other
         sizes first) and returns float32 probabilities `[1, S, S]`; no adaptation runs on the
         device. `quantize`: "none", "float16", "int8" or "int16x8" (`meta_drn_tf.serving.tflite`);
-        int16x8's ranges are calibrated on the examples given to `adapt` and augmentations of them.
+        int16x8's ranges are calibrated on the examples given to `adapt` and augmentations of them
+        (with a progress bar when `progress`).
         """
         model, weights = self.adapted_network()
         from meta_drn_tf import paths
@@ -179,5 +180,5 @@ class Segmenter:
 
         calibration = tflite.calibration_images(self._support[0].numpy(), self.image_size) if (
             quantize == "int16x8") else None
-        paths.write_atomically(path, tflite.convert(model, weights, quantize, calibration))
+        paths.write_atomically(path, tflite.convert(model, weights, quantize, calibration, progress))
         return path
