@@ -101,13 +101,15 @@ class _Handlers:
             return [], "Nothing segmented yet.", None
         return self.results(session, threshold)
 
-    def save_tflite(self, quantize, session):
+    def save_tflite(self, quantize, session, progress):
         import gradio as gr
 
         if session is None or session.example is None:
             raise gr.Error("Segment with an example first: the file holds the adapted network.")
-        return session.segmenter.export_tflite(os.path.join(tempfile.mkdtemp(dir=self.folder),
-                                                            f"segmenter_{quantize}.tflite"), quantize)
+        path = os.path.join(tempfile.mkdtemp(dir=self.folder), f"segmenter_{quantize}.tflite")
+        # int16x8 runs the network on its calibration images: minutes at 224 px on a CPU.
+        return session.segmenter.export_tflite(
+            path, quantize, progress=lambda i, n: progress((i, n), desc="Calibrating the integer file"))
 
 
 def _fit_picture(image, mask, fit, threshold):
@@ -128,6 +130,9 @@ def build_app(segmenter):
 
     def run(editor, uploaded_mask, more_photos, more_masks, files, threshold, session, progress=gr.Progress()):
         return handlers.run(editor, uploaded_mask, more_photos, more_masks, files, threshold, session, progress)
+
+    def save_tflite(quantize, session, progress=gr.Progress()):
+        return handlers.save_tflite(quantize, session, progress)
 
     with gr.Blocks(title="meta_drn_tf: segment from one example", analytics_enabled=False) as page:
         gr.Markdown(f"# Segment photos from one example\nModel: {segmenter.description}")
@@ -161,7 +166,7 @@ def build_app(segmenter):
                      [fit, gallery, message, masks, session], api_name="segment")
         threshold.release(handlers.rethreshold, [threshold, session], [gallery, message, masks],
                           api_name="rethreshold")
-        save.click(handlers.save_tflite, [quantize, session], tflite_file, api_name="save_tflite")
+        save.click(save_tflite, [quantize, session], tflite_file, api_name="save_tflite")
     return page.queue(default_concurrency_limit=4)
 
 

@@ -209,6 +209,21 @@ def _write_masks(segmenter, paths: list[str], todo: list[int], outputs: list[lis
         bar.add(len(indices))
 
 
+def _calibration_bar():
+    """A console progress bar over an int16x8 file's calibration images, made at its first call."""
+    import keras
+
+    bars = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            print(f"Calibrating the int16x8 file on {total} images (the examples and augmentations of them)")
+            bars.append(keras.utils.Progbar(total, unit_name="image"))
+        bars[0].update(done)
+
+    return progress
+
+
 def main(argv):
     del argv
     from meta_drn_tf import visualize
@@ -230,7 +245,7 @@ def main(argv):
         support_tile = visualize.overlay(support_images[0], support_masks[0], visualize.GREEN)
         _write_masks(segmenter, paths, todo, outputs, support_tile)
         if FLAGS.save_tflite:
-            segmenter.export_tflite(FLAGS.save_tflite, FLAGS.tflite_quantize, progress=True)
+            segmenter.export_tflite(FLAGS.save_tflite, FLAGS.tflite_quantize, progress=_calibration_bar())
             print(f"TensorFlow Lite file ({FLAGS.tflite_quantize} quantization): {FLAGS.save_tflite}")
     notes = [f"{len(skipped)} unreadable skipped"] * bool(skipped) + [f"{existing} already there"] * bool(existing)
     print(f"Wrote {len(todo)} mask(s) to {FLAGS.out}" + (f" ({'; '.join(notes)})" if notes else ""))

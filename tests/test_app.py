@@ -136,7 +136,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_page_through_its_api_client_gives_segments_masks(page, segmenter, files):
+def test_the_page_through_its_api_client_gives_segments_masks(page, segmenter, files, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(page.local_url, verbose=False)
@@ -150,7 +150,12 @@ def test_the_page_through_its_api_client_gives_segments_masks(page, segmenter, f
     # Redrawing at another threshold (no new adaptation), then the adapted network for phones.
     gallery, message, masks = client.predict(0.3, api_name="/rethreshold")
     _assert_same_masks(_zip_masks(open(masks, "rb").read()), _expected_masks(segmenter, files, 0.3))
-    path = client.predict("float16", api_name="/save_tflite")
+    # int16x8: the page's progress tracker follows the calibration; the file is the adapted network.
+    path = client.predict("int16x8", api_name="/save_tflite")
+    photo = _rgb(files["img1"])
+    float_file = segmenter.copy().adapt(_rgb(files["img0"]), cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED) / 255.0)
+    expected = tflite.run(float_file.export_tflite(str(tmp_path / "f.tflite")), photo[None])
+    assert np.abs(tflite.run(path, photo[None]) - expected).mean() < 0.025
     # Two examples (2-shot): the second photo with its mask, as a person adds them; masks as `segment`'s.
     more = synthetic_bank(num_classes=3, images_per_class=4, image_size=SIZE, seed=2)
     second = _write_png(files["img0"].replace("img0", "second"), more.images[0, 3])

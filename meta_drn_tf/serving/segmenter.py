@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -165,14 +166,15 @@ class Segmenter:
         parts = np.split(fast.numpy(), np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1])
         return model, [part.reshape(shape) for part, shape in zip(parts, shapes)]
 
-    def export_tflite(self, path: str, quantize: str = "none", progress: bool = False) -> str:
+    def export_tflite(self, path: str, quantize: str = "none",
+                      progress: Callable[[int, int], None] | None = None) -> str:
         """Writes the adapted network as a TensorFlow Lite file; returns `path`.
 
         The file takes one uint8 RGB image `[1, S, S, 3]` at the training size S (resize other
         sizes first) and returns float32 probabilities `[1, S, S]`; no adaptation runs on the
         device. `quantize`: "none", "float16", "int8" or "int16x8" (`meta_drn_tf.serving.tflite`);
         int16x8's ranges are calibrated on the examples given to `adapt` and augmentations of them
-        (with a progress bar when `progress`).
+        (`progress(done, total)` is called after each one: minutes for a 224 px network on a CPU).
         """
         model, weights = self.adapted_network()
         from meta_drn_tf import paths

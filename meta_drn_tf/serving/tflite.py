@@ -25,6 +25,8 @@ int16 kernels for each.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 import tensorflow as tf
@@ -46,7 +48,7 @@ NOISE_SIGMA = 12.0  # grey levels
 
 
 def convert(model, weights: list[np.ndarray], quantize: str = "none", calibration: np.ndarray | None = None,
-            progress: bool = False) -> bytes:
+            progress: Callable[[int, int], None] | None = None) -> bytes:
     """A TFLite flatbuffer of `model` under `weights` that takes a uint8 image `[1, S, S, 3]` and
     returns probabilities `[1, S, S]`.
 
@@ -56,7 +58,8 @@ def convert(model, weights: list[np.ndarray], quantize: str = "none", calibratio
         quantize: one of QUANTIZATIONS.
         calibration: for "int16x8", uint8 images `(n, S, S, 3)` whose activations set the ranges
             (`calibration_images`).
-        progress: a progress bar over the calibration images (minutes for a 224 px network on a CPU).
+        progress: called as `progress(done, total)` after each calibration image (a 224 px network
+            takes minutes on a CPU).
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
@@ -75,17 +78,12 @@ def convert(model, weights: list[np.ndarray], quantize: str = "none", calibratio
     return converter.convert()
 
 
-def _one_by_one(images: np.ndarray, progress: bool):
-    """The converter's representative dataset: each image as the file's input, counted on a bar."""
-    if progress:
-        import keras
-
-        print(f"Calibrating the int16x8 file on {len(images)} images (the examples and augmentations of them)")
-        bar = keras.utils.Progbar(len(images), unit_name="image")
-    for image in images:
+def _one_by_one(images: np.ndarray, progress: Callable[[int, int], None] | None):
+    """The converter's representative dataset: each image as the file's input, counted by `progress`."""
+    for i, image in enumerate(images):
         yield [image[None]]
         if progress:
-            bar.add(1)
+            progress(i + 1, len(images))
 
 
 def calibration_images(examples: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
