@@ -5,7 +5,8 @@
 Adapts the network (seeded, not trained: latency does not depend on the weights) to one
 synthetic example, writes it with each quantization, and times TFLite's interpreter on one
 image (median of --repeats after a warm-up), beside the Segmenter's own `segment` on the
-same image. Prints a Markdown table and the machine line.
+same image. The export column is `export_tflite`'s wall time (int16x8's holds its
+calibration). Prints a Markdown table and the machine line.
 """
 
 from __future__ import annotations
@@ -65,15 +66,17 @@ def main(argv):
     segmenter.adapt(bank.images[0, :1], bank.masks[0, :1].astype("float32"))
     image = bank.images[0, 1]
     rows = [f"| Segmenter.segment (TensorFlow, stock kernels) | | "
-            f"{_median_s(lambda: segmenter.segment(image[None]), FLAGS.repeats):.3f} |"]
+            f"{_median_s(lambda: segmenter.segment(image[None]), FLAGS.repeats):.3f} | |"]
     with tempfile.TemporaryDirectory() as folder:
         for quantize in tflite.QUANTIZATIONS:
+            start = time.perf_counter()
             path = segmenter.export_tflite(os.path.join(folder, f"{quantize}.tflite"), quantize)
+            export = time.perf_counter() - start
             latency = _median_s(_interpreter_call(path, image), FLAGS.repeats)
-            rows.append(f"| TFLite, {quantize} | {os.path.getsize(path) / 2**20:.1f} | {latency:.3f} |")
+            rows.append(f"| TFLite, {quantize} | {os.path.getsize(path) / 2**20:.1f} | {latency:.3f} | {export:.0f} |")
     print(f"\n{FLAGS.size}x{FLAGS.size}, width {FLAGS.width}, one image, {FLAGS.threads} interpreter threads, "
           f"median of {FLAGS.repeats}\n")
-    print("| model | file (MiB) | latency (s) |\n|---|---|---|\n" + "\n".join(rows))
+    print("| model | file (MiB) | latency (s) | export (s) |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":
