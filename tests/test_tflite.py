@@ -116,6 +116,10 @@ def test_calibration_holds_the_examples_their_training_copies_and_more(synthetic
     assert spreads.min() < 0.8 * copies.min() and spreads.max() > 1.2 * copies.max()
     np.testing.assert_array_equal(calibration, tflite.calibration_images(examples, SIZE))
     assert not np.array_equal(calibration, tflite.calibration_images(examples, SIZE, seed=1))
+    # Fewer copies: the same first ones (the same augmentation stream), fewer beyond them.
+    fewer = tflite.calibration_images(examples, SIZE, copies=3, beyond=1)
+    assert len(fewer) == 2 + 3 + beyond * 3
+    np.testing.assert_array_equal(fewer[:2 + 3], calibration[:2 + 3])
 
 
 def test_the_file_runs_with_the_interpreter_alone(synthetic, tmp_path):

@@ -10,7 +10,8 @@ all the class's photos, as IoU per photo. Rows: the shipped `int8` (dynamic-rang
 left in float (`full, norms float`), and calibrated on the class's photos too (`full, photos in
 calibration`: an upper bound, those photos being unknown when a file is made); and int16x8
 calibrated on the training augmentation's copies alone (`int16x8, training copies only`: what
-the lighting, blur and noise beyond them add). Prints a Markdown table and the machine line.
+the lighting, blur and noise beyond them add); with --calibration_sizes, int16x8 calibrated on
+more or fewer copies. Prints a Markdown table and the machine line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from meta_drn_tf import cli
 
 flags.DEFINE_string("model", "runs/quickstart", "A training run or SavedModel.")
 flags.DEFINE_string("data_dir", "../shared/data/real_fewshot", "Classes of photos with masks (FSS-1000 layout).")
+flags.DEFINE_list("calibration_sizes", [], "More int16x8 rows, each calibrated on `tflite.calibration_images` with "
+                  "other numbers of copies: COPIES:BEYOND pairs (its `copies` and `beyond`), e.g. 30:10,10:3.")
 FLAGS = flags.FLAGS
 NORM_OPS = ["MEAN", "RSQRT", "SUB", "MUL", "ADD"]
 ROWS = ("int8", "int16x8", "int16x8, training copies only", "full", "full, norms float", "full, photos in calibration")
@@ -71,7 +74,11 @@ def _files(segmenter, images):
 
     calibration = tflite.calibration_images(images[:1], images.shape[1])
     training_copies = calibration[:1 + tflite.CALIBRATION_COPIES]
-    return {"int8": tflite.convert(*segmenter.adapted_network(), "int8"),
+    files = {f"int16x8, {pair} copies": tflite.convert(*segmenter.adapted_network(), "int16x8",
+                                                       tflite.calibration_images(images[:1], images.shape[1], 0,
+                                                                                 *map(int, pair.split(":"))))
+             for pair in FLAGS.calibration_sizes}
+    return files | {"int8": tflite.convert(*segmenter.adapted_network(), "int8"),
             "int16x8": tflite.convert(*segmenter.adapted_network(), "int16x8", calibration),
             "int16x8, training copies only": tflite.convert(*segmenter.adapted_network(), "int16x8", training_copies),
             "full": _full_integer(segmenter, calibration, False),
@@ -89,7 +96,7 @@ def main(argv):
 
     print(describe())
     base = Segmenter.load(FLAGS.model, kernels="stock")
-    ious = {row: [] for row in ROWS}
+    ious = {row: [] for row in (*ROWS, *(f"int16x8, {pair} copies" for pair in FLAGS.calibration_sizes))}
     for name in sorted(os.listdir(FLAGS.data_dir)):
         images, mask = _photos(os.path.join(FLAGS.data_dir, name), base.image_size)
         segmenter = base.copy().adapt(images[:1], mask[None])
