@@ -150,7 +150,7 @@ def test_the_page_through_its_api_client_gives_segments_masks(page, segmenter, f
     # Redrawing at another threshold (no new adaptation), then the adapted network for phones.
     gallery, message, masks = client.predict(0.3, api_name="/rethreshold")
     _assert_same_masks(_zip_masks(open(masks, "rb").read()), _expected_masks(segmenter, files, 0.3))
-    # int16x8: the page's progress tracker follows the calibration; the file is the adapted network.
+    # int16x8 (its calibration reports to the page's progress tracker): the file is the adapted network.
     path = client.predict("int16x8", api_name="/save_tflite")
     photo = _rgb(files["img1"])
     float_file = segmenter.copy().adapt(_rgb(files["img0"]), cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED) / 255.0)

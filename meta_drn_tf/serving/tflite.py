@@ -92,9 +92,8 @@ def calibration_images(examples: np.ndarray, size: int, seed: int = 0, copies: i
                        beyond: int = BEYOND_TRAINING_COPIES) -> np.ndarray:
     """What int16x8 files are calibrated on: the examples resized to `size`, `copies` copies of
     them by the training augmentation (flip, rotate, zoom, warp, lighting), and, of the examples
-    and the first `beyond` copies, contrast times each of CONTRASTS,
-    brightness plus each of BRIGHTNESS_SHIFTS, colour channels rotated, Gaussian blur of each of
-    BLUR_SIGMAS and noise.
+    and the first `beyond` copies, contrast times each of CONTRASTS, brightness plus each of
+    BRIGHTNESS_SHIFTS, colour channels rotated, Gaussian blur of each of BLUR_SIGMAS and noise.
 
     Args:
         examples: uint8 RGB `(k, H, W, 3)`.
