@@ -77,8 +77,7 @@ class MetaLearner(Adapter):
         # XLA compiles what one replica computes, not the step around it: a compiled step that
         # reads every replica's variables fails under MirroredStrategy ("tf.Variable on a
         # different device", XLA's known issues); Keras compiles its replica function too.
-        self._task_sums = tf.function(self._task_sums_fn, jit_compile=True) if config.jit_compile \
-            else self._task_sums_fn
+        self._task_sums = tf.function(self.task_sums, jit_compile=True) if config.jit_compile else self.task_sums
         self._train_fn = tf.function(self._distributed_train_step)
 
     @property
@@ -139,8 +138,9 @@ class MetaLearner(Adapter):
         finite = tf.cast(bad == 0, tf.float32)
         return grads, {"loss": loss_total / global_tasks, "grad_norm": grad_norm, "finite": finite}
 
-    def _task_sums_fn(self, batch, tasks, epoch, second_order, multi_step_loss):
-        """The meta-gradients of the first `tasks` tasks of `batch`, summed, and their losses' sum."""
+    def task_sums(self, batch, tasks, epoch, second_order: bool, multi_step_loss: bool):
+        """The meta-gradients of the first `tasks` tasks of `batch`, summed, and their losses' sum: what
+        `jit_compile` compiles with XLA (one replica's part of the meta-step; the optimizer is outside)."""
         phase = Phase(second_order, multi_step_loss)
         loss_weights = (multi_step_loss_weights(epoch, self.config.inner_steps, self.config.multi_step_loss_epochs)
                         if multi_step_loss else None)
