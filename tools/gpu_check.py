@@ -3,8 +3,18 @@
     pip install -e '.[and-cuda,test]' && python tools/gpu_check.py [--report=gpu_check.md] [--budget_s=420]
     python tools/gpu_check.py --smoke        # the same, end to end, on a CPU at tiny sizes (CI runs this)
 
+Or, for a GPU machine without TensorFlow (JAX is enough):
+
+    pip install -e '.[hlo]' && python tools/gpu_check.py --hlo=hlo/   # here: the XLA programs, ~10 minutes
+    python hlo/run.py                                                 # there: checks, timings, hlo/report.md
+
+`--hlo` writes the project's XLA programs (`meta_drn_tf/training/xla_programs.py`) with
+TensorFlow's references and a runner that needs only numpy and JAX (`xla_runner.py`, as run.py);
+with `--smoke`, only the small programs (CI runs that too). Nothing else runs then.
+
 1. The tests marked `gpu` (tests/test_gpu.py), in a pytest of their own with the GPU visible
-   (tests/conftest.py hides GPUs from every other test).
+   (tests/conftest.py hides GPUs from every other test), after the first benchmark row and within
+   half of --budget_s: a pytest still running then is stopped, and the report says so.
 2. The meta-step at 224x224 (1 support, 5 queries, the paper's meta-batch of 5 tasks) for MAML,
    FOMAML, Meta-SGD and Reptile in float32, float16 and bfloat16, with and without XLA, with
    `--parallel_tasks` 1 and auto; with several GPUs, MirroredStrategy over all of them too.
@@ -27,22 +37,24 @@ import time
 from absl import app, flags
 
 from meta_drn_tf import paths
+from meta_drn_tf.training.xla_runner import EPOCH_TASKS, PAPER_EPOCH, minutes, paper_seconds
 
 flags.DEFINE_bool("smoke", False, "Tiny sizes on whatever device is there (a CPU in CI): checks the tool itself.")
 flags.DEFINE_string("report", "gpu_check.md", "Where the markdown report goes.")
 flags.DEFINE_float("budget_s", 420.0, "Stop starting benchmark rows after this many seconds (tests included; "
                    "the first row always runs).")
 flags.DEFINE_integer("repeats", 3, "Timed meta-steps per row (median), after one warm-up step.")
-flags.DEFINE_bool("tests", True, "Run the GPU tests first.")
+flags.DEFINE_bool("tests", True, "Run the GPU tests (after the first benchmark row).")
+flags.DEFINE_string("hlo", None, "Write the XLA programs, their references and the JAX runner into this folder "
+                    "instead (on a machine with TensorFlow and JAX; no GPU needed).")
 FLAGS = flags.FLAGS
 flags.register_validator("report", lambda path: paths.creatable_file(path) is None,
                          message="must be a file that can be written (not a folder, not inside a file)")
+flags.register_validator("hlo", lambda path: path is None or paths.problems({"hlo": ("new_folder", path)}) == [],
+                         message="must be a folder that can be created or written into")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-EPOCH_TASKS = 7000  # FSS-1000's 700 training classes x 10 images, one task each, as the paper counts an epoch
-# The paper's epoch times on an RTX 2080 (minutes:seconds), and its meta-batch of 5.
-PAPER_EPOCH = {"maml": "28:40", "fomaml": "18:09", "metasgd": "29:32", "reptile": "51:09"}
 ALGORITHMS = tuple(PAPER_EPOCH)
 PRECISIONS = ("float32", "float16", "bfloat16")
 
@@ -82,12 +94,16 @@ def rows(gpus: int) -> list[Row]:
     return plan
 
 
-def run_gpu_tests() -> str:
-    """The `gpu` tests with the GPU visible; their summary line."""
+def run_gpu_tests(deadline: float) -> str:
+    """The `gpu` tests with the GPU visible, stopped at `deadline` (time.time()); their summary line."""
+    timeout_s = max(deadline - time.time(), 1.0)
     env = {**os.environ, "META_DRN_GPU_TESTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                          os.path.join(ROOT, "tests", "test_gpu.py")], cwd=ROOT, env=env, capture_output=True,
-                         text=True)
+    try:
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                              os.path.join(ROOT, "tests", "test_gpu.py")], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"stopped unfinished after {timeout_s:.0f} s, at half of --budget_s={FLAGS.budget_s:.0f}"
     lines = [line for line in out.stdout.strip().splitlines() if line.strip()]
     summary = lines[-1] if lines else "(no output)"
     if out.returncode not in (0, 5):
@@ -137,17 +153,9 @@ def time_row(row: Row, sizes: Sizes) -> dict:
     return {"seconds": statistics.median(times), "first_s": first}
 
 
-def minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
-
-
-def paper_seconds(algorithm: str) -> float:
-    m, s = PAPER_EPOCH[algorithm].split(":")
-    return 60 * int(m) + int(s)
-
-
-def benchmark(sizes: Sizes, deadline: float, gpus: int) -> list[str]:
-    """The benchmark table's markdown lines, row by row until `deadline`."""
+def benchmark(sizes: Sizes, deadline: float, gpus: int, after_first_row=lambda: None) -> list[str]:
+    """The benchmark table's markdown lines, row by row until `deadline`; `after_first_row()` runs
+    between the first row (which runs whatever the budget) and the others."""
     lines = ["| row | s/meta-step | tasks/s | first step (trace, compile) s | projected epoch (7,000 tasks) "
              "| paper, RTX 2080 | ratio |", "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
@@ -161,24 +169,41 @@ def benchmark(sizes: Sizes, deadline: float, gpus: int) -> list[str]:
         except Exception as e:  # a row that cannot run on this device is reported, not fatal
             lines.append(f"| {row.name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | | | |")
             print(lines[-1], flush=True)
-            continue
-        epoch = result["seconds"] * EPOCH_TASKS / sizes.meta_batch
-        paper = paper_seconds(row.algorithm)
-        lines.append(f"| {row.name} | {result['seconds']:.3f} | {sizes.meta_batch / result['seconds']:.1f} | "
-                     f"{result['first_s']:.1f} | {minutes(epoch)} | {PAPER_EPOCH[row.algorithm]} | "
-                     f"{epoch / paper:.2f} |")
-        print(lines[-1], flush=True)
+        else:
+            lines.append(_row_line(row, sizes, result))
+            print(lines[-1], flush=True)
+        if len(lines) == 3:
+            after_first_row()
     if skipped:
         lines.append(f"\nNot reached within --budget_s={FLAGS.budget_s:.0f}: " + "; ".join(skipped))
     return lines
+
+
+def _row_line(row: Row, sizes: Sizes, result: dict) -> str:
+    epoch = result["seconds"] * EPOCH_TASKS / sizes.meta_batch
+    paper = paper_seconds(row.algorithm)
+    return (f"| {row.name} | {result['seconds']:.3f} | {sizes.meta_batch / result['seconds']:.1f} | "
+            f"{result['first_s']:.1f} | {minutes(epoch)} | {PAPER_EPOCH[row.algorithm]} | {epoch / paper:.2f} |")
+
+
+def write_hlo(folder: str) -> None:
+    """--hlo: the XLA programs, their references and the runner, into `folder`."""
+    from meta_drn_tf.training import xla_programs
+
+    start = time.time()
+    plan = xla_programs.programs_plan(smoke=FLAGS.smoke)
+    xla_programs.write_folder(folder, plan, os.path.join(ROOT, "flags"))
+    size = sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
+    print(f"{len(plan)} programs written to {folder} ({size / 2**20:.1f} MiB, {time.time() - start:.0f} s). "
+          f"Run them where JAX is: python {os.path.join(folder, 'run.py')}")
 
 
 def main(argv):
     del argv
     start = time.time()
     sys.path.insert(0, ROOT)
-    tests = run_gpu_tests() if FLAGS.tests else "not run (--notests)"
-    print(f"GPU tests: {tests}", flush=True)
+    if FLAGS.hlo:
+        return write_hlo(FLAGS.hlo)
     import tensorflow as tf
 
     from meta_drn_tf.hardware import describe
@@ -186,14 +211,20 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")  # one learner per row: tf.function's retracing notes are expected
     gpus = len(tf.config.list_physical_devices("GPU"))
     sizes = SMOKE if FLAGS.smoke else FULL
+    tests = ["not run (--notests)"]
+
+    def gpu_tests():
+        if FLAGS.tests:  # within half of the budget, whatever the first row took
+            tests[0] = run_gpu_tests(start + FLAGS.budget_s / 2)
+            print(f"GPU tests: {tests[0]}", flush=True)
+
     header = [f"# GPU check{' (smoke: tiny sizes)' if FLAGS.smoke else ''}", "", f"Host: {describe()}", "",
-              f"GPU tests (`pytest -m gpu`): {tests}", "",
               f"Meta-step: {sizes.image}x{sizes.image}, width {sizes.width}, 1 support + {sizes.queries} queries, "
               f"meta-batch {sizes.meta_batch}; kernels auto ({'stock' if gpus else 'cpu'} here); "
               f"epoch = s/step x {EPOCH_TASKS} / {sizes.meta_batch}.", ""]
     print("\n".join(header), flush=True)
-    lines = benchmark(sizes, start + FLAGS.budget_s, gpus)
-    report = "\n".join(header + lines) + "\n"
+    lines = benchmark(sizes, start + FLAGS.budget_s, gpus, gpu_tests)
+    report = "\n".join(header[:4] + [f"GPU tests (`pytest -m gpu`): {tests[0]}", ""] + header[4:] + lines) + "\n"
     with open(FLAGS.report, "w") as f:
         f.write(report)
     print(f"\nReport written to {FLAGS.report} ({time.time() - start:.0f} s)")

@@ -36,7 +36,6 @@ import numpy as np
 import tensorflow as tf
 
 from meta_drn_tf.meta import Adapter, MetaLearner
-from meta_drn_tf.meta.config import MetaConfig
 from meta_drn_tf.network.model import build_meta_drn
 from meta_drn_tf.training import xla_runner
 

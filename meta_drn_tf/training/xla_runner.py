@@ -169,7 +169,7 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
 
 
-def _paper_seconds(algorithm: str) -> float:
+def paper_seconds(algorithm: str) -> float:
     m, s = PAPER_EPOCH[algorithm].split(":")
     return 60 * int(m) + int(s)
 
@@ -194,7 +194,7 @@ def time_row(entry: dict, result: dict) -> str:
         epoch = minutes(projected)
         if entry.get("algorithm") in PAPER_EPOCH:
             paper = PAPER_EPOCH[entry["algorithm"]]
-            ratio = f"{projected / _paper_seconds(entry['algorithm']):.2f}"
+            ratio = f"{projected / paper_seconds(entry['algorithm']):.2f}"
     finite = "" if result["finite"] else " (non-finite outputs)"
     return (f"| {entry['name']} | {result['seconds']:.4f}{finite} | {rate} | {epoch} | {paper} | {ratio} | "
             f"{result['compile_s']:.1f} | {_mib(result['memory'])} | {_mib(result['peak'])} |")
@@ -243,7 +243,7 @@ def report(folder: str, budget_s: float, repeats: int, check_only: bool) -> tupl
     checks, timings, skipped = run_rows(folder, manifest, budget_s, repeats, check_only)
     lines = header + ["## Checks against TensorFlow (CPU, small size)", "", *CHECK_HEAD, *checks, ""]
     if timings:
-        lines += ["## Timings (median of %d after a warm-up)" % repeats, "", *TIME_HEAD, *timings, ""]
+        lines += [f"## Timings (median of {repeats} after a warm-up)", "", *TIME_HEAD, *timings, ""]
     if skipped:
         lines += [f"Not reached within --budget_s={budget_s:.0f}: " + ", ".join(skipped), ""]
     passed = all("| pass |" in line for line in checks)
