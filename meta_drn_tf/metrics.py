@@ -23,8 +23,17 @@ def bce_loss(logits: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
+def non_finite(probabilities: tf.Tensor) -> tf.Tensor:
+    """Per image, whether any predicted value is NaN or infinite (an overflowed adaptation).
+
+    Shapes: `(n, H, W, 1)` -> `(n,)` bool.
+    """
+    return tf.reduce_any(~tf.math.is_finite(full_precision(probabilities)), axis=[1, 2, 3])
+
+
 def soft_iou(probabilities: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
-    """Per-image soft IoU, eq. 9: sum(P*T) / sum(P + T - P*T); 1 where both are empty.
+    """Per-image soft IoU, eq. 9: sum(P*T) / sum(P + T - P*T); 1 where both are empty; 0 where the
+    prediction is not finite (a NaN would otherwise fail the union test and score 1).
 
     Shapes: `(n, H, W, 1)` -> `(n,)`.
     """
@@ -32,12 +41,15 @@ def soft_iou(probabilities: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     t = tf.cast(masks, p.dtype)
     inter = tf.reduce_sum(p * t, axis=[1, 2, 3])
     union = tf.reduce_sum(p + t - p * t, axis=[1, 2, 3])
-    return tf.where(union > 0, inter / tf.maximum(union, 1e-12), tf.ones_like(union))
+    score = tf.where(union > 0, inter / tf.maximum(union, 1e-12), tf.ones_like(union))
+    return tf.where(non_finite(p), tf.zeros_like(score), score)
 
 
 def binary_iou(probabilities: tf.Tensor, masks: tf.Tensor, threshold: float) -> tf.Tensor:
-    """Per-image IoU of the mask `probabilities > threshold`; 1 where both are empty."""
-    return soft_iou(tf.cast(probabilities > threshold, tf.float32), masks)
+    """Per-image IoU of the mask `probabilities > threshold`; 1 where both are empty; 0 where the
+    prediction is not finite (NaN > threshold is false: it would pass as an empty mask)."""
+    score = soft_iou(tf.cast(probabilities > threshold, tf.float32), masks)
+    return tf.where(non_finite(probabilities), tf.zeros_like(score), score)
 
 
 def mean_with_ci(values, confidence: float = 0.95) -> tuple[float, float]:

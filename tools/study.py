@@ -150,7 +150,9 @@ def table(outcomes: list[Outcome]) -> str:
         lines.append(f"| {name} | {cell('iou@0.5')} | {cell('iou@0.35')} | {cell('soft_iou')} | "
                      f"{np.mean([r.wall_s for r in runs]):.0f} s | {max(r.peak_rss_gib for r in runs):.2f} GiB | "
                      f"{runs[0].meta_steps} |")
-    return "\n".join(lines)
+    from meta_drn_tf.training.evaluation import non_finite_note
+
+    return "\n".join(lines) + non_finite_note({f"{o.name} seed {o.seed}": o.test for o in outcomes})
 
 
 def overlapping(outcomes: list[Outcome], metric: str = "iou@0.5") -> tuple[str, list[str]]:

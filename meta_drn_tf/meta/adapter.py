@@ -31,7 +31,7 @@ import tensorflow as tf
 from meta_drn_tf import hardware
 from meta_drn_tf.meta.algorithm import algorithm_class
 from meta_drn_tf.meta.config import MetaConfig
-from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, full_precision, soft_iou
+from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, full_precision, non_finite, soft_iou
 from meta_drn_tf.network import kernels
 from meta_drn_tf.network.model import group_of
 
@@ -250,7 +250,8 @@ class Adapter(tf.Module):
         """Adapts to each task's support and scores its queries.
 
         Returns per-task `loss` `(B,)` and per-query `soft_iou`, `iou@0.5`,
-        `iou@0.35` `(B, q)`, plus `probabilities` `(B, q, H, W, 1)`.
+        `iou@0.35` and `non_finite` (1.0 where the prediction holds NaN or inf; its
+        scores are 0) `(B, q)`, plus `probabilities` `(B, q, H, W, 1)`.
         """
         batch = {k: tf.convert_to_tensor(task_batch[k], tf.float32) for k in TASK_KEYS}
         return self._eval_fn(batch, tf.constant(inner_steps or self.config.inner_steps),
@@ -271,6 +272,7 @@ class Adapter(tf.Module):
             probabilities = tf.sigmoid(logits)
             scores = [soft_iou(probabilities, query_masks)]
             scores += [binary_iou(probabilities, query_masks, t) for t in THRESHOLDS]
+            scores += [tf.cast(non_finite(probabilities), tf.float32)]
             return bce_loss(logits, query_masks), tf.stack(scores), probabilities
 
         loss, scores, probabilities = tf.map_fn(
@@ -279,7 +281,7 @@ class Adapter(tf.Module):
             fn_output_signature=(tf.float32, tf.float32, tf.float32),
             parallel_iterations=self.parallel_tasks or 10,  # tasks at once: 1 on a CPU
         )
-        logs = {"loss": loss, "soft_iou": scores[:, 0], "probabilities": probabilities}
+        logs = {"loss": loss, "soft_iou": scores[:, 0], "non_finite": scores[:, -1], "probabilities": probabilities}
         for j, t in enumerate(THRESHOLDS):
             logs[f"iou@{t}"] = scores[:, j + 1]
         return logs

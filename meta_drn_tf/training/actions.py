@@ -64,10 +64,13 @@ class ValidationReport:
         self.writer = writer
 
     def __call__(self, step: int, epoch: int, summary: dict, kept: list) -> None:
-        print("  validation: " + "  ".join(f"{tensorboard_tag(m)} {summary[m]:.4f}" for m in ("loss",) + METRICS))
+        bad = summary.get("non_finite_queries", 0)
+        print("  validation: " + "  ".join(f"{tensorboard_tag(m)} {summary[m]:.4f}" for m in ("loss",) + METRICS)
+              + (f"  ({bad} queries with non-finite predictions, scored 0)" if bad else ""))
         with self.writer.as_default(step=step):
             for metric in ("loss",) + METRICS:
                 tf.summary.scalar(tensorboard_tag(metric), summary[metric])
+            tf.summary.scalar("non_finite_queries", bad)
             tf.summary.scalar("epoch", epoch)
             tf.summary.image("tasks", visualize.episode_grid(kept)[None], max_outputs=1,
                              description="support (green mask) | queries: prediction (red, IoU) and truth (blue)")

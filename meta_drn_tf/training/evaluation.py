@@ -39,7 +39,8 @@ class EvalResult:
     def summary(self) -> dict[str, float]:
         per_class = self.per_class()
         out = {"classes": len(per_class), "queries": len(self.records),
-               "inner_steps": self.inner_steps, "inner_lr": self.inner_lr}
+               "inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
+               "non_finite_queries": sum(int(r.get("non_finite", 0)) for r in self.records)}
         for m in METRICS + ("loss",):
             mean, ci = mean_with_ci([c[m] for c in per_class.values()])
             out[m], out[m + "_ci95"] = mean, ci
@@ -88,11 +89,13 @@ def evaluate_bank(
     for chunk in _episode_chunks(evaluation_tasks(bank, shots, limit, episodes_per_class), episodes_per_call):
         batch = {k: np.stack([task[k] for task in chunk]) for k in chunk[0] if k != "class_name"}
         logs = learner.evaluate_step(batch, inner_steps=inner_steps, inner_lr=inner_lr)
-        logs = {k: v.numpy() for k, v in logs.items() if k in METRICS + ("loss",) or len(kept) < keep_predictions}
+        logs = {k: v.numpy() for k, v in logs.items()
+                if k in METRICS + ("loss", "non_finite") or len(kept) < keep_predictions}
         for i, task in enumerate(chunk):
             for q in range(task["query_images"].shape[0]):
                 records.append({"class": task["class_name"], "episode": e, "query": q,
-                                "loss": float(logs["loss"][i]), **{m: float(logs[m][i][q]) for m in METRICS}})
+                                "loss": float(logs["loss"][i]), **{m: float(logs[m][i][q]) for m in METRICS},
+                                "non_finite": bool(logs["non_finite"][i][q])})
             if e < keep_predictions:
                 kept.append({**task, "probabilities": logs["probabilities"][i]})
             if bar is not None:
@@ -111,6 +114,15 @@ def table(rows: dict[str, dict]) -> str:
         cells = [f"{100 * s[m]:.2f} ± {100 * s[m + '_ci95']:.2f}" for m in ("iou@0.5", "iou@0.35", "soft_iou")]
         lines.append(f"| {name:<{width}} | {cells[0]:>20} | {cells[1]:>20} | {cells[2]:>16} |")
     return "\n".join(lines)
+
+
+def non_finite_note(rows: dict[str, dict]) -> str:
+    """A warning line for the rows whose predictions were not finite for some queries (scored 0), or ""."""
+    bad = {title: s["non_finite_queries"] for title, s in rows.items() if s.get("non_finite_queries")}
+    if not bad:
+        return ""
+    return "\n\nWarning: non-finite predictions (NaN/inf, an overflowed adaptation), each scored 0: " + "; ".join(
+        f"{title}: {n} queries" for title, n in bad.items())
 
 
 def setting_title(algorithm: str, shots: int) -> str:
@@ -157,7 +169,7 @@ def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dic
     rows = {title: r.summary() for title, r in results.items()}
     first, summary = next(iter(results.values())), next(iter(rows.values()))
     text = table(rows)
-    note = (f"\n\n{summary['classes']} classes, {summary['queries']} queries (first row); "
+    note = (non_finite_note(rows) + f"\n\n{summary['classes']} classes, {summary['queries']} queries (first row); "
             f"test-time inner loop: {first.inner_steps} step(s), rate {first.inner_lr}. "
             "mIoU = mean over classes of the class's mean query IoU; ± is the 95% confidence interval over classes.\n")
     per_class = io.StringIO()
