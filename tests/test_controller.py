@@ -18,7 +18,8 @@ from meta_drn_tf.training.stopping import StopRequest
 
 
 class StandInLearner(tf.Module):
-    """What the controller and the actions read of a learner: one weight, an optimizer's rate, a phase."""
+    """What the controller and the actions read of a learner: one weight, an optimizer's rate, a phase,
+    the precision."""
 
     def __init__(self):
         super().__init__()
@@ -26,6 +27,7 @@ class StandInLearner(tf.Module):
         self.optimizer = type("Optimizer", (), {"learning_rate": tf.Variable(0.1)})()
         self.model = type("Model", (), {"trainable_variables": [self.weight]})()
         self.adapted, self.step_rates, self.alphas = [], [], []
+        self.config = type("Config", (), {"precision": "float32"})()
 
     @property
     def meta_variables(self):

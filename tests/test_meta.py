@@ -153,6 +153,20 @@ def test_non_finite_gradients_skip_the_update():
     assert int(learner.optimizer.iterations) == 0
 
 
+def test_float16_loss_scale_halves_at_an_overflow_and_grows_after_good_steps_within_its_bounds():
+    from meta_drn_tf.meta.learner import LOSS_SCALE_GROWTH_STEPS, MAX_LOSS_SCALE, next_loss_scale
+
+    def after(scale, good, finite):
+        scale, good = next_loss_scale(tf.constant(scale), tf.constant(good, tf.int64), finite)
+        return float(scale), int(good)
+
+    assert after(2.0**15, 7, False) == (2.0**14, 0)
+    assert after(1.0, 0, False) == (1.0, 0)  # the floor: a step still non-finite here is no overflow
+    assert after(2.0**15, 0, True) == (2.0**15, 1)
+    assert after(2.0**15, LOSS_SCALE_GROWTH_STEPS - 1, True) == (2.0**16, 0)
+    assert after(MAX_LOSS_SCALE, LOSS_SCALE_GROWTH_STEPS - 1, True) == (MAX_LOSS_SCALE, 0)
+
+
 def test_meta_batch_of_b_tasks_averages_their_gradients():
     learner = _learner("fomaml", optimizer=keras.optimizers.SGD(1.0))
     tasks = [_task(0), _task(1), _task(2)]

@@ -263,3 +263,48 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
 
     picture = cv2.imread(str(png))
     assert picture.shape[1] == 16 * 3 and picture.shape[0] == 3 * 16 + 2 * 2  # the 3 listed classes
+
+
+def _scalar_series(directory, tag):
+    values = {}
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(v.tensor))
+    return [values[s] for s in sorted(values)]
+
+
+def _checkpoint_value(model_dir, name):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+    (key,) = [k for k in reader.get_variable_to_dtype_map() if name in k]
+    return reader.get_tensor(key)
+
+
+def test_a_float16_overflow_skips_its_step_halves_the_scale_and_training_goes_on(tmp_path, monkeypatch):
+    """Dynamic loss scaling's normal event: not a NonFiniteLoss stop, without --skip_nonfinite."""
+    from meta_drn_tf.training.task import MetaTrainingTask
+
+    original, steps = MetaTrainingTask.train_step, []
+
+    def step_with_an_overflow(self, batch, epoch):
+        steps.append(epoch)
+        if len(steps) == 3:  # mid-run, one step's values overflow float16
+            batch = {**batch, "query_images": batch["query_images"] * np.inf}
+        return original(self, batch, epoch)
+
+    monkeypatch.setattr(MetaTrainingTask, "train_step", step_with_an_overflow)
+    final = train(_cfg(tmp_path, precision="float16", epochs=2, tasks_per_epoch=6))
+    assert final["epochs"] == 2 and len(steps) == 6
+    assert float(_checkpoint_value(str(tmp_path), "loss_scale")) == 2.0**14  # 2**15, halved once
+    assert int(_checkpoint_value(str(tmp_path), "optimizer/_iterations")) == 5  # one update of six skipped
+    assert int(_checkpoint_value(str(tmp_path), "bad_batches")) == 0
+    train_logs = str(tmp_path / "logs" / "train")
+    assert _scalar_series(train_logs, "float16/overflows") == [0, 0, 1, 1, 1, 1]
+    assert _scalar_series(train_logs, "float16/loss_scale") == [2.0**15] * 3 + [2.0**14] * 3
+
+
+def test_float16_steps_still_non_finite_at_a_loss_scale_of_1_stop_the_run(tmp_path):
+    """Halving from 2**15 reaches 1 after 15 overflows; a 16th non-finite step is not an overflow."""
+    with pytest.raises(NonFiniteLoss, match="epoch 1, step 16"):
+        train(_cfg(tmp_path, precision="float16", inner_lr=1e30, tasks_per_epoch=40))

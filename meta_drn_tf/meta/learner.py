@@ -26,6 +26,25 @@ from meta_drn_tf.meta.config import MetaConfig
 
 # A replica's meta-batch may carry how many of its tasks are real (the rest pad an uneven split).
 TASK_COUNT_KEY = "tasks"
+# float16's dynamic loss scale: doubled after this many good steps in a row (Keras's LossScaleOptimizer's
+# default), halved at an overflow, kept within [1, MAX_LOSS_SCALE] (float16's largest value is 65504,
+# so a larger scale only overflows).
+LOSS_SCALE_GROWTH_STEPS = 2000
+MAX_LOSS_SCALE = 2.0**24
+
+
+def next_loss_scale(scale: tf.Tensor, good_steps: tf.Tensor, finite: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """float16's dynamic loss scale after a step: (scale, good steps in a row).
+
+    An overflow (`finite` False) halves the scale, down to 1; `LOSS_SCALE_GROWTH_STEPS` good steps
+    in a row double it, up to `MAX_LOSS_SCALE`.
+    """
+    if not finite:
+        return tf.maximum(scale / 2.0, 1.0), tf.zeros_like(good_steps)
+    good_steps = good_steps + 1
+    grow = good_steps >= LOSS_SCALE_GROWTH_STEPS
+    return (tf.where(grow, tf.minimum(scale * 2.0, MAX_LOSS_SCALE), scale),
+            tf.where(grow, tf.zeros_like(good_steps), good_steps))
 
 
 def multi_step_loss_weights(epoch: tf.Tensor | float, steps: int, anneal_epochs: int) -> tf.Tensor:
@@ -97,7 +116,9 @@ class MetaLearner(Adapter):
         `"tasks"`: how many of the B are real, the rest padding; or a distributed dataset element
         under a strategy) at 0-based `epoch` (which MAML++'s annealing options read). Returns
         logs: "loss" (mean query loss after adaptation; Reptile: its inner-loop loss),
-        "grad_norm", and "finite" (False: the update was skipped)."""
+        "grad_norm", "finite" (False: the update was skipped), "loss_scale" (the scale this
+        step used) and "overflow" (float16: a non-finite step with the scale still above 1, a
+        normal event of dynamic loss scaling; the scale was halved)."""
         phase = self.phase(epoch)
         # The phase is Python (a new trace when it changes, once per switch); the epoch is a tensor.
         return self._train_fn(task_batch, tf.constant(epoch, tf.float32), phase.second_order, phase.multi_step_loss)
@@ -116,7 +137,11 @@ class MetaLearner(Adapter):
         # in replica context is not supported by tf.distribute).
         grads = [self.strategy.experimental_local_results(g)[0] for g in grads]
         logs = {k: self.strategy.experimental_local_results(v)[0] for k, v in logs.items()}
-        tf.cond(logs["finite"] > 0.5, lambda: self._apply(grads), lambda: self._skip())
+        logs["loss_scale"] = self.loss_scale.read_value()  # before this step changes it
+        bad = logs["finite"] < 0.5
+        logs["overflow"] = tf.cast(bad & (logs["loss_scale"] > 1.0), tf.float32) \
+            if self.config.precision == "float16" else tf.constant(0.0)
+        tf.cond(bad, lambda: self._skip(), lambda: self._apply(grads))
         return logs
 
     def _replica_gradients(self, task_batch, epoch, second_order, multi_step_loss):
@@ -161,15 +186,15 @@ class MetaLearner(Adapter):
 
     def _apply(self, grads):
         self.optimizer.apply(grads, self.meta_variables)
-        if self.config.precision == "float16":  # dynamic loss scaling: grow after 2000 good steps
-            self.good_steps.assign_add(1)
-            grow = self.good_steps >= 2000
-            self.loss_scale.assign(tf.where(grow, self.loss_scale * 2.0, self.loss_scale))
-            self.good_steps.assign(tf.where(grow, tf.zeros_like(self.good_steps), self.good_steps))
+        self._update_loss_scale(finite=True)
         return tf.constant(True)
 
     def _skip(self):
-        if self.config.precision == "float16":
-            self.loss_scale.assign(tf.maximum(self.loss_scale / 2.0, 1.0))
-            self.good_steps.assign(0)
+        self._update_loss_scale(finite=False)
         return tf.constant(False)
+
+    def _update_loss_scale(self, finite: bool) -> None:
+        if self.config.precision == "float16":
+            scale, good = next_loss_scale(self.loss_scale, self.good_steps, finite)
+            self.loss_scale.assign(scale)
+            self.good_steps.assign(good)

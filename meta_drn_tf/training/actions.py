@@ -29,12 +29,16 @@ class TrainingScalars:
         self.writer, self.learner, self.meta_batch_size = writer, learner, meta_batch_size
 
     def __call__(self, step: int, loss: float, grad_norm: float, lr: float, step_time: float,
-                 bad_batches: int) -> None:
+                 bad_batches: int, overflows: int = 0, loss_scale: float = 1.0) -> None:
+        """`overflows`: float16 loss-scale overflows so far in this process; `loss_scale`: the last step's."""
         with self.writer.as_default(step=step):
             for name, value in (("loss", loss), ("grad_norm", grad_norm), ("meta_lr", lr),
                                 ("step_time_s", step_time), ("tasks_per_s", self.meta_batch_size / step_time),
                                 ("bad_batches", bad_batches)):
                 tf.summary.scalar(name, value)
+            if self.learner.config.precision == "float16":
+                tf.summary.scalar("float16/loss_scale", loss_scale)
+                tf.summary.scalar("float16/overflows", overflows)
             self._learned_rates()
 
     def flush(self) -> None:

@@ -53,6 +53,7 @@ class Controller:
         self.phase = None
         self.last_save = time.time()
         self._window, self._window_start, self._bar = [], time.time(), None  # steps whose logs are not fetched
+        self.overflows = 0  # float16 loss-scale overflows in this process (skipped steps, the scale halved)
 
     def handle_preemption(self, strategy: tf.distribute.Strategy) -> None:
         """Multi-worker runs: TensorFlow's PreemptionCheckpointHandler takes SIGTERM over.
@@ -166,17 +167,21 @@ class Controller:
         if not self._window:
             return
         window, self._window = self._window, []
-        fetched = {k: np.asarray(tf.stack([logs[k] for logs in window])) for k in ("loss", "grad_norm", "finite")}
+        fetched = {k: np.asarray(tf.stack([logs.get(k, 0.0) for logs in window]))
+                   for k in ("loss", "grad_norm", "finite", "overflow", "loss_scale")}
         now = time.time()
         step_time, self._window_start = (now - self._window_start) / len(window), now
         first_step = int(self.state.step) - len(window)
         for i in np.flatnonzero(fetched["finite"] < 0.5):
-            self._non_finite(first_step + int(i))
+            if fetched["overflow"][i] > 0.5:
+                self._overflow(first_step + int(i), float(fetched["loss_scale"][i]))
+            else:
+                self._non_finite(first_step + int(i))
         lr, loss = float(self.learning_rate.numpy()), float(fetched["loss"][-1])
         self._bar.update(int(self.state.step), [("loss", loss), ("tasks/s", self.scalars.meta_batch_size / step_time),
                                                 ("meta_lr", lr)])
         self.scalars(int(self.state.global_step), loss, float(fetched["grad_norm"][-1]), lr, step_time,
-                     int(self.state.bad_batches))
+                     int(self.state.bad_batches), self.overflows, float(fetched["loss_scale"][-1]))
 
     def _announce_phase(self, epoch: int) -> None:
         """Says what the meta-step computes at the start and whenever MAML++'s annealing switches it."""
@@ -195,6 +200,15 @@ class Controller:
                 f"applied and nothing was saved. Last good checkpoint: {self.checkpoints.latest.latest_checkpoint}. "
                 "Lower --meta_lr/--inner_lr, or pass --skip_nonfinite to skip such batches.")
         logging.warning("skipped a meta-batch with a non-finite loss (%d so far)", int(self.state.bad_batches))
+
+    def _overflow(self, step: int, scale: float) -> None:
+        """A float16 step at (0-based) `step` of this epoch overflowed at loss scale `scale`: dynamic loss
+        scaling's normal event (Keras's LossScaleOptimizer's too). The graph skipped its update and halved
+        the scale; training goes on."""
+        self.overflows += 1
+        logging.info("float16 overflow at epoch %d, step %d (loss scale %g): update skipped, scale halved to %g "
+                     "(%d overflows so far)", int(self.state.epoch) + 1, step + 1, scale, max(scale / 2, 1.0),
+                     self.overflows)
 
     def _maybe_save_mid_epoch(self) -> None:
         every = self.config.save_every_steps
