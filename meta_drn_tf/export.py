@@ -1,7 +1,7 @@
 """Export a trained run as a TF Serving SavedModel with in-graph 1-shot adaptation.
 
     python -m meta_drn_tf.export --model_dir=runs/maml [--export_dir=saved_models/maml] [--precision=bfloat16]
-        [--kernels=stock|cpu]
+        [--kernels=stock|gpu|cpu]
 
 Writes `<export_dir>/<version>/` (the next free integer version); point TF
 Serving's model_base_path at <export_dir>. See meta_drn_tf/serving/saved_model.py for the
@@ -28,8 +28,10 @@ def define_flags() -> None:
     flags.DEFINE_enum("precision", None, PRECISION_POLICIES, "Compute precision (default: the run's).")
     flags.DEFINE_integer("inner_steps", None, "Inner steps inside the graph (default: the run's test-time setting).")
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
-    flags.DEFINE_enum("kernels", "stock", ["stock", "cpu"], "The graphs' kernel forms: stock (TensorFlow's own ops: "
-                      "any server, cuDNN on GPUs) or cpu (CPU-tuned: faster on CPU servers only; see README, Serving).")
+    flags.DEFINE_enum("kernels", "stock", ["stock", "gpu", "cpu"], "The graphs' kernel forms: stock (TensorFlow's "
+                      "own ops: any server; dilated convolutions through space-to-batch), gpu (the same with dilated "
+                      "convolutions and their gradients as single cuDNN ops: GPU servers only) or cpu (CPU-tuned: "
+                      "faster on CPU servers only). See README, Serving.")
 
     cli.check_paths(model_dir="folder", export_dir="new_folder")
     flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")

@@ -95,19 +95,32 @@ def test_the_whole_meta_batch_at_once_gives_the_same_meta_gradient():
     np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
 
 
-def test_a_stock_export_serves_the_same_masks_on_the_gpu_and_on_the_cpu(tmp_path):
-    keras.utils.set_random_seed(4)
-    learner = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig("maml", inner_lr=0.5))
-    model = tf.saved_model.load(serving.export(learner, str(tmp_path / "m"), SIZE, WIDTH))
+def _request():
     rng = np.random.default_rng(0)
     support = rng.integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
     mask = np.zeros((1, SIZE, SIZE), np.float32)
     mask[:, 8:16, 8:24] = 1
     queries = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
-    outputs = []
-    for device in ("/GPU:0", "/CPU:0"):
-        with tf.device(device):
-            outputs.append(model.signatures["serving_default"](
-                support_images=tf.constant(support), support_masks=tf.constant(mask),
-                query_images=tf.constant(queries), threshold=tf.constant([], tf.float32))["probabilities"].numpy())
-    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-4)
+    return {"support_images": tf.constant(support), "support_masks": tf.constant(mask),
+            "query_images": tf.constant(queries), "threshold": tf.constant([], tf.float32)}
+
+
+def _serve(model, device):
+    with tf.device(device):
+        return model.signatures["serving_default"](**_request())["probabilities"].numpy()
+
+
+def test_a_stock_export_serves_the_same_masks_on_the_gpu_and_on_the_cpu(tmp_path):
+    keras.utils.set_random_seed(4)
+    learner = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig("maml", inner_lr=0.5))
+    model = tf.saved_model.load(serving.export(learner, str(tmp_path / "m"), SIZE, WIDTH))
+    np.testing.assert_allclose(_serve(model, "/GPU:0"), _serve(model, "/CPU:0"), atol=1e-4)
+
+
+def test_a_gpu_export_adapts_on_the_gpu_to_the_stock_exports_masks(tmp_path):
+    """--kernels=gpu: dilated convolutions and their gradients as single cuDNN ops, same masks."""
+    keras.utils.set_random_seed(4)
+    learner = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig("maml", inner_lr=0.5))
+    stock, gpu = (tf.saved_model.load(serving.export(learner, str(tmp_path / k), SIZE, WIDTH, kernels=k))
+                  for k in ("stock", "gpu"))
+    np.testing.assert_allclose(_serve(gpu, "/GPU:0"), _serve(stock, "/GPU:0"), atol=1e-4)

@@ -245,3 +245,30 @@ def test_float16_exports_adapt_with_the_trained_loss_scale_and_refuse_an_overflo
     module.adapter.loss_scale.assign(1e9)  # float16's range ends at 65504: every scaled gradient overflows
     with pytest.raises(tf.errors.InvalidArgumentError, match="float16 adaptation overflowed"):
         module.adapt(tf.constant(support), tf.constant(mask))
+
+
+def test_a_gpu_export_keeps_dilated_convolutions_whole_where_the_stock_one_rewrites_them(tmp_path):
+    """gpu: no space-to-batch around the dilated layers in any signature, the dilations in the convolutions
+    and their gradients themselves (what cuDNN runs); the masks are the stock export's."""
+    learner = _learner()
+    exports = {k: tf.saved_model.load(serving.export(learner, str(tmp_path / k), SIZE, WIDTH, kernels=k))
+               for k in ("stock", "gpu")}
+    assert exports["gpu"].kernels.numpy().decode() == "gpu"
+    from meta_drn_tf.meta.graphs import operations
+
+    def dilated(fn, op_type):
+        return [op for op in operations(fn.graph) if op.type == op_type and max(op.get_attr("dilations")) > 1]
+
+    rewrite = {"SpaceToBatchND", "BatchToSpaceND"}
+    for name in serving.SIGNATURES:
+        stock, gpu = (_signature_op_types(exports[k])[name] for k in ("stock", "gpu"))
+        assert rewrite <= stock and not rewrite & gpu, name
+        assert dilated(exports["gpu"].signatures[name], "Conv2D"), name
+    adapt = exports["gpu"].signatures["adapt"]
+    assert dilated(adapt, "Conv2DBackpropInput") and dilated(adapt, "Conv2DBackpropFilter")
+    # TensorFlow's CPU kernels run the forward ops: the segmentation of given fast weights agrees.
+    support, mask, queries = _request()
+    fast = exports["stock"].adapt(support_images=support, support_masks=mask)["fast_weights"]
+    a, b = (exports[k].segment_adapted(fast_weights=fast, query_images=queries, threshold=tf.constant([0.5]))
+            for k in ("stock", "gpu"))
+    np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)

@@ -25,9 +25,14 @@ InvalidArgument error saying so, never silent all-zero masks.
 
 The graphs are device-neutral by default: the stock kernel policy
 (`kernels.py`: TensorFlow's own ops, which TF Serving runs with cuDNN on a GPU
-and with its CPU kernels elsewhere). `kernels="cpu"` writes the CPU-tuned forms
-instead (faster on CPU servers, never what a GPU should run). The SavedModel
-records which it holds: its `kernels` variable ("stock" or "cpu").
+and with its CPU kernels elsewhere); its dilated convolutions go through
+space-to-batch (SpaceToBatchND/BatchToSpaceND around each one), because
+TensorFlow's CPU kernels have no dilated convolution gradients. `kernels="gpu"`
+writes the stock ops with dilated convolutions and their gradients as single
+ops, which cuDNN runs as such: for GPU servers (a CPU server cannot adapt with
+it). `kernels="cpu"` writes the CPU-tuned forms (faster on CPU servers, never
+what a GPU should run). The SavedModel records which it holds: its `kernels`
+variable ("stock", "gpu" or "cpu").
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ class ServingModule(tf.Module):
         self._inner_steps = inner_steps or adapter.config.inner_steps
         # Saved with the model: which kernel forms its graphs hold, and what rebuilds its network
         # (`Segmenter.export_tflite`).
-        self.kernels = tf.Variable(adapter.kernel_policy().name, trainable=False, name="kernels")
+        policy = adapter.kernel_policy()
+        self.kernels = tf.Variable("gpu" if policy.dilated_gradients_in_one_op else policy.name, trainable=False,
+                                   name="kernels")
         self.image_size = tf.Variable(image_size, trainable=False, name="image_size")
         self.width = tf.Variable(width, trainable=False, dtype=tf.float32, name="width")
 
@@ -162,6 +169,8 @@ class ServingModule(tf.Module):
         return self._segment(self._unflatten(fast_weights), self._images(query_images), threshold)
 
 
+# An export's kernel choice -> the device whose stock or CPU forms its graphs hold.
+EXPORT_KERNELS = {"stock": "any", "gpu": "gpu", "cpu": "cpu"}
 SIGNATURES = ("serving_default", "adapt_and_segment_float", "segment_initial", "adapt", "segment_adapted")
 
 
@@ -191,15 +200,16 @@ def export(
         width: the network's width multiplier.
         inner_steps: test-time inner steps (default: training's).
         precision: compute precision of the export (default: the learner's).
-        kernels: "stock" (device-neutral: TensorFlow's own ops) or "cpu" (the CPU-tuned forms).
+        kernels: one of `EXPORT_KERNELS`: "stock" (device-neutral: TensorFlow's own ops), "gpu" (the
+            same with dilated convolutions as single ops: GPU servers) or "cpu" (the CPU-tuned forms).
 
     Returns:
         The version directory written.
     """
-    if kernels not in ("stock", "cpu"):
-        raise ValueError(f"an export's kernels are 'stock' or 'cpu', got {kernels!r}")
+    if kernels not in EXPORT_KERNELS:
+        raise ValueError(f"an export's kernels are one of {EXPORT_KERNELS}, got {kernels!r}")
     module = serving_module(learner, image_size, width, inner_steps, precision,
-                            kernels=kernels, device="any" if kernels == "stock" else "cpu")
+                            kernels="cpu" if kernels == "cpu" else "stock", device=EXPORT_KERNELS[kernels])
     partial = os.path.join(export_base, f".export.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     # The adaptation's gradients are ops of the signatures' graphs already; the custom gradients'
