@@ -42,8 +42,9 @@ from meta_drn_tf.training import xla_runner
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 PRECISIONS = ("float32", "bfloat16", "float16")
 # Relative error allowed between JAX's XLA and TensorFlow's executor on the same inputs: float32
-# differs by summation order only; half precisions round every op.
-RTOL = {"float32": 1e-5, "bfloat16": 5e-2, "float16": 1e-2}
+# differs by summation order only; half precisions round every op, and each tolerance stays below
+# that precision's own distance from the float32 meta-gradient (docs/performance.md, "XLA programs").
+RTOL = {"float32": 1e-5, "bfloat16": 7.5e-2, "float16": 1e-2}
 SEED = 0
 
 
@@ -88,9 +89,12 @@ class ProgramSpec:
 
 def programs_plan(smoke: bool = False) -> list[ProgramSpec]:
     """The programs, most important first: the checks, then float32 meta-steps in the GPU's form,
-    the half precisions, serving, and the space-to-batch forms (`--jit_compile` with the rewrite)."""
-    checks = [ProgramSpec("check", "meta_step", a, "float32", d, SMALL) for d in ("native", "space_to_batch")
-              for a in ALGORITHMS]
+    serving in both forms, the half precisions, and the meta-steps in the space-to-batch form
+    (`--jit_compile` with the rewrite). `smoke`: the float32 checks (the rewrite for MAML only) and
+    one small timing."""
+    checks = [ProgramSpec("check", "meta_step", a, "float32", "native", SMALL) for a in ALGORITHMS]
+    rewritten = ALGORITHMS[:1] if smoke else ALGORITHMS
+    checks += [ProgramSpec("check", "meta_step", a, "float32", "space_to_batch", SMALL) for a in rewritten]
     checks += [ProgramSpec("check", kind, sizes=SMALL) for kind in ("forward", "adapt")]
     if smoke:
         return checks + [ProgramSpec("time", "meta_step", "fomaml", sizes=SMALL)]

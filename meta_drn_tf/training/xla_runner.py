@@ -1,6 +1,6 @@
 """Runs the XLA programs written by `python tools/gpu_check.py --hlo=DIR` with JAX's XLA, on any device.
 
-    python DIR/run.py [--report=DIR/report.md] [--budget_s=480] [--repeats=5] [--check_only]
+    python DIR/run.py [--report=DIR/report.md] [--budget_s=480] [--repeats=5] [--check_only] [--programs=REGEX]
 
 This file travels alone (copied into DIR as run.py): it needs numpy and JAX, not TensorFlow and not
 this package. It reads DIR/manifest.json, regenerates every program's seeded inputs (weights,
@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -205,12 +206,14 @@ TIME_HEAD = ["| program | s/step | tasks/s | projected epoch (7,000 tasks) | pap
              "| XLA buffers MiB | device peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
 
 
-def run_rows(folder: str, manifest: dict, budget_s: float, repeats: int, check_only: bool) -> tuple[list, list, list]:
-    """Check rows, timing rows (markdown lines) and the names of rows not reached, in manifest order."""
+def run_rows(folder: str, manifest: dict, budget_s: float, repeats: int, check_only: bool,
+             pattern: str = "") -> tuple[list, list, list]:
+    """Check rows, timing rows (markdown lines) and the names of rows not reached, in manifest order;
+    only the programs whose names `pattern` (a regular expression) finds."""
     start, checks, timings, skipped = time.time(), [], [], []
     references = np.load(os.path.join(folder, REFERENCES))
     for entry in manifest["programs"]:
-        if entry["role"] == "time" and check_only:
+        if (entry["role"] == "time" and check_only) or not re.search(pattern, entry["name"]):
             continue
         if time.time() - start > budget_s and (checks or timings):
             skipped.append(entry["name"])
@@ -227,7 +230,7 @@ def run_rows(folder: str, manifest: dict, budget_s: float, repeats: int, check_o
     return checks, timings, skipped
 
 
-def report(folder: str, budget_s: float, repeats: int, check_only: bool) -> tuple[str, bool]:
+def report(folder: str, budget_s: float, repeats: int, check_only: bool, pattern: str = "") -> tuple[str, bool]:
     """The markdown report, and whether every check passed."""
     import jax
 
@@ -240,7 +243,7 @@ def report(folder: str, budget_s: float, repeats: int, check_only: bool) -> tupl
               f"{manifest['tensorflow']} ({manifest['written']}): {manifest['description']}", "",
               "What this measures: XLA's code for this project's programs on this device; not TensorFlow's "
               "executor, nor cuDNN called through TensorFlow.", ""]
-    checks, timings, skipped = run_rows(folder, manifest, budget_s, repeats, check_only)
+    checks, timings, skipped = run_rows(folder, manifest, budget_s, repeats, check_only, pattern)
     lines = header + ["## Checks against TensorFlow (CPU, small size)", "", *CHECK_HEAD, *checks, ""]
     if timings:
         lines += [f"## Timings (median of {repeats} after a warm-up)", "", *TIME_HEAD, *timings, ""]
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget_s", type=float, default=480.0, help="Start no row after this many seconds.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed calls per program, after one warm-up.")
     parser.add_argument("--check_only", action="store_true", help="Only the checks against TensorFlow.")
+    parser.add_argument("--programs", default="", help="Only the programs whose names this regular expression "
+                        "finds (e.g. 'float32' or '^time-(forward|adapt)').")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.folder, MANIFEST)):
         sys.exit(f"error: --folder {args.folder}: no {MANIFEST} there; write one with "
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         import jax  # noqa: F401
     except ImportError:
         sys.exit("error: this runner needs JAX: pip install jax (jax[cuda13] for NVIDIA GPUs)")
-    text, passed = report(args.folder, args.budget_s, args.repeats, args.check_only)
+    text, passed = report(args.folder, args.budget_s, args.repeats, args.check_only, args.programs)
     path = args.report or os.path.join(args.folder, "report.md")
     with open(path, "w") as f:
         f.write(text + "\n")
