@@ -2,7 +2,9 @@
 meta-gradients (JAX's CPU backend here; a GPU where one is lent)."""
 
 import collections
+import fcntl
 import gzip
+import importlib.util
 import json
 import os
 import re
@@ -20,11 +22,24 @@ ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hlo") / "programs"
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), f"--hlo={out}", "--smoke"],
-                   capture_output=True, text=True, timeout=900, check=True)
+def folder(tmp_path_factory, worker_id):
+    """The smoke folder, written once per test session: pytest-xdist's workers share it."""
+    shared = tmp_path_factory.mktemp("hlo") if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    out = shared / "xla_programs"
+    with open(shared / "xla_programs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").is_file():
+            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), f"--hlo={out}", "--smoke"],
+                           capture_output=True, text=True, timeout=900, check=True)
     return out
+
+
+def _runner(folder):
+    """The folder's run.py as a module (what travels, not the package's copy)."""
+    spec = importlib.util.spec_from_file_location("xla_programs_run", folder / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _manifest(folder):
@@ -59,32 +74,27 @@ def test_the_runner_alone_reproduces_tensorflow_for_every_algorithm(folder):
 def test_a_check_fails_on_another_algorithms_or_a_perturbed_reference(folder):
     """The tolerance tells MAML's second-order meta-gradient from first-order MAML's, and a 1e-4 change
     from a 1e-6 one."""
-    sys.path.insert(0, str(folder))
-    try:
-        import run as runner
-    finally:
-        sys.path.pop(0)
+    runner = _runner(folder)
     programs = {p["name"]: p for p in _manifest(folder)["programs"]}
     references = dict(np.load(folder / "references.npz"))
     maml = programs["check-maml-float32-native"]
-    assert runner.check(str(folder), maml, references)["passed"]
+    outputs = runner.run_program(str(folder), maml)
+    assert runner.compare(maml, outputs, references)["passed"]
     fomaml_outputs = {k.replace("fomaml", "maml"): v for k, v in references.items() if k.startswith("check-fomaml")}
-    assert not runner.check(str(folder), maml, fomaml_outputs)["passed"]
+    assert not runner.compare(maml, outputs, fomaml_outputs)["passed"]
 
     def scaled(factor):
         return {k: v * factor if k.startswith(maml["name"] + "/") else v for k, v in references.items()}
 
-    assert runner.check(str(folder), maml, scaled(1 + 1e-6))["passed"]
-    assert not runner.check(str(folder), maml, scaled(1 + 1e-4))["passed"]
+    assert runner.compare(maml, outputs, scaled(1 + 1e-6))["passed"]
+    assert not runner.compare(maml, outputs, scaled(1 + 1e-4))["passed"]
+    broken = [np.full_like(o, np.nan) for o in outputs]
+    assert not runner.compare(maml, broken, references)["passed"]
 
 
 def test_inputs_are_regenerated_from_the_manifest_alone(folder):
     """Same seed and position, same values; the weights keep the spread of Keras's initialisation."""
-    sys.path.insert(0, str(folder))
-    try:
-        import run as runner
-    finally:
-        sys.path.pop(0)
+    runner = _runner(folder)
     program = _manifest(folder)["programs"][0]
     first, again = runner.program_inputs(program, 0), runner.program_inputs(program, 0)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))

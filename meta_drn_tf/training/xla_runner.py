@@ -134,8 +134,17 @@ class Program:
 
 def check(folder: str, entry: dict, references) -> dict:
     """Runs a program on its seeded inputs and compares with TensorFlow's outputs."""
+    return compare(entry, run_program(folder, entry), references)
+
+
+def run_program(folder: str, entry: dict) -> list[np.ndarray]:
+    """A program's outputs on its seeded inputs."""
     program = Program(folder, entry)
-    outputs = [np.asarray(o) for o in program(*program_inputs(entry, entry["seed"]))]
+    return [np.asarray(o) for o in program(*program_inputs(entry, entry["seed"]))]
+
+
+def compare(entry: dict, outputs: list[np.ndarray], references) -> dict:
+    """A program's outputs against TensorFlow's (`references`: "NAME/i" -> array): errors, pass/fail."""
     expected = [references[f"{entry['name']}/{i}"] for i in range(len(entry["outputs"]))]
     error = relative_error(outputs, expected)
     loss = entry.get("loss_output")
