@@ -41,6 +41,7 @@ def damaged_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_lists_every_bad_file_then_skip_bad_files_trains_on_the_rest(damaged_dir, tmp_path):
     # --test_at_end: the test split is read too, so its files are checked before training.
     args = ["-m", "meta_drn_tf.train", f"--data_dir={damaged_dir}", f"--model_dir={tmp_path / 'run'}", *TINY,
@@ -90,6 +91,7 @@ def test_a_bug_keeps_its_traceback():
         cli._guarded(main, ["app"])
 
 
+@pytest.mark.slow
 def test_tensorflow_start_up_chatter_only_with_verbosity():
     raw = _run(["-c", "import tensorflow as tf; tf.config.list_physical_devices()"])
     quiet = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625"])
@@ -109,6 +111,7 @@ def test_verbosity_is_read_off_raw_arguments(argv, expected):
     assert cli.verbosity_in(argv) == expected
 
 
+@pytest.mark.slow
 def test_commands_print_their_devices_and_train_can_require_a_gpu(tmp_path):
     """No GPU here (conftest hides them): the devices line says so, and --require_gpu stops before training."""
     out = _run(["-m", "meta_drn_tf.train", *TINY, f"--model_dir={tmp_path / 'run'}", "--require_gpu"])

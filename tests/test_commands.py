@@ -244,6 +244,7 @@ COMMANDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("app", list(COMMANDS), ids=lambda a: os.path.basename(a))
 def test_mistyped_command_lines_end_in_one_error_line(app, w):
     cases = COMMANDS[app](w)

@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from meta_drn_tf import cli
@@ -28,6 +29,7 @@ def _check(*args, timeout=400):
     return results
 
 
+@pytest.mark.slow
 def test_mirrored_two_replicas_with_xla_make_the_same_update_as_one_device():
     """The paper's meta-batch of 5 on 2 replicas (3 + 2 tasks), every algorithm, with --jit_compile:
     XLA compiles each replica's part, not the step that reads every replica's variables (which
@@ -35,6 +37,7 @@ def test_mirrored_two_replicas_with_xla_make_the_same_update_as_one_device():
     _check("--jit", "--meta_batch=5", "maml", "fomaml", "metasgd", "reptile")
 
 
+@pytest.mark.slow
 def test_the_papers_meta_batch_of_5_on_8_replicas_makes_one_devices_update():
     """Without XLA: one task on five replicas and none on three (4 replicas, 2+1+1+1, is the
     shares' unit test; two workers split 3 tasks below)."""
@@ -105,6 +108,7 @@ def _weights(model_dir):
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_dtype_map() if k.startswith("learner/")}
 
 
+@pytest.mark.slow
 def test_a_dead_worker_fails_the_run_instead_of_hanging(tmp_path):
     model_dir = str(tmp_path / "dead")
     procs = _start_workers(model_dir, epochs=200, timeout_s=10)
@@ -140,6 +144,7 @@ def _finish(procs, timeout):
     return [p.returncode for p in procs], outputs
 
 
+@pytest.mark.slow
 def test_two_localhost_workers_preempted_and_resumed_train_like_one_device(tmp_path):
     model_dir = str(tmp_path / "mw")
     procs = _start_workers(model_dir, epochs=1000)  # far more than it gets: the signal always comes first

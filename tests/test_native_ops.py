@@ -44,6 +44,7 @@ def test_meta_step_graph_has_no_strided_1x1_convolution(algo, width):
     assert ones and all(s == [1, 1, 1, 1] for _, s in ones), ones
 
 
+@pytest.mark.slow
 def test_meta_step_and_evaluation_at_a_narrow_width_do_not_crash_natively():
     # Width 0.125: resblock1's projection has 8 input channels, the case that
     # crashed. A native crash would kill pytest, so it runs in a subprocess.

@@ -176,6 +176,7 @@ def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
         new.segment(images.astype(np.float32))
 
 
+@pytest.mark.slow
 def test_command_on_real_photos(real_fewshot_dir, run_dir, tmp_path):
     folder = os.path.join(real_fewshot_dir, "cat")
     out = subprocess.run([sys.executable, "-m", "meta_drn_tf.segment", f"--model={run_dir}",

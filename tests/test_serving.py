@@ -69,6 +69,7 @@ def test_outputs_equal_library_adapt_and_predict(exported):
     assert np.abs(initial - expected).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_fresh_process_without_the_library_loads_and_runs(exported, tmp_path):
     _, path = exported
     support, mask, queries = _request()

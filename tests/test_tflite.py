@@ -122,6 +122,7 @@ def test_calibration_holds_the_examples_their_training_copies_and_more(synthetic
     np.testing.assert_array_equal(fewer[:2 + 3], calibration[:2 + 3])
 
 
+@pytest.mark.slow
 def test_the_file_runs_with_the_interpreter_alone(synthetic, tmp_path):
     """What README's snippet does, in a process that never imports the library."""
     segmenter, images = synthetic

@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_profile_memory_replays_the_allocations_of_a_step(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "profile_memory.py"), "--algo=maml", "--size=32",
@@ -29,6 +32,7 @@ print("first_order" if mode == "first" else "second_order", "min step s 1.5 medi
 """
 
 
+@pytest.mark.slow
 def test_benchmark_alternates_with_the_peer_and_prints_the_ratios(tmp_path):
     peer_script = tmp_path / "peer.py"
     peer_script.write_text(FAKE_PEER)  # a stand-in for the PyTorch peer: 2.0 s, peak 1.5 GiB, working set 1.0
@@ -54,6 +58,7 @@ def test_benchmark_alternates_with_the_peer_and_prints_the_ratios(tmp_path):
     assert abs(float(summary[1]) - sum(ratios) / 2) <= 0.01
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
     """`tools/gpu_check.py --smoke` on this CPU: the first benchmark row, the GPU tests within half of the
     budget (stopped here: it is spent), then rows until the budget, each with its projected FSS-1000 epoch

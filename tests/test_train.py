@@ -138,6 +138,7 @@ def _wait_for_checkpoint(proc, model_dir, name):
     raise AssertionError(f"no {name} within 240 s")
 
 
+@pytest.mark.slow
 def test_kill_9_or_sigterm_and_rerun_end_with_the_same_weights(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     straight, killed, stopped = (str(tmp_path / n) for n in ("straight", "killed", "stopped"))
@@ -182,6 +183,7 @@ def test_kill_9_or_sigterm_and_rerun_end_with_the_same_weights(tmp_path):
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{run}: {k}")
 
 
+@pytest.mark.slow
 def test_one_writer_per_run_while_evaluate_reads_it(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = str(tmp_path / "run")
@@ -220,6 +222,7 @@ def test_fresh_keeps_a_folder_that_holds_no_run(tmp_path):
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.slow
 def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path / "run")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
