@@ -29,6 +29,9 @@ from meta_drn_tf.training.schedules import Schedule
 from meta_drn_tf.training.stopping import StopRequest, StopSignal
 from meta_drn_tf.training.task import MetaTrainingTask
 
+# Step logs a task's learner may leave out (one without float16 loss scaling), and their values then.
+OPTIONAL_LOGS = {"overflow": 0.0, "loss_scale": 1.0}
+
 
 class Controller:
     """Runs a task's epochs to `config.epochs`, validating and checkpointing after each.
@@ -167,8 +170,8 @@ class Controller:
         if not self._window:
             return
         window, self._window = self._window, []
-        fetched = {k: np.asarray(tf.stack([logs.get(k, 0.0) for logs in window]))
-                   for k in ("loss", "grad_norm", "finite", "overflow", "loss_scale")}
+        fetched = {k: np.asarray(tf.stack([logs.get(k, OPTIONAL_LOGS.get(k)) for logs in window]))
+                   for k in ("loss", "grad_norm", "finite", *OPTIONAL_LOGS)}
         now = time.time()
         step_time, self._window_start = (now - self._window_start) / len(window), now
         first_step = int(self.state.step) - len(window)

@@ -187,8 +187,9 @@ def _variables(adapter: Adapter) -> list[tf.Variable]:
     return list(adapter.model.variables) + adapter.extra_variables + [adapter.loss_scale]
 
 
-def _captured_specs(concrete, adapter: Adapter, first_index: int) -> tuple[list[dict], list[tf.Variable]]:
-    """Input specs of the variables a traced function reads (XLA takes them after its arguments)."""
+def _captured_specs(concrete, adapter: Adapter, first_index: int) -> list[dict]:
+    """Input specs of the variables a traced function reads (XLA takes them after its arguments), each
+    variable set to the values the runner will generate for it."""
     by_handle = {id(v.handle): v for v in _variables(adapter)}
     specs, variables = [], []
     for captured in concrete.captured_inputs:
@@ -201,7 +202,7 @@ def _captured_specs(concrete, adapter: Adapter, first_index: int) -> tuple[list[
         variables.append(variable)
     for i, (spec, variable) in enumerate(zip(specs, variables)):
         variable.assign(xla_runner.generate(spec, SEED, first_index + i))
-    return specs, variables
+    return specs
 
 
 def _reference(spec: ProgramSpec, flags_dir: str, adapter: Adapter, args: list) -> list[np.ndarray]:
@@ -221,7 +222,7 @@ def build_program(spec: ProgramSpec, flags_dir: str) -> tuple[dict, dict, list[n
     args = [tf.constant(xla_runner.generate(d, SEED, i)) for i, d in enumerate(data)]
     function = tf.function(_function(adapter, spec.kind), jit_compile=True)
     concrete = function.get_concrete_function(*args)
-    captured, _ = _captured_specs(concrete, adapter, len(data))
+    captured = _captured_specs(concrete, adapter, len(data))
     ir = function.experimental_get_compiler_ir(*args)
     texts = {stage: ir(stage=stage) for stage in ("stablehlo", "hlo")}
     outputs = tf.nest.flatten(concrete.structured_outputs)
