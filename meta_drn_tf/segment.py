@@ -68,7 +68,9 @@ def define_flags() -> None:
 
 
 def image_paths(patterns: list[str]) -> list[str]:
-    """Image files named by `patterns` (files, folders, globs), sorted within each, duplicates removed."""
+    """Image files named by `patterns` (files, folders, globs), sorted within each, duplicates removed;
+    a PNG beside a photo of the same name (FSS-1000's layout: 1.jpg and its mask 1.png) is that
+    photo's mask, not a photo."""
     import cv2
 
     from meta_drn_tf.errors import ConfigError
@@ -83,7 +85,16 @@ def image_paths(patterns: list[str]) -> list[str]:
         if not found:
             raise ConfigError(f"--images={pattern}: matches no image file")
         paths += [p for p in found if p not in paths]
-    return paths
+    masks = masks_beside_photos(paths)
+    if masks:
+        print(f"Left out {len(masks)} mask(s) beside their photos (e.g. {masks[0]}): FSS-1000's layout")
+    return [p for p in paths if p not in masks]
+
+
+def masks_beside_photos(paths: list[str]) -> list[str]:
+    """The PNGs among `paths` that share their folder and name with another of them that is not a PNG."""
+    stems = {os.path.splitext(p)[0] for p in paths if os.path.splitext(p)[1].lower() != ".png"}
+    return [p for p in paths if os.path.splitext(p)[1].lower() == ".png" and os.path.splitext(p)[0] in stems]
 
 
 def output_names(paths: list[str]) -> list[str]:

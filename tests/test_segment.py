@@ -188,3 +188,20 @@ def test_command_on_real_photos(real_fewshot_dir, run_dir, tmp_path):
         mask = cv2.imread(str(tmp_path / f"{n}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == cv2.imread(f"{folder}/{n}.jpg").shape[:2]
         assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_an_fss1000_layout_folder_lists_its_photos_not_their_masks(tmp_path, capsys):
+    """FSS-1000 keeps 1.jpg beside its mask 1.png: the PNG is a mask, not a photo to segment (it used
+    to be listed, and then the two 'would both write 1.png')."""
+    from meta_drn_tf.segment import image_paths, output_names
+
+    rng = np.random.default_rng(0)
+    for name in ("1.jpg", "2.jpg", "3.png"):  # 3.png: a photo saved as PNG, with no other file of its name
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    for name in ("1.png", "2.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8), np.uint8))
+    paths = image_paths([str(tmp_path)])
+    assert [os.path.basename(p) for p in paths] == ["1.jpg", "2.jpg", "3.png"]
+    assert output_names(paths) == ["1", "2", "3"]
+    assert "Left out 2 mask(s) beside their photos" in capsys.readouterr().out
+    assert [os.path.basename(p) for p in image_paths([str(tmp_path / "*.png")])] == ["1.png", "2.png", "3.png"]
