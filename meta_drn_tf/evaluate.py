@@ -13,6 +13,7 @@ per_class.csv and summary.json.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from absl import flags
@@ -40,7 +41,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
     flags.DEFINE_bool("baseline", True, "Also evaluate the same adaptation from a random initialisation.")
     flags.DEFINE_enum("kernels", None, KERNEL_CHOICES, "Kernel forms (default: the run's; see train --help).")
-    flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>).")
+    flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>, "
+                        "and with --data_dir one folder per data folder: ..._<its name>-<hash of its path>).")
 
     cli.check_paths(model_dir="folder", data_dir="folder", classes_file="file", out_dir="new_folder")
     flags.register_validator("episodes", lambda n: n >= 0, message="must be 0 (all) or more")
@@ -48,6 +50,18 @@ def define_flags() -> None:
     flags.register_validator("inner_lr", lambda r: r is None or r > 0, message="must be positive")
     flags.register_validator("shots", lambda v: v is None or (v and all(k.isdigit() and int(k) >= 1 for k in v)),
                              message="give positive integers, e.g. --shots=1 or --shots=1,5")
+
+
+def default_out_dir(model_dir: str, which: str, data_dir: str | None) -> str:
+    """MODEL_DIR/eval_<which> for the run's own data; with another `data_dir` ("": the synthetic set),
+    a folder of that data folder's own, so that evaluating two never overwrites one's reports."""
+    if data_dir is None:
+        return os.path.join(model_dir, f"eval_{which}")
+    if not data_dir:
+        return os.path.join(model_dir, f"eval_{which}_synthetic")
+    path = os.path.abspath(data_dir)
+    digest = hashlib.sha1(path.encode()).hexdigest()[:6]
+    return os.path.join(model_dir, f"eval_{which}_{os.path.basename(path.rstrip(os.sep)) or 'root'}-{digest}")
 
 
 def main(argv):
@@ -66,7 +80,7 @@ def main(argv):
     results = evaluate_settings(learner, baseline, bank, shots, progress=True, limit=FLAGS.episodes or None,
                                 inner_steps=FLAGS.inner_steps or config.trainer.eval_inner_steps,
                                 inner_lr=FLAGS.inner_lr)
-    out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, f"eval_{which}")
+    out_dir = FLAGS.out_dir or default_out_dir(FLAGS.model_dir, which, FLAGS.data_dir)
     write_reports(results, out_dir)
     print(f"Reports in {out_dir}")
 

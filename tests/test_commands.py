@@ -260,3 +260,18 @@ def test_mistyped_command_lines_end_in_one_error_line(app, w):
             wrong.append(f"{' '.join(args)}\n  expected exit {code} and one error line with {says!r}, got "
                          f"exit {result['code']}:\n  " + result["stderr"][-1500:].replace("\n", "\n  "))
     assert not wrong, f"{len(wrong)} of {len(cases)} command lines:\n" + "\n".join(wrong)
+
+
+def test_evaluating_another_data_folder_keeps_the_first_ones_reports(tmp_path):
+    """evaluate --data_dir=A then --data_dir=B: two report folders (B used to overwrite A's eval_all)."""
+    from meta_drn_tf.evaluate import default_out_dir
+
+    run = str(tmp_path / "run")
+    a, b, again = (default_out_dir(run, "all", str(tmp_path / d)) for d in ("labelled/cats", "labelled/dogs",
+                                                                           "labelled/cats/"))
+    assert a != b and a == again
+    assert os.path.basename(a).startswith("eval_all_cats-") and os.path.dirname(a) == run
+    same_name = default_out_dir(run, "all", str(tmp_path / "elsewhere" / "cats"))
+    assert same_name != a  # two folders both named cats
+    assert default_out_dir(run, "test", None) == os.path.join(run, "eval_test")  # the run's own data, as before
+    assert default_out_dir(run, "all", "") == os.path.join(run, "eval_all_synthetic")
