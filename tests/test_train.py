@@ -70,6 +70,26 @@ def finished_run(tmp_path_factory):
     return path
 
 
+def test_tensorboard_lists_the_runs_figures_under_scalars(finished_run):
+    """Read with TensorBoard's own data provider (what its Scalars dashboard lists), not TensorFlow's event
+    reader: figures written as tensors must carry the scalars plugin's metadata to show there."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+
+    logs = str(finished_run / "logs")
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(logs)
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, logs)
+    scalars = provider.read_scalars(context.RequestContext(), experiment_id="", plugin_name="scalars",
+                                    downsample=1000)
+    assert {"loss", "grad_norm", "meta_lr", "step_time_s", "tasks_per_s", "bad_batches"} <= set(scalars["train"])
+    assert {"soft_iou", "miou@0.5", "miou@0.35", "loss", "non_finite_queries", "epoch"} <= set(scalars["validation"])
+    assert [p.value for p in scalars["validation"]["epoch"]] == [1.0]
+    assert 0 <= scalars["validation"]["soft_iou"][0].value <= 1
+    assert all(np.isfinite(p.value) for run in scalars.values() for points in run.values() for p in points)
+
+
 def _copy(run, tmp_path):
     shutil.copytree(run, tmp_path, dirs_exist_ok=True)
     flags_file = tmp_path / "flags.json"
