@@ -203,13 +203,12 @@ def batches_of_one_size(paths: list[str], indices: list[int], batch_size: int):
 
 
 def _write_masks(segmenter, paths: list[str], todo: list[int], outputs: list[list[str]], support_tile) -> None:
-    import keras
     import numpy as np
 
-    from meta_drn_tf import visualize
+    from meta_drn_tf import progress, visualize
 
     os.makedirs(FLAGS.out, exist_ok=True)
-    bar = keras.utils.Progbar(len(todo), unit_name="image")
+    bar = progress.bar(len(todo), unit_name="image")
     for indices, images in batches_of_one_size(paths, todo, FLAGS.batch_size):
         masks = segmenter.segment(images) > FLAGS.threshold
         for i, image, mask in zip(indices, images, masks):
@@ -222,17 +221,17 @@ def _write_masks(segmenter, paths: list[str], todo: list[int], outputs: list[lis
 
 def _calibration_bar():
     """A console progress bar over an int16x8 file's calibration images, made at its first call."""
-    import keras
+    from meta_drn_tf import progress
 
     bars = []
 
-    def progress(done: int, total: int) -> None:
+    def report(done: int, total: int) -> None:
         if not bars:
             print(f"Calibrating the int16x8 file on {total} images (the examples and augmentations of them)")
-            bars.append(keras.utils.Progbar(total, unit_name="image"))
+            bars.append(progress.bar(total, unit_name="image"))
         bars[0].update(done)
 
-    return progress
+    return report
 
 
 def main(argv):

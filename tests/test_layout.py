@@ -15,7 +15,7 @@ PACKAGE = os.path.dirname(meta_drn_tf.__file__)
 # From the bottom up; a unit is a top-level module or a subpackage. A unit imports only units of
 # lower levels and itself: units of one level know nothing of each other.
 LEVELS = (
-    ("errors", "hardware", "metrics"),  # the leaves
+    ("errors", "hardware", "metrics", "progress"),  # the leaves
     ("paths", "settings"),
     ("visualize", "cli"),
     ("network",),

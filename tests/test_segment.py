@@ -60,6 +60,7 @@ def test_command_writes_one_binary_mask_per_image_that_agrees_with_evaluate(run_
     root, bank = photos
     out = _segment(run_dir, root, tmp_path / "masks", "--overlay", "--batch_size=3")
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "\x1b" not in out.stdout and "\r" not in out.stdout  # a pipe gets plain lines, not a redrawn bar
     names = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "masks" / "*.png")))
     assert names == sorted([f"img{i}.png" for i in range(1, 5)] + [f"img{i}_overlay.png" for i in range(1, 5)]
                            + ["wide.png", "wide_overlay.png"])

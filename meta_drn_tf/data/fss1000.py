@@ -276,7 +276,7 @@ def problem_list(headline: str, problems: list[str]) -> str:
 
 
 def _progress(total: int, title: str):
-    import keras
+    from meta_drn_tf import progress
 
     print(title)
-    return keras.utils.Progbar(total, unit_name="image")
+    return progress.bar(total, unit_name="image")

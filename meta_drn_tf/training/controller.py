@@ -16,11 +16,11 @@ from __future__ import annotations
 import signal
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from meta_drn_tf import progress
 from meta_drn_tf.errors import NonFiniteLoss, Stopped
 from meta_drn_tf.runs.config import TrainerConfig
 from meta_drn_tf.training.actions import KeepBest, TrainingScalars, ValidationReport
@@ -120,7 +120,7 @@ class Controller:
         epoch = int(self.state.epoch)
         print(f"Epoch {epoch + 1}/{self.config.epochs}")
         self._announce_phase(epoch)
-        self._bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["tasks/s", "meta_lr"],
+        self._bar = progress.bar(self.steps_per_epoch, stateful_metrics=["tasks/s", "meta_lr"],
                                         unit_name="step")
         if int(self.state.step):
             self._bar.update(int(self.state.step))

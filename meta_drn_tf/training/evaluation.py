@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
 import numpy as np
 
 from meta_drn_tf.data.bank import ImageBank
@@ -84,7 +83,7 @@ def evaluate_bank(
     task with its predictions (for pictures).
     """
     total = count_evaluation_tasks(bank, shots, limit, episodes_per_class)
-    bar = keras.utils.Progbar(total, unit_name="episode") if progress else None
+    bar = progress.bar(total, unit_name="episode") if progress else None
     records, kept, e = [], [], 0
     for chunk in _episode_chunks(evaluation_tasks(bank, shots, limit, episodes_per_class), episodes_per_call):
         batch = {k: np.stack([task[k] for task in chunk]) for k in chunk[0] if k != "class_name"}
