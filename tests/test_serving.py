@@ -273,3 +273,17 @@ def test_a_gpu_export_keeps_dilated_convolutions_whole_where_the_stock_one_rewri
     a, b = (exports[k].segment_adapted(fast_weights=fast, query_images=queries, threshold=tf.constant([0.5]))
             for k in ("stock", "gpu"))
     np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+
+
+def test_loading_an_export_for_segmenting_prints_no_custom_gradient_warnings(exported, caplog):
+    """Exports leave out the custom gradients' own gradients on purpose; TensorFlow warned once per
+    signature ("unsaved custom gradients ... will likely fail") every time `segment --model` loaded one."""
+    import logging
+
+    from meta_drn_tf import Segmenter
+
+    _, base = exported
+    with caplog.at_level(logging.INFO):
+        segmenter = Segmenter.load(base)
+    assert "SavedModel" in segmenter.description
+    assert not [r for r in caplog.records if "custom gradients" in r.getMessage()], caplog.text

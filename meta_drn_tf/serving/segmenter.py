@@ -86,9 +86,17 @@ class Segmenter:
     def from_saved_model(cls, path: str) -> Segmenter:
         """An exported SavedModel: a version folder, or a model_base_path (its newest version)."""
         import tensorflow as tf
+        from absl import logging
 
         version = saved_model_version(path)
-        module = tf.saved_model.load(version)
+        # Exports leave out their custom gradients' own gradient functions on purpose (a server never
+        # differentiates the adaptation): TensorFlow's warning about each signature is noise here.
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity(logging.ERROR)
+        try:
+            module = tf.saved_model.load(version)
+        finally:
+            logging.set_verbosity(verbosity)
         # Exports since the kernel policy record which forms their graphs hold.
         kernels = f" ({module.kernels.numpy().decode()} kernels)" if hasattr(module, "kernels") else ""
         return cls(module, f"SavedModel {version}{kernels}")
