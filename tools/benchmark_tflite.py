@@ -38,9 +38,9 @@ def _median_s(call, repeats: int) -> float:
 
 
 def _interpreter_call(path: str, image):
-    import tensorflow as tf
+    from meta_drn_tf.serving import tflite
 
-    interpreter = tf.lite.Interpreter(model_path=path, num_threads=FLAGS.threads)
+    interpreter = tflite.make_interpreter(model_path=path, num_threads=FLAGS.threads)
     interpreter.allocate_tensors()
     index = interpreter.get_input_details()[0]["index"]
     interpreter.set_tensor(index, image[None])

@@ -143,11 +143,21 @@ def make_converter(model, weights: list[np.ndarray]) -> tf.lite.TFLiteConverter:
     return tf.lite.TFLiteConverter.from_concrete_functions([segment.get_concrete_function()], holder)
 
 
+def make_interpreter(**kwargs):
+    """LiteRT's interpreter (`ai_edge_litert`, TFLite's own runtime) where it is installed, else
+    TensorFlow's `tf.lite.Interpreter` (deprecated in its favour); `kwargs` as for either."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter  # noqa: N806 (a class, named as such)
+    return Interpreter(**kwargs)
+
+
 def run(flatbuffer: bytes | str, images: np.ndarray) -> np.ndarray:
     """Probabilities float32 `[n, S, S]` of uint8 images `[n, S, S, 3]` through TFLite's interpreter
     (a file's path or its bytes), one image at a time as a device would."""
     source = {"model_path": flatbuffer} if isinstance(flatbuffer, str) else {"model_content": flatbuffer}
-    interpreter = tf.lite.Interpreter(**source)
+    interpreter = make_interpreter(**source)
     interpreter.allocate_tensors()
     image_in, probabilities_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     out = []
