@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from meta_drn_tf import progress
 from meta_drn_tf.errors import NonFiniteLoss, Stopped
+from meta_drn_tf.progress import bar as progress_bar
 from meta_drn_tf.runs.config import TrainerConfig
 from meta_drn_tf.training.actions import KeepBest, TrainingScalars, ValidationReport
 from meta_drn_tf.training.checkpoints import Checkpoints
@@ -120,7 +120,7 @@ class Controller:
         epoch = int(self.state.epoch)
         print(f"Epoch {epoch + 1}/{self.config.epochs}")
         self._announce_phase(epoch)
-        self._bar = progress.bar(self.steps_per_epoch, stateful_metrics=["tasks/s", "meta_lr"],
+        self._bar = progress_bar(self.steps_per_epoch, stateful_metrics=["tasks/s", "meta_lr"],
                                         unit_name="step")
         if int(self.state.step):
             self._bar.update(int(self.state.step))

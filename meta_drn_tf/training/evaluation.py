@@ -14,6 +14,7 @@ from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.data.episodes import count_evaluation_tasks, evaluation_tasks
 from meta_drn_tf.meta import MetaLearner
 from meta_drn_tf.metrics import THRESHOLDS, mean_with_ci
+from meta_drn_tf.progress import bar as progress_bar
 
 METRICS = ("soft_iou",) + tuple(f"iou@{t}" for t in THRESHOLDS)
 
@@ -83,7 +84,7 @@ def evaluate_bank(
     task with its predictions (for pictures).
     """
     total = count_evaluation_tasks(bank, shots, limit, episodes_per_class)
-    bar = progress.bar(total, unit_name="episode") if progress else None
+    bar = progress_bar(total, unit_name="episode") if progress else None
     records, kept, e = [], [], 0
     for chunk in _episode_chunks(evaluation_tasks(bank, shots, limit, episodes_per_class), episodes_per_call):
         batch = {k: np.stack([task[k] for task in chunk]) for k in chunk[0] if k != "class_name"}
