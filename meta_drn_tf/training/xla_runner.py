@@ -85,7 +85,6 @@ class Program:
         import jax
         from jax import export
 
-        self.entry = entry
         with open(os.path.join(folder, entry["artifact"]), "rb") as f:
             artifact = f.read()
         avals = [jax.ShapeDtypeStruct(tuple(s["shape"]), np.dtype(s["dtype"])) for s in entry["inputs"]]
