@@ -2,7 +2,6 @@
 meta-gradients (JAX's CPU backend here; a GPU where one is lent)."""
 
 import collections
-import fcntl
 import gzip
 import importlib.util
 import json
@@ -21,19 +20,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, worker_id):
-    """The smoke folder, written once per test session: pytest-xdist's workers share it."""
-    shared = tmp_path_factory.mktemp("hlo") if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    out = shared / "xla_programs"
-    with open(shared / "xla_programs.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "manifest.json").is_file():
-            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), f"--hlo={out}", "--smoke"],
-                           capture_output=True, text=True, timeout=900, check=True)
-    return out
-
-
 def _runner(folder):
     """The folder's run.py as a module (what travels, not the package's copy)."""
     spec = importlib.util.spec_from_file_location("xla_programs_run", folder / "run.py")
@@ -46,7 +32,7 @@ def _manifest(folder):
     return json.loads((folder / "manifest.json").read_text())
 
 
-def test_the_runner_alone_reproduces_tensorflow_for_every_algorithm(folder):
+def _check_the_runner_alone_reproduces_tensorflow_for_every_algorithm(folder):
     """run.py in a process that never imports TensorFlow (or this package) checks every program."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""}
     # Importing either would fail in this process: the runner must not need them.
@@ -71,7 +57,7 @@ def test_the_runner_alone_reproduces_tensorflow_for_every_algorithm(folder):
     assert abs(tasks_per_s - 2 / seconds) <= 0.05 * tasks_per_s + 0.1  # the smoke meta-batch of 2 tasks
 
 
-def test_a_check_fails_on_another_algorithms_or_a_perturbed_reference(folder):
+def _check_a_check_fails_on_another_algorithms_or_a_perturbed_reference(folder):
     """The tolerance tells MAML's second-order meta-gradient from first-order MAML's, and a 1e-4 change
     from a 1e-6 one."""
     runner = _runner(folder)
@@ -92,7 +78,7 @@ def test_a_check_fails_on_another_algorithms_or_a_perturbed_reference(folder):
     assert not runner.compare(maml, broken, references)["passed"]
 
 
-def test_inputs_are_regenerated_from_the_manifest_alone(folder):
+def _check_inputs_are_regenerated_from_the_manifest_alone(folder):
     """Same seed and position, same values; the weights keep the spread of Keras's initialisation."""
     runner = _runner(folder)
     program = _manifest(folder)["programs"][0]
@@ -104,7 +90,7 @@ def test_inputs_are_regenerated_from_the_manifest_alone(folder):
                            for spec, value in kernels if value.size >= 100)
 
 
-def test_native_programs_convolve_with_dilations_and_the_rewrite_does_not(folder):
+def _check_native_programs_convolve_with_dilations_and_the_rewrite_does_not(folder):
     """The GPU's form: dilated convolutions (and their gradients) as such; the rewrite: none dilated by 4
     (resblock3's), and dilation 2 only where a stride-2 convolution's kernel gradient needs it."""
     def dilations(name):
@@ -114,3 +100,14 @@ def test_native_programs_convolve_with_dilations_and_the_rewrite_does_not(folder
     native, rewritten = dilations("check-maml-float32-native"), dilations("check-maml-float32-space_to_batch")
     assert native["4"] > 0 and rewritten["4"] == 0, (native, rewritten)
     assert native["2"] > rewritten["2"], (native, rewritten)
+
+
+def test_the_smoke_folder_runs_without_tensorflow_and_gives_its_meta_gradients(tmp_path):
+    """One test over one folder (writing it takes a minute): pytest-xdist then runs it all on one worker."""
+    folder = tmp_path / "programs"
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), f"--hlo={folder}", "--smoke"],
+                   capture_output=True, text=True, timeout=900, check=True)
+    _check_the_runner_alone_reproduces_tensorflow_for_every_algorithm(folder)
+    _check_a_check_fails_on_another_algorithms_or_a_perturbed_reference(folder)
+    _check_inputs_are_regenerated_from_the_manifest_alone(folder)
+    _check_native_programs_convolve_with_dilations_and_the_rewrite_does_not(folder)
