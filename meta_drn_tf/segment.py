@@ -88,7 +88,8 @@ def image_paths(patterns: list[str]) -> list[str]:
     masks = masks_beside_photos(paths)
     if masks:
         print(f"Left out {len(masks)} mask(s) beside their photos (e.g. {masks[0]}): FSS-1000's layout")
-    return [p for p in paths if p not in masks]
+    left_out = set(masks)
+    return [p for p in paths if p not in left_out]
 
 
 def masks_beside_photos(paths: list[str]) -> list[str]:
