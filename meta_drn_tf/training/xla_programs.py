@@ -119,11 +119,6 @@ def paper_config(algorithm: str, flags_dir: str):
     return run_config.from_flag_values(values)
 
 
-def _input_spec(name: str, value, init: dict) -> dict:
-    return {"name": name, "shape": list(value.shape), "dtype": np.dtype(value.dtype.as_numpy_dtype).name,
-            "init": init}
-
-
 def _variable_init(variable: tf.Variable) -> dict:
     """How the runner regenerates a variable: its constant, or normal numbers of its spread."""
     value = variable.numpy()
