@@ -7,7 +7,13 @@ per algorithm), `data` (datasets and episodes), `training` (run configuration, t
 evaluation) and `serving` (SavedModel export, `Segmenter`). docs/architecture.md draws them.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:
+    # One source of truth: pyproject.toml's version, as pip installed it.
+    __version__ = _metadata.version("meta_drn_tf")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str):

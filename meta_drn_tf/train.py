@@ -2,6 +2,7 @@
 
     python -m meta_drn_tf.train --flagfile=flags/maml.flags --data_dir=/data/fss1000 --model_dir=runs/maml
     python -m meta_drn_tf.train --flagfile=flags/quickstart.flags      # CPU, embedded synthetic data
+    python -m meta_drn_tf.train --flagfile=flags/maml.flags --data_dir=/data/fss1000 --check_data
 
 The flags are the leaves of `meta_drn_tf.runs.config.RunConfig`; the
 training itself is `meta_drn_tf.training.trainer.train` (usable from Python
@@ -24,17 +25,36 @@ def define_flags() -> None:
 
     config.define_flags()
     flags.adopt_module_key_flags(config)  # --helpshort lists them as this app's flags
+    flags.DEFINE_bool("check_data", False, "Decode every split the run would read (train, validation, test), "
+                      "report what it holds and stop, before days of training: writes nothing.")
+
+
+def check_data(run) -> None:
+    """Prints each split's classes and images, as training would read them; a DataError names bad files."""
+    from meta_drn_tf.runs.pieces import load_splits
+
+    banks = load_splits(run, ("train", "val", "test"))
+    where = run.data.data_dir or "the embedded synthetic dataset"
+    print(f"{where} at {run.network.image_size}x{run.network.image_size}:")
+    for split, bank in banks.items():
+        usable = bank.nonempty.sum()
+        print(f"  {split:5s} {bank.num_classes:5d} classes {int(bank.counts.sum()):6d} images "
+              f"({int(bank.counts.sum() - usable)} with empty masks, never a support)")
+    print("ready: python -m meta_drn_tf.train with the same flags, without --check_data")
 
 
 def main(argv):
     del argv
     import tensorflow as tf
+    from absl import flags
 
     from meta_drn_tf.errors import WorkerLost
     from meta_drn_tf.runs.config import from_flag_values
     from meta_drn_tf.training.trainer import train
 
     run = from_flag_values()
+    if flags.FLAGS.check_data:
+        return check_data(run)
     try:
         train(run)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:

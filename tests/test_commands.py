@@ -66,6 +66,7 @@ def _train_cases(w):
         ([*run, f"--data_dir={w['file']}"], USAGE, f"--data_dir {w['file']}: is a file, not a folder"),
         ([*run, f"--data_dir={w['empty']}"], DATA, w["empty"]),
         ([*run, f"--data_dir={w['stuff']}"], DATA, w["stuff"]),
+        ([*run, f"--data_dir={w['stuff']}", "--check_data"], DATA, w["stuff"]),
         ([*run, f"--data_dir={w['data']}", f"--val_classes_file={w['root']}/nope.txt"], USAGE,
          f"--val_classes_file {w['root']}/nope.txt: no such file"),
         ([*run, f"--data_dir={w['data']}", f"--test_classes_file={w['empty']}"], USAGE,
@@ -275,3 +276,23 @@ def test_evaluating_another_data_folder_keeps_the_first_ones_reports(tmp_path):
     assert same_name != a  # two folders both named cats
     assert default_out_dir(run, "test", None) == os.path.join(run, "eval_test")  # the run's own data, as before
     assert default_out_dir(run, "all", "") == os.path.join(run, "eval_all_synthetic")
+
+
+def test_check_data_reports_every_split_and_writes_nothing(tmp_path, capsys):
+    from meta_drn_tf.errors import DataError
+    from meta_drn_tf.train import check_data
+
+    data = tmp_path / "data"
+    write_fss_layout(synthetic_bank(num_classes=12, images_per_class=3, image_size=16, seed=1), str(data))
+    run = RunConfig.from_flags(model_dir=str(tmp_path / "run"), data_dir=str(data), image_size=16, width=0.0625)
+    check_data(run)
+    lines = capsys.readouterr().out.splitlines()
+    counts = {line.split()[0]: line.split()[1:4:2] for line in lines if line.startswith("  ")}
+    assert sum(int(classes) for classes, _ in counts.values()) == 12, lines
+    assert sum(int(images) for _, images in counts.values()) == 36, lines
+    assert set(counts) == {"train", "val", "test"}
+    assert not (tmp_path / "run").exists()
+    broken = sorted(data.glob("*/*.jpg"))[-1]
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=str(broken)):
+        check_data(run)
