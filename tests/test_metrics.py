@@ -68,3 +68,23 @@ def test_a_validation_of_non_finite_predictions_never_becomes_the_best_checkpoin
     summary = evaluate_bank(overflowed_learner, tiny_bank, shots=1, limit=4)[0].summary()
     assert not KeepBest(state, checkpoints=None).observe(summary)
     assert float(state.best) == 0.05
+
+
+def test_copying_the_example_mask_scores_its_overlap_with_each_query():
+    from meta_drn_tf.data.bank import ImageBank
+    from meta_drn_tf.training.evaluation import copy_mask_result
+
+    # One class of three 4x4 images: masks of 4, 4 and 2 pixels; image 2's lies inside image 0's.
+    masks = np.zeros((1, 3, 4, 4), np.uint8)
+    masks[0, 0, :2, :2] = 1
+    masks[0, 1, 2:, 2:] = 1
+    masks[0, 2, 0, :2] = 1
+    bank = ImageBank(["c"], np.zeros((1, 3, 4, 4, 3), np.uint8), masks, np.array([3]))
+    result = copy_mask_result(bank, shots=1)
+    iou = {(r["episode"], r["query"]): r["iou@0.5"] for r in result.records}
+    # Episode 0: support 0, queries 1 (disjoint) and 2 (2 of 4 pixels); episode 2: support 2, queries 0 and 1.
+    assert iou == {(0, 0): 0.0, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 0.0, (2, 0): 0.5, (2, 1): 0.0}
+    assert all(r["soft_iou"] == r["iou@0.35"] == r["iou@0.5"] for r in result.records)  # a binary guess
+    # Two supports: the pixels both mark (none here: 0 and 1 are disjoint) - the query's IoU is 0.
+    two = copy_mask_result(bank, shots=2)
+    assert two.records[0]["iou@0.5"] == 0.0 and len(two.records) == 3

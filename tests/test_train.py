@@ -252,7 +252,8 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     table = (run / "eval_test" / "table.md").read_text()
     assert "mIoU (thresh = 0.5)" in table and "random init" in table and "1 step(s)" in table
     summary = json.loads((run / "eval_test" / "summary.json").read_text())
-    assert set(summary) == {"Meta-DRN, maml, 1-shot", "same adaptation, random init, 1-shot"}
+    assert set(summary) == {"Meta-DRN, maml, 1-shot", "same adaptation, random init, 1-shot",
+                            "copy the example's mask, 1-shot"}
     assert (run / "eval_test" / "per_class.csv").read_text().startswith("class,queries,loss,soft_iou")
 
     # Every class of the dataset, 1-shot and 2-shot rows in one invocation.
@@ -261,7 +262,8 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run / "eval_all" / "summary.json").read_text())
     assert list(summary) == ["Meta-DRN, maml, 1-shot", "same adaptation, random init, 1-shot",
-                             "Meta-DRN, maml, 2-shot", "same adaptation, random init, 2-shot"]
+                             "copy the example's mask, 1-shot", "Meta-DRN, maml, 2-shot",
+                             "same adaptation, random init, 2-shot", "copy the example's mask, 2-shot"]
     assert "12 classes" in out.stdout  # TINY's synthetic_classes: train, val and test together
 
     export_dir = tmp_path / "saved_models" / "tiny"

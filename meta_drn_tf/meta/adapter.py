@@ -83,7 +83,7 @@ class Adapter(tf.Module):
     """
 
     def __init__(self, model: keras.Model, config: MetaConfig = MetaConfig(), device: str | None = None,
-                 **kernel_tuning):
+                 **kernel_tuning: float):
         super().__init__(name="meta_learner")
         self.model = model
         self.config = config

@@ -69,7 +69,8 @@ class MetaLearner(Adapter):
         optimizer: the meta-optimizer; default AdamW(config.meta_lr) (`FusedAdamW`: Keras's, faster).
         strategy: a tf.distribute strategy whose scope holds the model's
             variables (default: the current one).
-        device, **kernel_tuning: as for `Adapter`.
+        device: as for `Adapter`.
+        **kernel_tuning: as for `Adapter`.
     """
 
     def __init__(
@@ -79,7 +80,7 @@ class MetaLearner(Adapter):
         optimizer: keras.optimizers.Optimizer | None = None,
         strategy: tf.distribute.Strategy | None = None,
         device: str | None = None,
-        **kernel_tuning,
+        **kernel_tuning: float,
     ):
         strategy = strategy or tf.distribute.get_strategy()
         with strategy.scope():

@@ -88,7 +88,7 @@ def resolve(kernels: str, device: str) -> str:
 
 
 def choose(kernels: str, device: str, precision: str = "float32", second_order: bool = False,
-           memory_saving: bool = False, onednn: bool = False, **tuning) -> KernelPolicy:
+           memory_saving: bool = False, onednn: bool = False, **tuning: int) -> KernelPolicy:
     """The policy for a step that runs on `device` in `precision`.
 
     Args:

@@ -62,7 +62,7 @@ class Segmenter:
         description: where they came from (shown by the command-line app).
     """
 
-    def __init__(self, module, description: str):
+    def __init__(self, module: object, description: str):
         self._module = module
         self.description = description
         self._support: tuple | None = None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from meta_drn_tf import visualize
+from meta_drn_tf.data.bank import ImageBank
+from meta_drn_tf.meta import MetaLearner
 from meta_drn_tf.serving import saved_model
 from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
 from meta_drn_tf.training.evaluation import METRICS, evaluate_settings, write_reports
@@ -110,7 +112,8 @@ class FinalTest:
         baseline: the random-initialisation learner, or None for no baseline row.
     """
 
-    def __init__(self, bank, out_dir: str, shots: int, inner_steps: int | None, baseline=None):
+    def __init__(self, bank: ImageBank, out_dir: str, shots: int, inner_steps: int | None,
+                 baseline: MetaLearner | None = None):
         self.bank, self.out_dir, self.shots = bank, out_dir, shots
         self.inner_steps, self.baseline = inner_steps, baseline
 

@@ -42,7 +42,9 @@ class Controller:
         schedule: the meta learning rate's schedule.
         config: the cadence (epochs, log and save intervals) and the non-finite-loss policy.
         stops: the signal handlers in force; the loop stops cleanly when they record a signal.
-        scalars, report, keep_best: the actions after a logged step, after validation, after an epoch.
+        scalars: the action after a logged step.
+        report: the action after validation.
+        keep_best: the action after an epoch.
     """
 
     def __init__(self, task: MetaTrainingTask, checkpoints: Checkpoints, schedule: Schedule, config: TrainerConfig,

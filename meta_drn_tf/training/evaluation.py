@@ -135,6 +135,34 @@ def baseline_title(shots: int) -> str:
     return f"same adaptation, random init, {shots}-shot"
 
 
+def copy_title(shots: int) -> str:
+    """The row title of the trivial reference: the example's mask copied onto every query."""
+    return f"copy the example's mask, {shots}-shot"
+
+
+def copy_mask_result(bank: ImageBank, shots: int = 1, limit: int | None = None) -> EvalResult:
+    """The evaluation episodes scored with no network: each query's prediction is the support mask
+    (with k > 1 supports, the pixels most of them mark), at the size the networks are scored at.
+
+    A meta-learned network that does not beat this has not learned to find the object.
+    """
+    import tensorflow as tf
+
+    from meta_drn_tf.metrics import binary_iou, soft_iou
+
+    records = []
+    for e, task in enumerate(evaluation_tasks(bank, shots, limit)):
+        queries = task["query_masks"]
+        guess = np.broadcast_to(task["support_masks"].mean(0) > 0.5, queries.shape).astype(np.float32)
+        scores = {"soft_iou": soft_iou(guess, queries)}
+        scores.update({f"iou@{t}": binary_iou(guess, queries, t) for t in THRESHOLDS})
+        for q in range(queries.shape[0]):
+            loss = float(tf.keras.losses.binary_crossentropy(queries[q].ravel(), guess[q].ravel()))
+            records.append({"class": task["class_name"], "episode": e, "query": q, "loss": loss,
+                            **{m: float(scores[m][q]) for m in METRICS}, "non_finite": False})
+    return EvalResult(bank.class_names, records, 0, "none")
+
+
 def evaluate_settings(
     learner: MetaLearner,
     baseline: MetaLearner | None,
@@ -143,7 +171,8 @@ def evaluate_settings(
     progress: bool = False,
     **kwargs,
 ) -> dict[str, EvalResult]:
-    """Table rows: `learner` at each k in `shots`, each followed by `baseline`'s row (if given).
+    """Table rows: `learner` at each k in `shots`, each followed by `baseline`'s row and the copied
+    mask's (if a baseline is given).
 
     `kwargs` go to `evaluate_bank` (limit, inner_steps, inner_lr).
     """
@@ -153,6 +182,7 @@ def evaluate_settings(
                                                                             **kwargs)[0]
         if baseline is not None:
             results[baseline_title(k)] = evaluate_bank(baseline, bank, k, progress=progress, **kwargs)[0]
+            results[copy_title(k)] = copy_mask_result(bank, k, kwargs.get("limit"))
     return results
 
 
