@@ -42,6 +42,7 @@ def _check_the_runner_alone_reproduces_tensorflow_for_every_algorithm(folder):
                             capture_output=True, text=True, timeout=900, env=env, cwd=folder)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (folder / "report.md").read_text()
+    assert "full float32 (NVIDIA_TF32_OVERRIDE=0" in report  # what a GPU's float32 checks need
     for algorithm, dilations in [(a, "native") for a in ALGORITHMS] + [("maml", "space_to_batch")]:
         row = re.search(rf"^\| check-{algorithm}-float32-{dilations} \| ([\d.]+) \| ([\d.e+-]+) \| "
                         rf"([\d.e+-]+) \| 1e-05 \| pass \|$", report, re.MULTILINE)

@@ -238,7 +238,8 @@ def run_rows(folder: str, manifest: dict, budget_s: float, repeats: int, check_o
     return checks, timings, skipped
 
 
-def report(folder: str, budget_s: float, repeats: int, check_only: bool, pattern: str = "") -> tuple[str, bool]:
+def report(folder: str, budget_s: float, repeats: int, check_only: bool, pattern: str = "",
+           tf32: bool = False) -> tuple[str, bool]:
     """The markdown report, and whether every check passed."""
     import jax
 
@@ -250,7 +251,10 @@ def report(folder: str, budget_s: float, repeats: int, check_only: bool, pattern
               f"{len(jax.devices())} visible); JAX {jax.__version__}. Programs written by TensorFlow "
               f"{manifest['tensorflow']} ({manifest['written']}): {manifest['description']}", "",
               "What this measures: XLA's code for this project's programs on this device; not TensorFlow's "
-              "executor, nor cuDNN called through TensorFlow.", ""]
+              "executor, nor cuDNN called through TensorFlow.", "",
+              "float32 convolutions and products: " + (
+                  "XLA's default (TF32 on Ampere and newer NVIDIA GPUs, as TensorFlow's default there)" if tf32
+                  else "full float32 (NVIDIA_TF32_OVERRIDE=0; --tf32 times XLA's and TensorFlow's default)"), ""]
     checks, timings, skipped = run_rows(folder, manifest, budget_s, repeats, check_only, pattern)
     lines = header + ["## Checks against TensorFlow (CPU, small size)", "", *CHECK_HEAD, *checks, ""]
     if timings:
@@ -269,17 +273,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget_s", type=float, default=480.0, help="Start no row after this many seconds.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed calls per program, after one warm-up.")
     parser.add_argument("--check_only", action="store_true", help="Only the checks against TensorFlow.")
+    parser.add_argument("--tf32", action="store_true", help="Let NVIDIA GPUs run float32 convolutions and "
+                        "products in TF32, XLA's default there (float32 checks then fail: ~1e-2 relative error).")
     parser.add_argument("--programs", default="", help="Only the programs whose names this regular expression "
                         "finds (e.g. 'float32' or '^time-(forward|adapt)').")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.folder, MANIFEST)):
         sys.exit(f"error: --folder {args.folder}: no {MANIFEST} there; write one with "
                  "`python tools/gpu_check.py --hlo=FOLDER`")
+    if not args.tf32:
+        # On an H200, XLA's default TF32 left 1.3e-2 relative error in float32 meta-gradients (4e-4 in the
+        # forward pass): full float32 unless asked. CUDA reads this when it starts, so before JAX does.
+        os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
     try:
         import jax  # noqa: F401
     except ImportError:
         sys.exit("error: this runner needs JAX: pip install jax (jax[cuda13] for NVIDIA GPUs)")
-    text, passed = report(args.folder, args.budget_s, args.repeats, args.check_only, args.programs)
+    text, passed = report(args.folder, args.budget_s, args.repeats, args.check_only, args.programs, args.tf32)
     path = args.report or os.path.join(args.folder, "report.md")
     with open(path, "w") as f:
         f.write(text + "\n")
