@@ -18,6 +18,7 @@ def family():
     return synthetic_bank(num_classes=6, images_per_class=6, image_size=32, seed=11)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,inner_lr,meta_lr", [
     ("maml", 0.05, 3e-3), ("fomaml", 0.05, 3e-3), ("metasgd", 0.05, 3e-3), ("reptile", 0.05, 3e-2),
 ])

@@ -37,6 +37,7 @@ def _events(directory):
     return tags
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "metasgd"])
 def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo):
     final = train(_cfg(tmp_path, algo=algo))
@@ -49,6 +50,7 @@ def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo):
     assert {"soft_iou", "miou@0.5", "miou@0.35", "loss", "tasks"} <= _events(str(tmp_path / "logs" / "validation"))
 
 
+@pytest.mark.slow
 def test_full_lslr_per_step_norm_run_evaluates_on_test_classes_and_exports(tmp_path):
     final = train(_cfg(tmp_path, algo="fomaml", test_at_end=True, export_at_end=True, lslr=True,
                              per_step_norm=True, inner_steps=2, lr_schedule="cosine"))
@@ -106,6 +108,7 @@ def test_resume_refuses_other_model_shaping_flags(finished_run, tmp_path):
     assert train(_cfg(tmp_path, width=0.125, fresh=True))["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
     _copy(finished_run, tmp_path)
     good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
@@ -117,6 +120,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, 
                if reader.get_variable_to_dtype_map()[k].is_floating)
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_counts_bad_batches_and_goes_on(finished_run, tmp_path):
     _copy(finished_run, tmp_path)
     final = train(_cfg(tmp_path, epochs=2, inner_lr=1e30, skip_nonfinite=True))
@@ -306,6 +310,7 @@ def _checkpoint_value(model_dir, name):
     return reader.get_tensor(key)
 
 
+@pytest.mark.slow
 def test_a_float16_overflow_skips_its_step_halves_the_scale_and_training_goes_on(tmp_path, monkeypatch):
     """Dynamic loss scaling's normal event: not a NonFiniteLoss stop, without --skip_nonfinite."""
     from meta_drn_tf.training.task import MetaTrainingTask
