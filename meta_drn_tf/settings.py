@@ -22,6 +22,7 @@ otherwise, and flag names are unique across the tree.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -89,11 +90,31 @@ def leaves(cls: type, path: tuple[str, ...] = ()) -> Iterator[Leaf]:
             yield Leaf(f.metadata["flag"] or f.name, path + (f.name,), f)
 
 
+# The leaf types a saved file (flags.json) can get wrong; other leaves have their own `parse`.
+TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _type_problem(f: dataclasses.Field, value: Any) -> str | None:
+    kind = str(f.type).removesuffix(" | None")
+    if f.metadata["parse"] or kind not in TYPES or (value is None and str(f.type).endswith("| None")):
+        return None
+    if not isinstance(value, TYPES[kind]) or (kind != "bool" and isinstance(value, bool)):
+        return f"must be {'an' if kind == 'int' else 'a'} {kind}, not {type(value).__name__}"
+    return None
+
+
 def _leaf_problems(f: dataclasses.Field, value: Any) -> Iterator[str]:
+    wrong_type = _type_problem(f, value)
+    if wrong_type:
+        yield wrong_type
+        return
     choices, minimum = f.metadata["choices"], f.metadata["minimum"]
     choices = choices() if callable(choices) else choices
     if choices and value not in choices:
         yield f"must be one of {', '.join(choices)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        yield "must be a finite number"
+        return
     if minimum is None or not isinstance(value, (int, float)):
         return
     if minimum == "positive" and not value > 0:
@@ -107,7 +128,7 @@ class Settings:
 
     def __post_init__(self):
         self._complete()
-        found = [f"--{self._flag(name)}={getattr(self, name)}: {why}" for name, why in self._problems()]
+        found = [f"--{self._flag(name)}={self._value(name)}: {why}" for name, why in self._problems()]
         if found:
             raise ConfigError("; ".join(found))
 
@@ -125,8 +146,19 @@ class Settings:
                     yield f.name, why
         yield from self._rules()
 
+    def _value(self, name: str) -> Any:
+        owner = self
+        for part in name.split("."):
+            owner = getattr(owner, part)
+        return owner
+
     def _flag(self, name: str) -> str:
-        return next(f.metadata.get("flag") or f.name for f in dataclasses.fields(self) if f.name == name)
+        # A rule of the whole tree may name a leaf of a section ("trainer.min_meta_lr").
+        *sections, name = name.split(".")
+        owner = self
+        for part in sections:
+            owner = getattr(owner, part)
+        return next(f.metadata.get("flag") or f.name for f in dataclasses.fields(owner) if f.name == name)
 
     def to_flags(self) -> dict[str, Any]:
         """The tree as flat flag values (what `--flagfile` and flags.json hold)."""

@@ -33,7 +33,7 @@ class MetaConfig(Settings):
                               minimum=0)
     inner_steps: int | None = setting(None, "Inner-loop steps (default: 1; Reptile 5).", minimum=1)
     meta_lr: float = setting(1e-3, "Initial meta learning rate β (AdamW).", minimum="positive")
-    weight_decay: float = setting(1e-2, "AdamW weight decay.")
+    weight_decay: float = setting(1e-2, "AdamW weight decay.", minimum=0)
     precision: str = setting("float32", "Compute precision. Losses, fast-weight updates and meta-updates stay "
                                         "float32; float16 uses dynamic loss scaling.", tuple(PRECISION_POLICIES))
     jit_compile: bool = setting(False, "Compile the meta-train step with XLA (each replica's part of it).")

@@ -99,6 +99,8 @@ class RunConfig(Settings):
     def _rules(self) -> Iterator[tuple[str, str]]:
         if not self.model_dir:
             yield "model_dir", "must name a folder"
+        if self.trainer.lr_schedule in ("linear", "cosine") and self.trainer.min_meta_lr > self.meta.meta_lr:
+            yield "trainer.min_meta_lr", f"is above --meta_lr={self.meta.meta_lr}: the schedule would raise the rate"
 
     def check_paths(self) -> None:
         """Raises ConfigError naming each path setting that cannot be used on this machine.
@@ -123,8 +125,21 @@ class RunConfig(Settings):
         path = os.path.join(model_dir, FLAGS_FILE)
         if not os.path.isfile(path):
             raise ConfigError(f"--model_dir {model_dir}: no training run there ({FLAGS_FILE} is missing)")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        damaged = (f"{path} is damaged ({{}}): delete it and run train with --flagfile={os.path.join(model_dir, 'flags.txt')}"
+                   " (and the flags you gave) to write it again")
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ConfigError(damaged.format(str(e).splitlines()[0] or type(e).__name__)) from None
+        if not isinstance(values, dict):
+            raise ConfigError(damaged.format(f"a JSON {type(values).__name__}, not an object of flags"))
+        try:
+            return cls.from_dict(values)
+        except ConfigError as e:
+            raise ConfigError(damaged.format(e)) from None
+        except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type
+            raise ConfigError(damaged.format(f"{type(e).__name__}: {e}")) from None
 
     def save(self, model_dir: str) -> None:
         """Writes flags.json (atomically) and flags.txt (reusable as --flagfile) into `model_dir`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.runs.checkpoint_files import read_problem, saved_checkpoints
 from meta_drn_tf.runs.config import RunConfig
 
 RESTORE_ATTEMPTS = 3
@@ -37,26 +38,39 @@ def restore_learner(model_dir: str, which: str = "best", **overrides):
     """The learner of a training run in `model_dir`, with its best (or latest) checkpoint.
 
     Returns (learner, config); `overrides` that are not None change settings
-    that do not shape the model (e.g. data_dir).
+    that do not shape the model (e.g. data_dir). A damaged checkpoint ends in a
+    ConfigError naming it and the intact one to use instead.
     """
     import tensorflow as tf
 
     config = RunConfig.load(model_dir).replace(**{k: v for k, v in overrides.items() if v is not None})
-    directory = os.path.join(model_dir, "best" if which == "best" else "checkpoints")
+    folders = {"best": os.path.join(model_dir, "best"), "latest": os.path.join(model_dir, "checkpoints")}
     learner = build_learner(config)
+    checkpoint = tf.train.Checkpoint(learner=learner)
     # A run still training replaces its checkpoints (keeping the newest few): one deleted between
-    # reading its name and its files is followed by the next newest.
+    # listing and reading is followed by the next newest.
     for attempt in range(RESTORE_ATTEMPTS):
-        checkpoint = tf.train.latest_checkpoint(directory)
-        if checkpoint is None:
-            raise ConfigError(f"--model_dir {model_dir}: no checkpoint in {directory}")
-        try:
-            tf.train.Checkpoint(learner=learner).restore(checkpoint).expect_partial()
+        found = saved_checkpoints(folders[which])
+        if not found:
+            raise ConfigError(f"--model_dir {model_dir}: no checkpoint in {folders[which]}")
+        problem = read_problem(checkpoint, found[0])
+        if problem is None:
             return learner, config
-        except tf.errors.NotFoundError:
-            if attempt == RESTORE_ATTEMPTS - 1:
-                raise ConfigError(f"--model_dir {model_dir}: {checkpoint} vanished while it was read (the run "
-                                  "replaced its checkpoints faster than they could be read); try again") from None
+        if saved_checkpoints(folders[which])[:1] == found[:1]:  # still there: damaged, not replaced
+            raise ConfigError(f"checkpoint {found[0]} is damaged ({problem}); {_instead(checkpoint, folders, which)}")
+    raise ConfigError(f"--model_dir {model_dir}: its checkpoints were replaced faster than they could be read "
+                      "(the run is saving); try again")
+
+
+def _instead(checkpoint, folders: dict, which: str) -> str:
+    """What to use when the `which` series' newest checkpoint is damaged."""
+    other = "latest" if which == "best" else "best"
+    for path in saved_checkpoints(folders[other]):
+        if read_problem(checkpoint, path) is None:
+            return f"use --checkpoint={other} ({path} is intact)"
+    if which == "latest" and len(saved_checkpoints(folders[which])) > 1:
+        return "run train again with the same flags: it resumes from the newest intact checkpoint"
+    return "no other checkpoint of the run is intact: retrain, or restore the run from a backup"
 
 
 def load(config: RunConfig, split: str, progress: bool = True, classes_file: str | None = None,

@@ -8,8 +8,10 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from meta_drn_tf.errors import NonFiniteLoss
+from meta_drn_tf.errors import ConfigError, NonFiniteLoss
+from meta_drn_tf.runs.checkpoint_files import KEEP_LATEST, read_problem, saved_checkpoints, set_aside, write_state
 
 
 class TrainState(tf.Module):
@@ -45,22 +47,44 @@ class Checkpoints:
 
     def __init__(self, learner, state: TrainState, latest_dir: str, best_dir: str, chief: bool = True,
                  resources: contextlib.ExitStack | None = None):
-        self.learner, self.state, self.resume_dir = learner, state, latest_dir
+        self.learner, self.state, self.chief = learner, state, chief
+        self.resume_dir, self.best_dir = latest_dir, best_dir  # the run's own, which every worker resumes from
         self.checkpoint = tf.train.Checkpoint(learner=learner, state=state)
         if not chief:
             scratch = tempfile.mkdtemp(prefix="worker_ckpt_")
             latest_dir, best_dir = scratch, scratch + "_best"
             for folder in (latest_dir, best_dir):
                 resources.callback(shutil.rmtree, folder, ignore_errors=True)
-        self.latest = tf.train.CheckpointManager(self.checkpoint, latest_dir, max_to_keep=2)
+        self._managers(latest_dir, best_dir)
+
+    def _managers(self, latest_dir: str, best_dir: str) -> None:
+        if self.chief:  # a state file a crash left unreadable would make the manager forget the run
+            for folder in (latest_dir, best_dir):
+                write_state(folder)
+        self.latest = tf.train.CheckpointManager(self.checkpoint, latest_dir, max_to_keep=KEEP_LATEST)
         self.best = tf.train.CheckpointManager(self.checkpoint, best_dir, max_to_keep=1, checkpoint_name="best")
 
     def resume(self) -> str | None:
-        """Restores the run's latest checkpoint (every worker reads the chief's); its path, or None."""
-        path = tf.train.latest_checkpoint(self.resume_dir)
-        if path:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
-        return path
+        """Restores the run's newest intact checkpoint (every worker reads the chief's); its path, or
+        None for a new run. Damaged newer ones are named, and set aside by the chief."""
+        candidates = saved_checkpoints(self.resume_dir, self.best_dir)
+        damaged = []
+        for path in candidates:
+            problem = read_problem(self.checkpoint, path)
+            if problem is None:
+                if damaged:
+                    logging.warning("damaged checkpoint(s) %s; resuming from %s, the newest intact one%s",
+                                    "; ".join(f"{p}: {why}" for p, why in damaged), path,
+                                    " (the damaged files are kept in damaged/)" if self.chief else "")
+                    if self.chief:
+                        set_aside([p for p, _ in damaged])
+                        self._managers(self.latest.directory, self.best.directory)
+                return path
+            damaged.append((path, problem))
+        if damaged:
+            raise ConfigError(f"every checkpoint of the run is damaged ({'; '.join(f'{p}: {w}' for p, w in damaged)}); "
+                              "nothing to resume from. --fresh deletes the run and starts over.")
+        return None
 
     def save(self, series: str, why: str) -> str:
         """A checkpoint of the current state in `series` ("latest" or "best"); never of non-finite weights."""
@@ -72,6 +96,9 @@ class Checkpoints:
 
     def restore_best(self) -> str:
         """Restores the best checkpoint (the latest when validation never improved); its path."""
-        path = self.best.latest_checkpoint or self.latest.latest_checkpoint
-        self.checkpoint.restore(path)
-        return path
+        for path in saved_checkpoints(self.best.directory) + saved_checkpoints(self.latest.directory):
+            problem = read_problem(self.checkpoint, path)
+            if problem is None:
+                return path
+            logging.warning("checkpoint %s is damaged (%s): trying the next", path, problem)
+        raise ConfigError(f"no intact checkpoint in {self.best.directory} or {self.latest.directory}")
