@@ -21,6 +21,7 @@ import tempfile
 from absl import flags
 
 from meta_drn_tf import cli
+from meta_drn_tf.errors import ConfigError
 
 FLAGS = flags.FLAGS
 THRESHOLD = 0.5
@@ -176,7 +177,25 @@ def main(argv):
     from meta_drn_tf.serving.segmenter import Segmenter
 
     segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels)
-    build_app(segmenter).launch(server_name="127.0.0.1", server_port=FLAGS.port, share=False)
+    from meta_drn_tf.serving.labelling import MAX_UPLOAD
+
+    if not port_is_free(FLAGS.port):
+        raise ConfigError(f"--port {FLAGS.port}: another program listens on 127.0.0.1:{FLAGS.port} (a page "
+                          "already running?); stop it, or give another --port")
+    build_app(segmenter).launch(server_name="127.0.0.1", server_port=FLAGS.port, share=False,
+                                max_file_size=MAX_UPLOAD)
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":

@@ -91,3 +91,38 @@ def write_atomically(path: str, data: str | bytes) -> None:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def unique_stems(paths: list[str], suffixes: tuple[str, ...] = ("",)) -> list[str]:
+    """Output names (without extension) for `paths`, one each, such that no two outputs collide.
+
+    An input's name is its file name without extension where that is unique; where names collide
+    (also through `suffixes`: `a.jpg`'s `a_overlay` and `a_overlay.jpg`'s `a_overlay`), the colliding
+    inputs take their path relative to the inputs' common folder, then with their extension
+    (`a_jpg`); the same path given twice is numbered (`a_jpg`, `a_jpg-2`).
+    """
+    folders = [os.path.dirname(os.path.normpath(p)) for p in paths]
+    common = os.path.commonpath(folders) if paths and len({os.path.isabs(p) for p in paths}) == 1 else ""
+
+    def name(path: str, depth: int) -> str:
+        stem, extension = os.path.splitext(os.path.relpath(os.path.normpath(path), common or os.curdir))
+        return [os.path.basename(stem), stem, stem + extension.replace(".", "_")][depth]
+
+    def clashing(stems: list[str]) -> list[int]:
+        owners: dict[str, set[int]] = {}
+        for i, stem in enumerate(stems):
+            for suffix in suffixes:
+                owners.setdefault(stem + suffix, set()).add(i)
+        return sorted({i for group in owners.values() if len(group) > 1 for i in group})
+
+    depths = [0] * len(paths)
+    stems = [name(p, 0) for p in paths]
+    while (found := [i for i in clashing(stems) if depths[i] < 2]):
+        for i in found:
+            depths[i] += 1
+            stems[i] = name(paths[i], depths[i])
+    seen: dict[str, int] = {}
+    for i, stem in enumerate(stems):  # what is left: one path given several times
+        seen[stem] = seen.get(stem, 0) + 1
+        stems[i] = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+    return stems

@@ -98,19 +98,12 @@ def masks_beside_photos(paths: list[str]) -> list[str]:
     return [p for p in paths if os.path.splitext(p)[1].lower() == ".png" and os.path.splitext(p)[0] in stems]
 
 
-def output_names(paths: list[str]) -> list[str]:
-    """`<name>` of each image (its file name without extension); two images may not share one."""
-    from meta_drn_tf.errors import ConfigError
+def output_names(paths: list[str], overlay: bool = False) -> list[str]:
+    """`<name>` of each image: its file name without extension, or where two outputs would collide, its
+    path relative to the images' common folder (`paths.unique_stems`)."""
+    from meta_drn_tf.paths import unique_stems
 
-    names, seen = [], {}
-    for path in paths:
-        name = os.path.splitext(os.path.basename(path))[0]
-        if name in seen:
-            raise ConfigError(f"--images: {seen[name]} and {path} would both write {name}.png; "
-                              "segment them into different --out folders")
-        seen[name] = path
-        names.append(name)
-    return names
+    return unique_stems(paths, ("", "_overlay") if overlay else ("",))
 
 
 def read_support(images: list[str], masks: list[str]):
@@ -208,7 +201,8 @@ def _write_masks(segmenter, paths: list[str], todo: list[int], outputs: list[lis
 
     from meta_drn_tf import progress, visualize
 
-    os.makedirs(FLAGS.out, exist_ok=True)
+    for folder in {os.path.dirname(path) for files in outputs for path in files}:
+        os.makedirs(folder, exist_ok=True)  # names that keep their subfolder (`paths.unique_stems`)
     bar = progress.bar(len(todo), unit_name="image")
     for indices, images in batches_of_one_size(paths, todo, FLAGS.batch_size):
         masks = segmenter.segment(images) > FLAGS.threshold
@@ -243,7 +237,7 @@ def main(argv):
     # Everything the user gave is checked before the model loads.
     support_images, support_masks = read_support(FLAGS.support, FLAGS.support_mask)
     paths = image_paths(FLAGS.images)
-    outputs = output_files(output_names(paths), FLAGS.out, FLAGS.overlay)
+    outputs = output_files(output_names(paths, FLAGS.overlay), FLAGS.out, FLAGS.overlay)
     refuse_overwriting_inputs(paths + FLAGS.support + FLAGS.support_mask, outputs)
     todo, existing, skipped = _usable_images(paths, outputs)
     if skipped:

@@ -290,3 +290,46 @@ def test_one_visitors_long_run_does_not_block_another(page, files, monkeypatch):
     assert len(gallery) == 1 and time.time() - started < 3.0, f"answered after {time.time() - started:.1f} s"
     assert not long_run.done(), "the long run ended before the other visitor was answered: not a test"
     assert len(long_run.result(timeout=120)[1]) == 20
+
+
+def test_photos_of_one_name_get_masks_of_their_own_in_the_zip(segmenter, files, tmp_path):
+    """Two folders of a zip holding 1.png each, and the same file uploaded twice: one entry each."""
+    image = cv2.imread(files["img1"])
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for folder in ("cats", "dogs"):
+            z.writestr(f"{folder}/1.png", cv2.imencode(".png", image)[1].tobytes())
+    session = LabellingSession(segmenter)
+    example = cv2.cvtColor(cv2.imread(files["img0"]), cv2.COLOR_BGR2RGB)
+    session.adapt([example], [cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED) // 255])
+    assert session.segment([str(archive), files["img2"], files["img2"]]) == []
+    names = zipfile.ZipFile(io.BytesIO(session.masks_zip(0.5))).namelist()
+    assert names == ["cats/1.png", "dogs/1.png", "img2_png.png", "img2_png-2.png"]
+
+
+def test_uploads_too_large_to_decode_are_named_not_decoded(tmp_path, monkeypatch):
+    from meta_drn_tf.serving import labelling
+
+    # 724 bytes of zip that hold a 12000x12000 PNG (4.4 GB decoded as RGB float).
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("huge.png", cv2.imencode(".png", np.zeros((12000, 12000), np.uint8))[1].tobytes())
+    photos, problems = read_photos([str(bomb)])
+    assert photos == [] and problems == ["huge.png: about 12000x12000 pixels, more than the 100 megapixels this "
+                                         "program decodes; downscale it first"]
+    monkeypatch.setattr(labelling, "MAX_UNZIPPED_BYTES", 1000)
+    photos, problems = read_photos([str(bomb)])
+    assert photos == [] and problems[0].startswith("bomb.zip: unpacks to 0 MiB, more than the page's 0 MiB")
+
+
+def test_a_second_page_on_a_port_in_use_is_refused():
+    import socket
+
+    from meta_drn_tf.app import port_is_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert not port_is_free(port)
+    assert port_is_free(port)

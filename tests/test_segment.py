@@ -206,3 +206,32 @@ def test_an_fss1000_layout_folder_lists_its_photos_not_their_masks(tmp_path, cap
     assert output_names(paths) == ["1", "2", "3"]
     assert "Left out 2 mask(s) beside their photos" in capsys.readouterr().out
     assert [os.path.basename(p) for p in image_paths([str(tmp_path / "*.png")])] == ["1.png", "2.png", "3.png"]
+
+
+def test_outputs_never_collide_and_keep_their_subfolder(tmp_path):
+    from meta_drn_tf.paths import unique_stems
+    from meta_drn_tf.segment import output_files, output_names
+
+    assert unique_stems(["p/a/1.jpg", "p/b/1.jpg", "p/c/2.jpg"]) == ["a/1", "b/1", "2"]
+    assert unique_stems(["x/a.jpg", "x/a.png"]) == ["a_jpg", "a_png"]
+    assert unique_stems(["1.jpg", "1.jpg"]) == ["1_jpg", "1_jpg-2"]  # the same file twice
+    # a.jpg's overlay and a_overlay.jpg's mask would both be a_overlay.png.
+    paths = [str(tmp_path / "a.jpg"), str(tmp_path / "a_overlay.jpg")]
+    assert output_names(paths) == ["a", "a_overlay"]
+    files = [f for pair in output_files(output_names(paths, overlay=True), "out", True) for f in pair]
+    assert len(set(files)) == 4
+
+
+def test_images_too_small_or_too_large_are_refused_in_one_line(tmp_path):
+    from meta_drn_tf.data.fss1000 import decode_image
+    from meta_drn_tf.errors import DataError
+
+    for h, w in [(1, 1), (2, 2), (7, 30)]:
+        cv2.imwrite(str(tmp_path / "tiny.png"), np.zeros((h, w, 3), np.uint8))
+        with pytest.raises(DataError, match=rf"tiny.png: too small to segment \({w}x{h} pixels\)"):
+            decode_image(str(tmp_path / "tiny.png"))
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((8, 9, 3), np.uint8))
+    assert decode_image(str(tmp_path / "small.png")).shape == (8, 9, 3)
+    cv2.imwrite(str(tmp_path / "huge.png"), np.zeros((10008, 10008), np.uint8))
+    with pytest.raises(DataError, match="huge.png: about 10008x10008 pixels, more than the 100 megapixels"):
+        decode_image(str(tmp_path / "huge.png"))

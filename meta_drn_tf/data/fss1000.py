@@ -47,13 +47,37 @@ def read_class_list(path: str) -> list[str]:
         raise DataError(f"{path}: cannot read the class list ({e.strerror})") from e
 
 
+# Larger images are refused before they are decoded (a small file can hold a huge image: a 724-byte
+# zip held a 12000x12000 PNG that took 4.4 GB to decode). 100 megapixels: the largest camera photos.
+MAX_IMAGE_PIXELS = 100_000_000
+MIN_IMAGE_SIDE = 8
+
+
+def decode_bytes(name: str, data: np.ndarray | None, mode: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Decodes an encoded image (uint8 bytes) with OpenCV's `mode`; DataError names `name` when it cannot
+    be decoded or has more than MAX_IMAGE_PIXELS."""
+    # Decoding at 1/8 scale first costs little memory (JPEGs scale in the DCT) and tells the size.
+    try:
+        small = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) if data is not None and data.size else None
+    except cv2.error:  # OpenCV cannot scale an image under 8 pixels a side by 1/8
+        tiny = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+        size = "" if tiny is None else f" ({tiny.shape[1]}x{tiny.shape[0]} pixels)"
+        raise DataError(f"{name}: too small to segment{size}; images need at least {MIN_IMAGE_SIDE} pixels a "
+                        "side") from None
+    if small is None:
+        raise DataError(f"{name}: cannot be decoded as an image (missing, corrupt or not an image file)")
+    if small.shape[0] * small.shape[1] * 64 > MAX_IMAGE_PIXELS:
+        raise DataError(f"{name}: about {8 * small.shape[1]}x{8 * small.shape[0]} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS // 10**6} megapixels this program decodes; downscale it first")
+    image = small if mode == cv2.IMREAD_REDUCED_GRAYSCALE_8 else cv2.imdecode(data, mode)
+    if image is None:
+        raise DataError(f"{name}: cannot be decoded as an image (missing, corrupt or not an image file)")
+    return image
+
+
 def decode_image(path: str, mode: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """Decodes an image file (any format OpenCV reads) with OpenCV's `mode`; DataError names the file."""
-    data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
-    image = cv2.imdecode(data, mode) if data is not None and data.size else None
-    if image is None:
-        raise DataError(f"{path}: cannot be decoded as an image (missing, corrupt or not an image file)")
-    return image
+    return decode_bytes(path, np.fromfile(path, np.uint8) if os.path.isfile(path) else None, mode)
 
 
 def read_rgb(path: str) -> np.ndarray:

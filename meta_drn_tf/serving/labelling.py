@@ -22,10 +22,15 @@ import cv2
 import numpy as np
 
 from meta_drn_tf import visualize
-from meta_drn_tf.data.fss1000 import decode_image, decode_mask, read_rgb
+from meta_drn_tf.data.fss1000 import decode_bytes, decode_image, decode_mask, read_rgb
+from meta_drn_tf.errors import DataError
+from meta_drn_tf.paths import unique_stems
 from meta_drn_tf.serving.segmenter import Segmenter, stack_examples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# What the page accepts: each uploaded file (gradio refuses larger ones) and what one zip unpacks to.
+MAX_UPLOAD = "500mb"
+MAX_UNZIPPED_BYTES = 2**30
 
 
 def mask_from_painting(layers: list[np.ndarray]) -> np.ndarray:
@@ -51,9 +56,24 @@ def read_examples(photo_paths: list[str], mask_paths: list[str]) -> tuple[list[n
             [mask_from_upload(decode_image(mask, cv2.IMREAD_UNCHANGED)) for mask in mask_paths])
 
 
-def _decode(name: str, data: bytes) -> np.ndarray | None:
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    return None if array is None else cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+def _decode(name: str, data: bytes) -> np.ndarray:
+    """RGB uint8 of an uploaded image; DataError names it when it cannot be read or is too large."""
+    return cv2.cvtColor(decode_bytes(name, np.frombuffer(data, np.uint8)), cv2.COLOR_BGR2RGB)
+
+
+def _zip_members(path: str) -> tuple[list[tuple[str, bytes]], str | None]:
+    """The images in a zip, or the problem that stops it being read (not a zip; unpacking too much)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = [i for i in archive.infolist()
+                     if i.filename.lower().endswith(IMAGE_SUFFIXES) and not i.filename.startswith("__MACOSX")]
+            unpacked = sum(i.file_size for i in infos)
+            if unpacked > MAX_UNZIPPED_BYTES:
+                return [], (f"{os.path.basename(path)}: unpacks to {unpacked / 2**20:.0f} MiB, more than the page's "
+                            f"{MAX_UNZIPPED_BYTES // 2**20} MiB; upload its photos in several zips")
+            return [(i.filename, archive.read(i)) for i in sorted(infos, key=lambda i: i.filename)], None
+    except zipfile.BadZipFile:
+        return [], f"{os.path.basename(path)}: not a readable zip file"
 
 
 def read_photos(paths: list[str]) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
@@ -61,22 +81,16 @@ def read_photos(paths: list[str]) -> tuple[list[tuple[str, np.ndarray]], list[st
     photos, problems = [], []
     for path in paths:
         if path.lower().endswith(".zip"):
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    members = [(n, archive.read(n)) for n in sorted(archive.namelist())
-                               if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith("__MACOSX")]
-            except zipfile.BadZipFile:
-                problems.append(f"{os.path.basename(path)}: not a readable zip file")
-                continue
+            members, problem = _zip_members(path)
+            problems += [problem] if problem else []
         else:
             with open(path, "rb") as f:
                 members = [(os.path.basename(path), f.read())]
         for name, data in members:
-            image = _decode(name, data)
-            if image is None:
-                problems.append(f"{name}: not an image this app can read (JPEG, PNG, BMP, WebP, TIFF)")
-            else:
-                photos.append((os.path.basename(name), image))
+            try:
+                photos.append((name, _decode(name, data)))
+            except DataError as e:
+                problems.append(str(e))
     return photos, problems
 
 
@@ -130,8 +144,9 @@ class LabellingSession:
     def masks_zip(self, threshold: float) -> bytes:
         """A zip of `<name>.png` per photo: its mask at its own size, 0 = background, 255 = object."""
         buffer = io.BytesIO()
+        names = unique_stems([name for name, _, _ in self.photos])  # a.jpg twice, or in two folders of a zip
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name, _, probabilities in self.photos:
+            for stem, (_, _, probabilities) in zip(names, self.photos):
                 ok, png = cv2.imencode(".png", ((probabilities > threshold) * 255).astype(np.uint8))
-                archive.writestr(os.path.splitext(name)[0] + ".png", png.tobytes())
+                archive.writestr(stem + ".png", png.tobytes())
         return buffer.getvalue()
