@@ -18,6 +18,7 @@ to do>`, and these exit codes; anything else is a bug and keeps its traceback.
     3    training met a non-finite loss; the message names the last good checkpoint
     4    lost contact with another worker; restart every worker to resume
     5    data: dataset files or input images cannot be used (each one named)
+    6    storage: a file could not be written (disk full, read-only folder); nothing half-written is left
     75   preempted (SIGTERM): training finished its meta-step and saved a checkpoint;
          run the same command again to resume (EX_TEMPFAIL: a retry loop restarts on it)
     130  interrupted (Ctrl-C): training saves a checkpoint first, as for SIGTERM (a second
@@ -34,7 +35,9 @@ of the command's module.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -47,6 +50,7 @@ EXIT_USAGE = 2
 EXIT_NONFINITE = 3
 EXIT_WORKER_LOST = 4
 EXIT_DATA = 5
+EXIT_STORAGE = 6
 EXIT_PREEMPTED = 75
 EXIT_INTERRUPTED = 130
 
@@ -161,8 +165,15 @@ def _guarded(main: Callable[[list[str]], object], argv: list[str]) -> object:
         logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress bars
     start_tensorflow(verbose())
     print(hardware.devices_line(), flush=True)  # where the work runs, before any of it
+    # SIGTERM becomes an exception where the command is, so that what it writes is cleaned up on the way
+    # out; training installs its own handlers (a checkpoint first) while it trains.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return main(argv)
+    except errors.Terminated:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        fail("stopped by SIGTERM; nothing half-written was left. Run the same command again (segment "
+             "--skip_existing keeps the masks already written).", EXIT_PREEMPTED)
     except errors.NonFiniteLoss as e:
         fail(e, EXIT_NONFINITE)
     except errors.WorkerLost as e:
@@ -175,6 +186,25 @@ def _guarded(main: Callable[[list[str]], object], argv: list[str]) -> object:
         fail(e, EXIT_USAGE)
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         fail(e, EXIT_USAGE)
+    except Exception as e:  # a full disk, as an OSError or as one of TensorFlow's errors
+        problem = errors.storage_problem(e)
+        if problem is None:
+            raise
+        fail(problem, EXIT_STORAGE)
     except KeyboardInterrupt:
         fail("interrupted. Run the same command again: training resumes from its last checkpoint, "
              "segment --skip_existing keeps the masks already written.", EXIT_INTERRUPTED)
+
+
+def _terminated(signum, frame) -> None:
+    # Python drops (and prints) an exception raised inside a garbage-collector callback, where a signal
+    # handler can run: there the exception waits for the timer, which repeats until the command's own
+    # code receives it.
+    signal.signal(signal.SIGALRM, _terminated)
+    signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+    callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks:
+            return
+        frame = frame.f_back
+    raise errors.Terminated()

@@ -6,6 +6,11 @@ The command-line apps turn them into one line on stderr and an exit code
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import shutil
+
 
 class ConfigError(ValueError):
     """A setting cannot be used: a flag value, a run directory, a missing run."""
@@ -35,3 +40,43 @@ class Stopped(RuntimeError):
     def __init__(self, message: str, preempted: bool):
         super().__init__(message)
         self.preempted = preempted
+
+
+class Terminated(RuntimeError):
+    """A command other than training received SIGTERM; raised where it was, so that what it was
+    writing is cleaned up on the way out (files are written whole or not at all)."""
+
+
+# Storage failures a user can fix, as errno values and as TensorFlow's C++ runtime words them.
+STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                  errno.EROFS: "the folder is on a read-only file system"}
+STORAGE_WORDS = {"No space left on device": "the disk is full", "Disk quota exceeded": "the disk quota is used up",
+                 "Read-only file system": "the folder is on a read-only file system"}
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """One line for a write that failed for lack of space or a read-only folder (an OSError or a
+    TensorFlow error), naming the file and the free space there; None for any other error."""
+    why = STORAGE_ERRNOS.get(getattr(error, "errno", None)) if isinstance(error, OSError) else None
+    text = str(getattr(error, "message", None) or error)
+    why = why or next((words for needle, words in STORAGE_WORDS.items() if needle in text), None)
+    if why is None:
+        return None
+    path = getattr(error, "filename", None) or _path_in(text)
+    where = f"cannot write {path}" if path else "cannot write"
+    return (f"{where}: {why}{_free_space(path)}. Nothing half-written was left: free space (or give another "
+            "folder) and run the same command again.")
+
+
+def _path_in(text: str) -> str | None:
+    match = re.search(r"(/[^\s:;,'\"]+)", text)
+    return match[1] if match else None
+
+
+def _free_space(path: str | None) -> str:
+    folder = path
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    if not folder:
+        return ""
+    return f" ({shutil.disk_usage(folder).free / 2**20:.1f} MiB free in {folder})"

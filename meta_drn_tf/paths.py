@@ -88,6 +88,9 @@ def write_atomically(path: str, data: str | bytes) -> None:
         with open(partial, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(partial, path)
+    except OSError as e:
+        e.filename = e.filename or path  # a failed write() names no file: the message must
+        raise
     finally:
         if os.path.exists(partial):
             os.remove(partial)

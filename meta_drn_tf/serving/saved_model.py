@@ -214,9 +214,13 @@ def export(
     shutil.rmtree(partial, ignore_errors=True)
     # The adaptation's gradients are ops of the signatures' graphs already; the custom gradients'
     # own gradient functions, which a server never runs, would triple the time to save.
-    tf.saved_model.save(module, partial, signatures={name: getattr(module, name) for name in SIGNATURES},
-                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-    return _publish(partial, export_base)
+    try:
+        tf.saved_model.save(module, partial, signatures={name: getattr(module, name) for name in SIGNATURES},
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        return _publish(partial, export_base)
+    except BaseException:  # a full disk, SIGTERM, Ctrl-C: no half-written SavedModel stays behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def _publish(partial: str, export_base: str) -> str:
