@@ -140,3 +140,28 @@ def test_a_new_run_refuses_a_folder_of_other_files_and_fresh_deletes_only_the_ru
 
     RunDirectory(str(run)).clear()
     assert sorted(os.listdir(run)) == [".train.lock", "notes.txt"]  # the lock file its writer holds stays
+
+
+SAVED_MODEL_DAMAGE = {
+    "variables missing": lambda v: shutil.rmtree(os.path.join(v, "variables")),
+    "saved_model.pb truncated": lambda v: _truncate(os.path.join(v, "saved_model.pb")),
+    "variables truncated": lambda v: _truncate(glob.glob(os.path.join(v, "variables", "*.data-*"))[0]),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    from meta_drn_tf.serving import saved_model
+
+    learner, config = restore_learner(str(trained))
+    return saved_model.export(learner, str(tmp_path_factory.mktemp("export")), 16, 0.0625)
+
+
+@pytest.mark.parametrize("damage", list(SAVED_MODEL_DAMAGE))
+def test_a_damaged_saved_model_names_itself_and_what_to_do(exported, tmp_path, damage):
+    from meta_drn_tf.serving.segmenter import Segmenter
+
+    version = shutil.copytree(exported, tmp_path / "1")
+    SAVED_MODEL_DAMAGE[damage](str(version))
+    with pytest.raises(ConfigError, match=rf"--model {version}: the SavedModel is damaged .*export it again"):
+        Segmenter.load(str(version))

@@ -268,3 +268,16 @@ def test_all_split_and_class_lists_of_a_folder(tmp_path):
     listed.write_text("b\nzebra\n")
     with pytest.raises(DataError, match="classes.txt: 1 of its classes are not in --data_dir .*zebra"):
         load_split("all", str(tmp_path), 16, classes_file=str(listed), progress=False)
+
+
+def test_a_label_map_is_refused_as_a_mask_naming_its_values(tmp_path):
+    from meta_drn_tf.data.fss1000 import read_binary_mask
+
+    labels = np.zeros((6, 6), np.uint8)
+    labels[:2], labels[2:4] = 1, 2  # two objects: label 1 would silently become background
+    cv2.imwrite(str(tmp_path / "labels.png"), labels)
+    with pytest.raises(DataError, match=r"labels.png: holds the values 0, 1, 2, a label map rather than a mask"):
+        read_binary_mask(str(tmp_path / "labels.png"), (6, 6))
+    soft = np.linspace(0, 255, 36).reshape(6, 6).astype(np.uint8)  # antialiased edges: many values, bright peak
+    cv2.imwrite(str(tmp_path / "soft.png"), soft)
+    assert read_binary_mask(str(tmp_path / "soft.png"), (6, 6)).sum() == (soft > 127.5).sum()

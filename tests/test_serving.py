@@ -287,3 +287,23 @@ def test_loading_an_export_for_segmenting_prints_no_custom_gradient_warnings(exp
         segmenter = Segmenter.load(base)
     assert "SavedModel" in segmenter.description
     assert not [r for r in caplog.records if "custom gradients" in r.getMessage()], caplog.text
+
+
+def test_non_finite_pixels_thresholds_out_of_range_and_empty_queries_are_refused(exported):
+    _, path = exported
+    model = tf.saved_model.load(path)
+    support, mask, queries = _request()
+    floats = model.signatures["adapt_and_segment_float"]
+    args = dict(support_images=tf.constant(support / 255.0, tf.float32), support_masks=tf.constant(mask),
+                query_images=tf.constant(queries / 255.0, tf.float32), threshold=tf.constant([0.5]))
+    assert floats(**args)["masks"].shape[0] == len(queries)
+    for name in ("support_images", "query_images"):
+        bad = args[name].numpy()
+        bad[0, 0, 0, 0] = np.nan
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"{name} must be finite"):
+            floats(**{**args, name: tf.constant(bad)})
+    for threshold in (0.0, 1.0, 1.5, -0.2, np.nan):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="threshold values must lie strictly between 0 and 1"):
+            floats(**{**args, "threshold": tf.constant([threshold], tf.float32)})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no query images"):
+        model.signatures["segment_initial"](query_images=tf.constant(queries[:0]), threshold=tf.constant([0.5]))

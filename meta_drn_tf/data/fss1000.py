@@ -124,6 +124,12 @@ def read_binary_mask(path: str, expected_shape: tuple[int, int]) -> np.ndarray:
             f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
             f"{expected_shape[1]}x{expected_shape[0]}; a mask must have its image's size"
         )
+    if raw.ndim == 2 and raw.max() < 128 and len(values := np.unique(raw)) > 2:
+        # Not antialiasing (whose peak is bright): labels of several objects, of which only the highest
+        # would count as the object.
+        raise DataError(f"{path}: holds the values {', '.join(map(str, values[:5]))}"
+                        f"{', ...' if len(values) > 5 else ''}, a label map rather than a mask; give a binary "
+                        "mask of one object (0/255 or 0/1)")
     return decode_mask(raw)
 
 

@@ -70,7 +70,12 @@ class ServingModule(tf.Module):
         return tf.image.resize(images, [self._size, self._size], method="bilinear")
 
     def _outputs(self, logits: tf.Tensor, out_size: tf.Tensor, threshold: tf.Tensor) -> dict:
-        threshold = tf.cond(tf.size(threshold) > 0, lambda: threshold[0], lambda: tf.constant(DEFAULT_THRESHOLD))
+        # NaN fails both comparisons: a threshold outside (0, 1) would give all or no pixels, silently.
+        check = tf.debugging.Assert(tf.reduce_all((threshold > 0.0) & (threshold < 1.0)),
+                                    ["threshold values must lie strictly between 0 and 1, got", threshold])
+        with tf.control_dependencies([check]):
+            threshold = tf.cond(tf.size(threshold) > 0, lambda: threshold[0],
+                                lambda: tf.constant(DEFAULT_THRESHOLD))
         probabilities = tf.sigmoid(tf.image.resize(logits, out_size, method="bilinear"))[..., 0]
         return {"probabilities": probabilities, "masks": tf.cast(probabilities > threshold, tf.uint8)}
 
@@ -82,6 +87,7 @@ class ServingModule(tf.Module):
         k = tf.shape(support_images)[0]
         checks = [
             tf.debugging.assert_positive(k, message="the support set is empty: send at least one image and mask"),
+            tf.debugging.assert_all_finite(support_images, "support_images must be finite (no NaN or infinity)"),
             tf.debugging.assert_equal(tf.shape(support_masks), tf.shape(support_images)[:3],
                                       message="support_masks must be [k,H,W] with the support images' k, H and W"),
             tf.debugging.assert_greater_equal(tf.reduce_min(support_masks), 0.0,
@@ -104,8 +110,9 @@ class ServingModule(tf.Module):
     def _segment(self, weights, query_images, threshold) -> dict:
         """Outputs for float query images under `weights`, at the queries' own size."""
         query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
-        check = tf.debugging.assert_positive(tf.shape(query_images)[0], message="no query images")
-        with tf.control_dependencies([check]):
+        checks = [tf.debugging.assert_positive(tf.shape(query_images)[0], message="no query images"),
+                  tf.debugging.assert_all_finite(query_images, "query_images must be finite (no NaN or infinity)")]
+        with tf.control_dependencies(checks):
             queries = self._resize(query_images)
         return self._outputs(self.adapter.logits(weights, queries), tf.shape(query_images)[1:3], threshold)
 
@@ -148,9 +155,7 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None], tf.float32, name="threshold"),
     ])
     def segment_initial(self, query_images, threshold):
-        query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
-        logits = self.adapter.logits(self.adapter.initial_weights(), self._resize(self._images(query_images)))
-        return self._outputs(logits, tf.shape(query_images)[1:3], threshold)
+        return self._segment(self.adapter.initial_weights(), self._images(query_images), threshold)
 
 
     @tf.function(input_signature=[

@@ -95,6 +95,11 @@ class Segmenter:
         logging.set_verbosity(logging.ERROR)
         try:
             module = tf.saved_model.load(version)
+        except (OSError, IndexError, ValueError, tf.errors.OpError) as e:  # a missing or truncated file
+            reason = (getattr(e, "message", None) or str(e) or type(e).__name__).splitlines()[0][:160]
+            raise ConfigError(f"--model {version}: the SavedModel is damaged ({reason}); export it again "
+                              "from its training run (python -m meta_drn_tf.export) or give another "
+                              "version") from None
         finally:
             logging.set_verbosity(verbosity)
         # Exports since the kernel policy record which forms their graphs hold.
