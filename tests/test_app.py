@@ -92,7 +92,7 @@ def test_painted_and_uploaded_masks_and_photo_folders(files, tmp_path):
         z.writestr("trip/readme.txt", "skipped: not an image name")
         z.writestr("trip/broken.jpg", b"\x00\x01")
     photos, problems = read_photos([str(archive), files["img2"], files["notes"]])
-    assert [name for name, _ in photos] == ["img1.png", "img2.png"]
+    assert [name for name, _ in photos] == ["trip/img1.png", "img2.png"]  # a zip's photos keep their folder
     assert len(problems) == 2 and problems[0].startswith("trip/broken.jpg") and problems[1].startswith("notes.jpg")
 
 

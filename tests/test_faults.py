@@ -62,14 +62,21 @@ def test_a_checkpoint_deleted_while_it_is_read_is_followed_by_the_newest(tmp_pat
     learner.model.trainable_variables[0].assign_add(tf.ones_like(learner.model.trainable_variables[0]))
     newest = manager.save()
     expected = learner.model.trainable_variables[0].numpy()
-    # The trainer replaced ckpt-0 between our reading its name and its files.
-    names = iter([str(tmp_path / "best" / "ckpt-0"), newest])
-    monkeypatch.setattr(tf.train, "latest_checkpoint", lambda directory: next(names))
+    # The trainer replaced ckpt-0 between our listing it and reading its files.
+    gone = str(tmp_path / "best" / "ckpt-0")
+    listings = iter([[gone], [newest], [newest]])
+    monkeypatch.setattr(pieces, "saved_checkpoints", lambda folder: next(listings))
     restored, _ = pieces.restore_learner(str(tmp_path))
     np.testing.assert_array_equal(restored.model.trainable_variables[0].numpy(), expected)
 
-    monkeypatch.setattr(tf.train, "latest_checkpoint", lambda directory: str(tmp_path / "best" / "ckpt-0"))
-    with pytest.raises(ConfigError, match="vanished while it was read"):
+    # Replaced again at every look: the run saves faster than it can be read.
+    names = iter(str(tmp_path / "best" / f"ckpt-{n}") for n in range(10, 100))
+    monkeypatch.setattr(pieces, "saved_checkpoints", lambda folder: [next(names)])
+    with pytest.raises(ConfigError, match="replaced faster than they could be read"):
+        pieces.restore_learner(str(tmp_path))
+    # Still listed but unreadable: damaged, named, with what to use instead.
+    monkeypatch.setattr(pieces, "saved_checkpoints", lambda folder: [gone])
+    with pytest.raises(ConfigError, match="ckpt-0 is damaged"):
         pieces.restore_learner(str(tmp_path))
 
 
