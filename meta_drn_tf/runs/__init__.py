@@ -1,0 +1,1 @@
+"""A training run: its settings tree (`RunConfig`), its directory and lock, its learner and data."""
