@@ -165,3 +165,11 @@ def test_a_damaged_saved_model_names_itself_and_what_to_do(exported, tmp_path, d
     SAVED_MODEL_DAMAGE[damage](str(version))
     with pytest.raises(ConfigError, match=rf"--model {version}: the SavedModel is damaged .*export it again"):
         Segmenter.load(str(version))
+
+
+def test_a_flags_json_whose_width_disagrees_with_the_checkpoint_says_so(trained, tmp_path):
+    run = _copy(trained, tmp_path)
+    flags = run / "flags.json"
+    flags.write_text(flags.read_text().replace('"width": 0.0625', '"width": 0.125'))
+    with pytest.raises(ConfigError, match=r"does not fit the network .*flags.json describes .*was flags.json edited"):
+        restore_learner(str(run))

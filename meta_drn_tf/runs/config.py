@@ -125,8 +125,9 @@ class RunConfig(Settings):
         path = os.path.join(model_dir, FLAGS_FILE)
         if not os.path.isfile(path):
             raise ConfigError(f"--model_dir {model_dir}: no training run there ({FLAGS_FILE} is missing)")
-        damaged = (f"{path} is damaged ({{}}): delete it and run train with --flagfile={os.path.join(model_dir, 'flags.txt')}"
-                   " (and the flags you gave) to write it again")
+        flagfile = os.path.join(model_dir, "flags.txt")
+        damaged = (f"{path} is damaged ({{}}): delete it and run train with --flagfile={flagfile} (and the flags "
+                   "you gave) to write it again")
         try:
             with open(path, encoding="utf-8") as f:
                 values = json.load(f)

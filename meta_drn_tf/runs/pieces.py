@@ -49,13 +49,16 @@ def restore_learner(model_dir: str, which: str = "best", **overrides):
     checkpoint = tf.train.Checkpoint(learner=learner)
     # A run still training replaces its checkpoints (keeping the newest few): one deleted between
     # listing and reading is followed by the next newest.
-    for attempt in range(RESTORE_ATTEMPTS):
+    for _ in range(RESTORE_ATTEMPTS):
         found = saved_checkpoints(folders[which])
         if not found:
             raise ConfigError(f"--model_dir {model_dir}: no checkpoint in {folders[which]}")
         problem = read_problem(checkpoint, found[0])
         if problem is None:
             return learner, config
+        if "incompatible tensor with shape" in problem:  # the network flags.json describes is another one
+            raise ConfigError(f"checkpoint {found[0]} does not fit the network {model_dir}/flags.json describes "
+                              f"({problem}); was flags.json edited? Restore its --width and --image_size")
         if saved_checkpoints(folders[which])[:1] == found[:1]:  # still there: damaged, not replaced
             raise ConfigError(f"checkpoint {found[0]} is damaged ({problem}); {_instead(checkpoint, folders, which)}")
     raise ConfigError(f"--model_dir {model_dir}: its checkpoints were replaced faster than they could be read "
