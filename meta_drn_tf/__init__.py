@@ -3,8 +3,9 @@
 The commands users type are the modules at this level (`python -m meta_drn_tf.train`,
 `evaluate`, `export`, `segment`, `model`, `app`); the library lives in the subpackages:
 `network` (layers, the model, kernel policy), `meta` (adaptation, meta-learning, one module
-per algorithm), `data` (datasets and episodes), `training` (run configuration, trainer,
-evaluation) and `serving` (SavedModel export, `Segmenter`). docs/architecture.md draws them.
+per algorithm), `data` (datasets and episodes), `runs` (a run's configuration `RunConfig`,
+its directory and learner), `training` (trainer, controller and actions, evaluation) and
+`serving` (SavedModel export, `Segmenter`, TFLite, mask files). docs/architecture.md draws them.
 """
 
 from importlib import metadata as _metadata

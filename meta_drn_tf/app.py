@@ -20,7 +20,7 @@ import tempfile
 
 from absl import flags
 
-from meta_drn_tf import cli
+from meta_drn_tf import cli, common_flags
 from meta_drn_tf.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -29,13 +29,10 @@ THRESHOLD = 0.5
 
 def define_flags() -> None:
     """The flags of `python -m meta_drn_tf.app`."""
-    from meta_drn_tf.network.kernels import KERNEL_CHOICES
-
-    flags.DEFINE_string("model", None, "A training run's directory or an exported SavedModel.", required=True)
+    common_flags.define_model()
     flags.DEFINE_integer("port", 7860, "The page's port on 127.0.0.1.")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With a training run: which checkpoint.")
-    flags.DEFINE_enum("kernels", "auto", KERNEL_CHOICES, "With a training run: kernel forms (see segment --help).")
-    cli.check_paths(model="path")
+    common_flags.define_checkpoint()
+    common_flags.define_kernels(default="auto")
     flags.register_validator("port", lambda p: 0 < p < 65536, message="must be a port number (1-65535)")
 
 

@@ -18,14 +18,13 @@ import os
 
 from absl import flags
 
-from meta_drn_tf import cli
+from meta_drn_tf import cli, common_flags
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """The flags of `python -m meta_drn_tf.evaluate`."""
-    from meta_drn_tf.network.kernels import KERNEL_CHOICES
 
     flags.DEFINE_string("model_dir", None, "A training run's directory.", required=True)
     flags.DEFINE_string("data_dir", None, "Dataset (default: the run's; empty string: the synthetic dataset).")
@@ -38,9 +37,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("inner_steps", None, "Test-time inner steps (default: the run's).")
     flags.DEFINE_float("inner_lr", None, "Test-time inner rate (default: the run's; Meta-SGD uses its learned rates).")
     flags.DEFINE_integer("episodes", 0, "Evaluate at most this many episodes per row, evenly spread (0: all).")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
+    common_flags.define_checkpoint()
     flags.DEFINE_bool("baseline", True, "Also evaluate the same adaptation from a random initialisation.")
-    flags.DEFINE_enum("kernels", None, KERNEL_CHOICES, "Kernel forms (default: the run's; see train --help).")
+    common_flags.define_kernels(default=None)
     flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>, "
                         "and with --data_dir one folder per data folder: ..._<its name>-<hash of its path>).")
 
@@ -66,13 +65,15 @@ def default_out_dir(model_dir: str, which: str, data_dir: str | None) -> str:
 
 def main(argv):
     del argv
+    from meta_drn_tf.data import load_split
     from meta_drn_tf.runs import pieces
     from meta_drn_tf.training.evaluation import evaluate_settings, write_reports
 
     learner, config = pieces.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir,
                                            kernels=FLAGS.kernels)
     shots = [int(k) for k in FLAGS.shots] if FLAGS.shots else [config.data.shots]
-    bank = pieces.load(config, FLAGS.split, classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
+    bank = load_split(config.data, FLAGS.split, config.network.image_size, seed=config.seed,
+                      classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
     which = os.path.splitext(os.path.basename(FLAGS.classes_file))[0] if FLAGS.classes_file else FLAGS.split
     print(f"Evaluating {config.meta.algorithm} on {bank.num_classes} classes ({which}), "
           + ", ".join(f"{k}-shot" for k in shots))

@@ -14,7 +14,7 @@ import os
 
 from absl import flags
 
-from meta_drn_tf import cli
+from meta_drn_tf import cli, common_flags
 
 FLAGS = flags.FLAGS
 
@@ -27,11 +27,8 @@ def define_flags() -> None:
     flags.DEFINE_string("export_dir", None, "TF Serving model_base_path (default: saved_models/<run name>).")
     flags.DEFINE_enum("precision", None, PRECISION_POLICIES, "Compute precision (default: the run's).")
     flags.DEFINE_integer("inner_steps", None, "Inner steps inside the graph (default: the run's test-time setting).")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of the run.")
-    flags.DEFINE_enum("kernels", "stock", ["stock", "gpu", "cpu"], "The graphs' kernel forms: stock (TensorFlow's "
-                      "own ops: any server; dilated convolutions through space-to-batch), gpu (the same with dilated "
-                      "convolutions and their gradients as single cuDNN ops: GPU servers only) or cpu (CPU-tuned: "
-                      "faster on CPU servers only). See README, Serving.")
+    common_flags.define_checkpoint()
+    common_flags.define_export_kernels()
 
     cli.check_paths(model_dir="folder", export_dir="new_folder")
     flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
@@ -45,9 +42,9 @@ def main(argv):
     learner, config = pieces.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
     name = os.path.basename(os.path.normpath(FLAGS.model_dir))
     export_dir = FLAGS.export_dir or os.path.join("saved_models", name)
-    path = saved_model.export(learner, export_dir, config.network.image_size, config.network.width,
-                          inner_steps=FLAGS.inner_steps or config.trainer.eval_inner_steps, precision=FLAGS.precision,
-                          kernels=FLAGS.kernels)
+    path = saved_model.export(learner, export_dir, config.network,
+                              inner_steps=FLAGS.inner_steps or config.trainer.eval_inner_steps,
+                              precision=FLAGS.precision, kernels=FLAGS.kernels)
     print(f"SavedModel written to {path} ({FLAGS.kernels} kernels)")
 
 

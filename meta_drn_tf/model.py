@@ -8,7 +8,8 @@ from __future__ import annotations
 from meta_drn_tf import cli
 
 
-def _report(image_size: int, width: float) -> str:
+def _report(network) -> str:
+    """The breakdown of the network a `NetworkConfig` describes."""
     from meta_drn_tf.network.model import (
         FSS1000_BASELINE_PARAMS,
         GROUPS,
@@ -18,9 +19,9 @@ def _report(image_size: int, width: float) -> str:
         receptive_field,
     )
 
-    model = build_meta_drn(image_size, width)
+    model = build_meta_drn(network)
     counts = parameter_breakdown(model)
-    lines = [f"Meta-DRN at {image_size}x{image_size}, width {width}"]
+    lines = [f"Meta-DRN at {network.image_size}x{network.image_size}, width {network.width}"]
     for group in GROUPS:
         lines.append(f"  {group:<10} {counts[group]:>12,d}")
     total = counts["total"]
@@ -50,7 +51,9 @@ def main(argv):
     del argv
     from absl import flags
 
-    print(_report(flags.FLAGS.image_size, flags.FLAGS.width))
+    from meta_drn_tf.network.config import NetworkConfig
+
+    print(_report(NetworkConfig(flags.FLAGS.image_size, flags.FLAGS.width)))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ def define_flags() -> None:
 
 def check_data(run) -> None:
     """Prints each split's classes and images, as training would read them; a DataError names bad files."""
-    from meta_drn_tf.runs.pieces import load_splits
+    from meta_drn_tf.data import load_splits
 
-    banks = load_splits(run, ("train", "val", "test"))
+    banks = load_splits(run.data, ("train", "val", "test"), run.network.image_size, seed=run.seed)
     where = run.data.data_dir or "the embedded synthetic dataset"
     print(f"{where} at {run.network.image_size}x{run.network.image_size}:")
     for split, bank in banks.items():

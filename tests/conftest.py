@@ -12,6 +12,9 @@ import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    # The long tests (`slow`: whole runs, subprocesses) first: with `-n 2` the short ones then fill
+    # both workers to the end, instead of one worker finishing a long test alone.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if GPU_TESTS:
         return
     skip = pytest.mark.skip(reason="GPU test: run `python tools/gpu_check.py` on a machine with a GPU "

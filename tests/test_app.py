@@ -12,6 +12,7 @@ import pytest
 
 from meta_drn_tf.data.synthetic import synthetic_bank
 from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 from meta_drn_tf.serving import saved_model, tflite
 from meta_drn_tf.serving.labelling import LabellingSession, mask_from_painting, mask_from_upload, read_photos
@@ -27,8 +28,9 @@ def segmenter():
     import keras
 
     keras.utils.set_random_seed(0)
-    learner = MetaLearner(build_meta_drn(SIZE, 0.125), MetaConfig("maml", inner_lr=0.5))
-    return Segmenter(saved_model.serving_module(learner, SIZE, 0.125, inner_steps=5, kernels="stock"), "test model")
+    network = NetworkConfig(SIZE, 0.125)
+    learner = MetaLearner(build_meta_drn(network), MetaConfig("maml", inner_lr=0.5))
+    return Segmenter(saved_model.serving_module(learner, network, inner_steps=5, kernels="stock"), "test model")
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +267,7 @@ def test_a_person_segmenting_fifty_photos_sees_the_progress(page, files, tmp_pat
     assert len(seen) >= 3 and max(seen) <= 50, sorted(seen)
 
 
+@pytest.mark.slow
 def test_one_visitors_long_run_does_not_block_another(page, files, monkeypatch):
     from gradio_client import Client, handle_file
 

@@ -245,7 +245,7 @@ COMMANDS = {
     "meta_drn_tf.export": _export_cases, "meta_drn_tf.segment": _segment_cases, "meta_drn_tf.model": _model_cases,
     "meta_drn_tf.app": _app_cases,
     os.path.join(TOOLS, "make_synthetic.py"): _make_synthetic_cases,
-    os.path.join(TOOLS, "visualize.py"): _visualize_cases, os.path.join(TOOLS, "study.py"): _study_cases,
+    os.path.join(TOOLS, "draw_fig4.py"): _visualize_cases, os.path.join(TOOLS, "study.py"): _study_cases,
 }
 
 

@@ -1,6 +1,5 @@
 """The training controller and its actions alone, around a stand-in task (no network, no data)."""
 
-import contextlib
 import signal
 
 import numpy as np
@@ -10,7 +9,14 @@ import tensorflow as tf
 from meta_drn_tf.errors import NonFiniteLoss, Stopped
 from meta_drn_tf.meta import Phase
 from meta_drn_tf.runs.config import TrainerConfig
-from meta_drn_tf.training.actions import KeepBest, TrainingScalars, ValidationReport
+from meta_drn_tf.training.actions import (
+    BestMetric,
+    EpochOutput,
+    SaveBest,
+    StepOutput,
+    TrainingScalars,
+    ValidationReport,
+)
 from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
 from meta_drn_tf.training.controller import Controller
 from meta_drn_tf.training.schedules import Schedule
@@ -67,13 +73,15 @@ def _no_pictures(monkeypatch):
     monkeypatch.setattr("meta_drn_tf.visualize.episode_grid", lambda kept: np.zeros((4, 4, 3), np.uint8))
 
 
-def _controller(tmp_path, task, stops, **cadence):
+def _controller(tmp_path, task, stops, step_actions=(), epoch_actions=(), **cadence):
     state = TrainState()
     checkpoints = Checkpoints(task.learner, state, str(tmp_path / "latest"), str(tmp_path / "best"))
-    config = TrainerConfig(**{"epochs": 3, "log_every_steps": 2, "save_every_minutes": 1000, **cadence})
+    config = TrainerConfig(**{"epochs": 3, "log_every_steps": 2, "save_every_minutes": 1000, "meta_batch_size": 1,
+                              **cadence})
     writer = tf.summary.create_noop_writer()
-    return Controller(task, checkpoints, Schedule(), config, stops, TrainingScalars(writer, task.learner, 1),
-                      ValidationReport(writer), KeepBest(state, checkpoints))
+    return Controller(task, checkpoints, Schedule(), config, stops,
+                      step_actions=[TrainingScalars(writer, task.learner), *step_actions],
+                      epoch_actions=[ValidationReport(writer), SaveBest(checkpoints), *epoch_actions])
 
 
 def _saved(directory):
@@ -144,9 +152,24 @@ def test_checkpoints_refuse_non_finite_weights(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path / "best")) is None
 
 
-def test_keep_best_needs_a_real_improvement(tmp_path):
-    state = TrainState()
-    keep = KeepBest(state, contextlib.nullcontext())
-    assert keep.observe({"soft_iou": 0.5})
-    assert not keep.observe({"soft_iou": 0.5 + 1e-7})  # within rounding: not an improvement
-    assert keep.observe({"soft_iou": 0.6}) and float(state.best) == pytest.approx(0.6)
+def test_a_best_epoch_needs_a_real_improvement():
+    best = BestMetric()
+    assert best.improves({"soft_iou": 0.5}, -1.0)
+    assert not best.improves({"soft_iou": 0.5 + 1e-7}, 0.5)  # within rounding: not an improvement
+    assert not best.improves({"soft_iou": float("nan")}, 0.5)
+    assert BestMetric("iou@0.5").improves({"soft_iou": 0.1, "iou@0.5": 0.6}, 0.5)
+
+
+def test_an_action_is_added_by_appending_it_to_a_list(tmp_path):
+    """A new hook touches neither the Controller nor the Trainer: a callable on the step's or the
+    epoch's output, in the list the controller is given."""
+    steps, epochs = [], []
+    task = StandInTask(steps_per_epoch=3, soft_ious=[0.2, 0.1, 0.3])
+    with StopRequest() as stops:
+        _controller(tmp_path, task, stops, step_actions=[steps.append], epoch_actions=[epochs.append]).run()
+    assert all(isinstance(s, StepOutput) for s in steps) and all(isinstance(e, EpochOutput) for e in epochs)
+    # Logged every 2 steps and at each epoch's end: global steps 2, 3 | 4, 6 | 8, 9.
+    assert [s.global_step for s in steps] == [2, 3, 4, 6, 8, 9]
+    assert all(s.loss == 0.5 and s.meta_lr == pytest.approx(0.1) and s.tasks_per_s > 0 for s in steps)
+    assert [(e.epoch, e.global_step, e.summary["soft_iou"], e.improved) for e in epochs] == [
+        (1, 3, 0.2, True), (2, 6, 0.1, False), (3, 9, 0.3, True)]

@@ -9,8 +9,10 @@ import shutil
 import pytest
 
 from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.runs.config import RunConfig
-from meta_drn_tf.runs.pieces import restore_learner
+from meta_drn_tf.runs.pieces import build_learner, restore_learner
+from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
 from meta_drn_tf.training.trainer import train
 
 TINY = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1, meta_batch_size=2,
@@ -49,37 +51,47 @@ def _best(run):
     return os.path.basename(glob.glob(str(run / "best" / "best-*.index"))[0])[:-len(".index")]
 
 
-# (damage, the checkpoint training resumes from)
-RESUMES = {
-    "newest index deleted": (lambda run: os.remove(run / "checkpoints" / "ckpt-3.index"), "ckpt-2"),
-    "newest data truncated": (lambda run: _truncate(_newest_data(run)), "ckpt-2"),
-    "state file binary garbage": (lambda run: (run / "checkpoints" / "checkpoint").write_bytes(b"\xff\xfe\x00"),
-                                  "ckpt-3"),
-    "state file text garbage": (lambda run: (run / "checkpoints" / "checkpoint").write_text("garbage {"), "ckpt-3"),
-    "state file deleted": (lambda run: os.remove(run / "checkpoints" / "checkpoint"), "ckpt-3"),
+# Damage to the newest checkpoint: training resumes from ckpt-2 and trains epochs 3 and 4 again.
+NEWEST_DAMAGED = {
+    "newest index deleted": lambda run: os.remove(run / "checkpoints" / "ckpt-3.index"),
+    "newest data truncated": lambda run: _truncate(_newest_data(run)),
+}
+# Damage to the state file only: the checkpoints themselves are found by their files (ckpt-3).
+STATE_FILE_DAMAGED = {
+    "binary garbage": lambda run: (run / "checkpoints" / "checkpoint").write_bytes(b"\xff\xfe\x00"),
+    "text garbage": lambda run: (run / "checkpoints" / "checkpoint").write_text("garbage {"),
+    "deleted": lambda run: os.remove(run / "checkpoints" / "checkpoint"),
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", list(RESUMES))
+@pytest.mark.parametrize("damage", list(NEWEST_DAMAGED))
 def test_train_resumes_from_the_newest_intact_checkpoint(trained, tmp_path, damage, caplog, capfd):
     run = _copy(trained, tmp_path)
-    harm, expected = RESUMES[damage]
-    harm(run)
+    NEWEST_DAMAGED[damage](run)
     best_before = _best(run)
     with caplog.at_level(logging.WARNING):
         assert train(_config(run, epochs=4))["epochs"] == 4
     out = capfd.readouterr().out
-    trained_now = [n for n in range(1, 5) if f"Epoch {n}/4" in out]
-    # From ckpt-2 (epoch 2 done) it trains epochs 3 and 4; from ckpt-3, epoch 4; started over, all four.
-    assert trained_now == ([3, 4] if expected == "ckpt-2" else [4]), out
+    # From ckpt-2 (epoch 2 done) it trains epochs 3 and 4; started over, it would train all four.
+    assert [n for n in range(1, 5) if f"Epoch {n}/4" in out] == [3, 4], out
     assert _best(run) == best_before or int(_best(run).split("-")[1]) > 2  # the trained best is kept
     assert os.path.exists(run / "checkpoints" / "ckpt-4.index")
-    if expected == "ckpt-2":
-        assert f"resuming from {run / 'checkpoints' / 'ckpt-2'}, the newest intact one" in caplog.text
-        assert any(name.startswith("ckpt-3.") for name in os.listdir(run / "checkpoints" / "damaged"))
-    else:
-        assert "damaged" not in caplog.text
+    assert f"resuming from {run / 'checkpoints' / 'ckpt-2'}, the newest intact one" in caplog.text
+    assert any(name.startswith("ckpt-3.") for name in os.listdir(run / "checkpoints" / "damaged"))
+
+
+@pytest.mark.parametrize("damage", list(STATE_FILE_DAMAGED))
+def test_a_damaged_state_file_still_resumes_the_newest_checkpoint(trained, tmp_path, damage, caplog):
+    """What `train` resumes (`Checkpoints.resume`, with the trainer's folders), without the training."""
+    run = _copy(trained, tmp_path)
+    STATE_FILE_DAMAGED[damage](run)
+    learner, state = build_learner(_config(run)), TrainState()
+    with caplog.at_level(logging.WARNING):
+        resumed = Checkpoints(learner, state, str(run / "checkpoints"), str(run / "best")).resume()
+    assert resumed == str(run / "checkpoints" / "ckpt-3")
+    assert int(state.epoch) == 3 and int(state.global_step) == 3
+    assert "damaged" not in caplog.text
 
 
 @pytest.mark.slow
@@ -154,7 +166,7 @@ def exported(trained, tmp_path_factory):
     from meta_drn_tf.serving import saved_model
 
     learner, config = restore_learner(str(trained))
-    return saved_model.export(learner, str(tmp_path_factory.mktemp("export")), 16, 0.0625)
+    return saved_model.export(learner, str(tmp_path_factory.mktemp("export")), NetworkConfig(16, 0.0625))
 
 
 @pytest.mark.parametrize("damage", list(SAVED_MODEL_DAMAGE))

@@ -255,19 +255,21 @@ def test_evaluation_episodes_use_each_image_once_as_support(tiny_bank):
 
 def test_all_split_and_class_lists_of_a_folder(tmp_path):
     from meta_drn_tf.data import load_split, load_splits
+    from meta_drn_tf.data.config import DataConfig
 
     for name in ("a", "b", "c", "d"):
         _write_class(str(tmp_path), name, 3)
-    everything = load_split("all", str(tmp_path), 16, progress=False)
+    folder = DataConfig(data_dir=str(tmp_path))
+    everything = load_split(folder, "all", 16, progress=False)
     assert everything.class_names == ["a", "b", "c", "d"]
     listed = tmp_path / "classes.txt"
     listed.write_text("d\nb\n")
-    assert load_split("test", str(tmp_path), 16, classes_file=str(listed), progress=False).class_names == ["d", "b"]
-    splits = load_splits(("train", "val", "test"), str(tmp_path), 16, progress=False)
+    assert load_split(folder, "test", 16, classes_file=str(listed), progress=False).class_names == ["d", "b"]
+    splits = load_splits(folder, ("train", "val", "test"), 16, progress=False)
     assert sorted(sum((b.class_names for b in splits.values()), [])) == ["a", "b", "c", "d"]
     listed.write_text("b\nzebra\n")
     with pytest.raises(DataError, match="classes.txt: 1 of its classes are not in --data_dir .*zebra"):
-        load_split("all", str(tmp_path), 16, classes_file=str(listed), progress=False)
+        load_split(folder, "all", 16, classes_file=str(listed), progress=False)
 
 
 def test_a_label_map_is_refused_as_a_mask_naming_its_values(tmp_path):

@@ -91,3 +91,19 @@ def test_readme_python_runs_as_written(tmp_path):
     assert mask.shape == (40, 30) and set(np.unique(mask)) <= {0, 255}
     assert re.search(r"test mIoU@0.5: \d\.\d{3}", out.stdout), out.stdout[-2000:]
     assert (tmp_path / "runs" / "tiny" / "best_model.keras").exists()
+
+
+def test_tools_readme_lists_every_script_with_its_command():
+    """tools/README.md is the index of tools/: every script has a row whose command runs it."""
+    index = open(os.path.join(ROOT, "tools", "README.md")).read()
+    scripts = sorted(f for f in os.listdir(os.path.join(ROOT, "tools")) if f.endswith(".py"))
+    rows = {f: re.search(rf"^\| `{re.escape(f)}` \|(.*)\|$", index, re.MULTILINE) for f in scripts}
+    assert [f for f, row in rows.items() if not row] == []
+    helpers = {"timing.py", "profiling.py"}  # imported by the scripts, not run
+    assert [f for f, row in rows.items() if f not in helpers and f"tools/{f}" not in row[1]] == []
+    for helper in helpers:  # a helper's users import it; no script imports another script
+        assert any(f"from {helper[:-3]} import" in open(os.path.join(ROOT, "tools", f)).read() for f in scripts)
+    for f in scripts:
+        text = open(os.path.join(ROOT, "tools", f)).read()
+        imported = set(re.findall(r"^from (\w+) import", text, re.MULTILINE)) & {s[:-3] for s in scripts}
+        assert imported <= {h[:-3] for h in helpers}, (f, imported)

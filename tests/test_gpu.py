@@ -8,6 +8,7 @@ import tensorflow as tf
 from conftest import tiny_segmenter
 
 from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 from meta_drn_tf.serving import saved_model as serving
 
@@ -41,14 +42,14 @@ def _flat(grads):
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "reptile"])
 def test_auto_is_the_stock_policy_here_and_matches_the_cpu_forms(algorithm):
     keras.utils.set_random_seed(0)
-    gpu = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig(algorithm, inner_lr=0.5))
+    gpu = MetaLearner(build_meta_drn(NetworkConfig(SIZE, WIDTH)), MetaConfig(algorithm, inner_lr=0.5))
     assert gpu.device == "gpu" and gpu.kernel_policy(True).name == "stock"
     assert gpu.kernel_policy(True).dilated_gradients_in_one_op
     task = _task()
     ours = _flat(gpu.algorithm.task_gradients(gpu, task)[0])
     with tf.device("/CPU:0"):
-        cpu = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig(algorithm, inner_lr=0.5, kernels="cpu"),
-                          device="cpu")
+        cpu = MetaLearner(build_meta_drn(NetworkConfig(SIZE, WIDTH)),
+                          MetaConfig(algorithm, inner_lr=0.5, kernels="cpu"), device="cpu")
         for target, source in zip(cpu.meta_variables, gpu.meta_variables, strict=True):
             target.assign(source.numpy())  # the same weights, whatever each device's random numbers
         theirs = _flat(cpu.algorithm.task_gradients(cpu, task)[0])
@@ -61,7 +62,7 @@ def test_auto_is_the_stock_policy_here_and_matches_the_cpu_forms(algorithm):
 def test_meta_steps_train_in_every_precision_with_and_without_xla(algorithm, precision, jit):
     keras.utils.set_random_seed(0)
     config = MetaConfig(algorithm, inner_lr=0.1, precision=precision, jit_compile=jit)
-    learner = MetaLearner(build_meta_drn(SIZE, WIDTH, dtype=config.dtype_policy), config)
+    learner = MetaLearner(build_meta_drn(NetworkConfig(SIZE, WIDTH), config.dtype_policy), config)
     before = [v.numpy() for v in learner.meta_variables]
     logs = learner.meta_train_step(_task(meta_batch=2))
     assert float(logs["finite"]) == 1.0 and np.isfinite(float(logs["loss"]))
@@ -112,15 +113,15 @@ def _serve(model, device):
 
 def test_a_stock_export_serves_the_same_masks_on_the_gpu_and_on_the_cpu(tmp_path):
     keras.utils.set_random_seed(4)
-    learner = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig("maml", inner_lr=0.5))
-    model = tf.saved_model.load(serving.export(learner, str(tmp_path / "m"), SIZE, WIDTH))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(SIZE, WIDTH)), MetaConfig("maml", inner_lr=0.5))
+    model = tf.saved_model.load(serving.export(learner, str(tmp_path / "m"), NetworkConfig(SIZE, WIDTH)))
     np.testing.assert_allclose(_serve(model, "/GPU:0"), _serve(model, "/CPU:0"), atol=1e-4)
 
 
 def test_a_gpu_export_adapts_on_the_gpu_to_the_stock_exports_masks(tmp_path):
     """--kernels=gpu: dilated convolutions and their gradients as single cuDNN ops, same masks."""
     keras.utils.set_random_seed(4)
-    learner = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig("maml", inner_lr=0.5))
-    stock, gpu = (tf.saved_model.load(serving.export(learner, str(tmp_path / k), SIZE, WIDTH, kernels=k))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(SIZE, WIDTH)), MetaConfig("maml", inner_lr=0.5))
+    stock, gpu = (tf.saved_model.load(serving.export(learner, str(tmp_path / k), NetworkConfig(SIZE, WIDTH), kernels=k))
                   for k in ("stock", "gpu"))
     np.testing.assert_allclose(_serve(gpu, "/GPU:0"), _serve(stock, "/GPU:0"), atol=1e-4)

@@ -23,6 +23,7 @@ LEVELS = (
     ("runs",),
     ("serving",),
     ("training",),
+    ("common_flags",),  # flags several commands share
     ("train", "evaluate", "export", "segment", "model", "app", "__init__"),
 )
 LEVEL = {unit: i for i, units in enumerate(LEVELS) for unit in units}

@@ -7,6 +7,7 @@ import pytest
 from meta_drn_tf.data.episodes import meta_batches, training_tasks
 from meta_drn_tf.data.synthetic import synthetic_bank
 from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 from meta_drn_tf.training.evaluation import evaluate_bank
 
@@ -25,7 +26,7 @@ def family():
 def test_meta_training_raises_query_iou(family, algo, inner_lr, meta_lr):
     keras.utils.set_random_seed(0)
     config = MetaConfig(algo, inner_lr=inner_lr, inner_steps=2 if algo == "reptile" else 1, meta_lr=meta_lr)
-    learner = MetaLearner(build_meta_drn(32, 0.125), config)
+    learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.125)), config)
     before = evaluate_bank(learner, family, limit=12)[0].summary()["soft_iou"]
     batches = iter(meta_batches(training_tasks(family, 1, 2, seed=0), 2))
     for _ in range(STEPS):
@@ -37,7 +38,7 @@ def test_meta_training_raises_query_iou(family, algo, inner_lr, meta_lr):
 
 def test_evaluating_episodes_several_per_call_scores_each_like_one_per_call(family):
     keras.utils.set_random_seed(0)
-    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig("maml", inner_lr=0.05))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)), MetaConfig("maml", inner_lr=0.05))
     one, kept_one = evaluate_bank(learner, family, limit=7, episodes_per_call=1, keep_predictions=3)
     many, kept_many = evaluate_bank(learner, family, limit=7, episodes_per_call=4, keep_predictions=3)
     assert [(r["class"], r["episode"], r["query"]) for r in one.records] == \

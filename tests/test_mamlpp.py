@@ -9,15 +9,17 @@ from test_meta import SIZE, _directional_fd, _dot, _random_direction, _task
 from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.meta import MetaConfig, MetaLearner, Phase, multi_step_loss_weights
 from meta_drn_tf.meta.maml import query_objective
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.serving import saved_model as serving
+from meta_drn_tf.training.evaluation import EpisodeScorer
 
 
 def _learner(algorithm="maml", steps=2, seed=0, dtype="float64", **options):
     keras.utils.set_random_seed(seed)
     config = MetaConfig(algorithm=algorithm, inner_lr=0.3, inner_steps=steps, **options)
-    return MetaLearner(build_meta_drn(SIZE, 0.0625, dtype=dtype), config)
+    return MetaLearner(build_meta_drn(NetworkConfig(SIZE, 0.0625), dtype), config)
 
 
 def _scramble_extras(learner, seed=0):
@@ -88,6 +90,7 @@ def test_first_order_lslr_gradient_is_minus_inner_gradient_dot_query_gradient():
         np.testing.assert_allclose(grads[n + j], [-float(tf.reduce_sum(inner[j] * outer[j]))], rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_derivative_order_annealing_is_first_order_then_second_order():
     learner = _learner(steps=1, first_order_epochs=2)
     assert [learner.phase(e).second_order for e in (0, 1, 2, 5)] == [False, False, True, True]
@@ -123,6 +126,7 @@ def test_anil_adapts_only_its_layers_but_meta_learns_all(layers, group):
     assert _dot(grads, v) == pytest.approx(_directional_fd(learner, v), rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_learned_extras_are_checkpointed_and_exported(tmp_path):
     learner = _learner(steps=2, lslr=True, per_step_norm=True, dtype="float32")
     _scramble_extras(learner)
@@ -133,13 +137,13 @@ def test_learned_extras_are_checkpointed_and_exported(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # The export's inner loop uses them: its fast weights are the learner's.
     task = _task(dtype="float32")
-    module = serving.serving_module(learner, SIZE, 0.0625)
+    module = serving.serving_module(learner, NetworkConfig(SIZE, 0.0625))
     images = (task["support_images"] * 255).round().astype("uint8")
     exported = module.adapt(tf.constant(images), tf.constant(task["support_masks"][..., 0]))["fast_weights"]
     expected = learner.adapt(images.astype("float32") / 255, task["support_masks"])
     np.testing.assert_allclose(exported, tf.concat([tf.reshape(w, [-1]) for w in expected], 0), rtol=1e-5, atol=1e-6)
     # More test-time steps than trained reuse the last step's rates and norms.
-    logs = learner.evaluate_step({k: v[None] for k, v in task.items()}, inner_steps=4)
+    logs = EpisodeScorer(learner)({k: v[None] for k, v in task.items()}, inner_steps=4)
     assert np.isfinite(logs["loss"].numpy()).all()
 
 

@@ -9,6 +9,7 @@ from conftest import tiny_segmenter
 from meta_drn_tf.data.episodes import meta_batches, training_tasks
 from meta_drn_tf.meta import MetaConfig, MetaLearner, Phase
 from meta_drn_tf.meta.maml import query_objective
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 
 SIZE = 16
@@ -16,7 +17,7 @@ SIZE = 16
 
 def _learner(algorithm, inner_lr=0.5, steps=1, optimizer=None, dtype="float64", width=0.0625):
     keras.utils.set_random_seed(0)
-    model = build_meta_drn(SIZE, width, dtype=dtype)
+    model = build_meta_drn(NetworkConfig(SIZE, width), dtype)
     return MetaLearner(model, MetaConfig(algorithm=algorithm, inner_lr=inner_lr, inner_steps=steps), optimizer)
 
 
@@ -134,7 +135,7 @@ def test_meta_sgd_rates_are_saved_and_restored(tmp_path):
 
 def test_meta_train_step_is_traced_once_for_same_shape_batches(tiny_bank):
     batches = iter(meta_batches(training_tasks(tiny_bank, 1, 2, seed=0), 2))
-    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig("fomaml"))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)), MetaConfig("fomaml"))
     for _ in range(3):
         logs = learner.meta_train_step(next(batches))
     assert learner.trace_count == 1
@@ -186,10 +187,11 @@ def test_query_predictions_do_not_depend_on_the_other_queries(maml):
     np.testing.assert_allclose(together, alone, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_steps_keep_float32_weights_and_losses(precision, tiny_bank):
     config = MetaConfig("maml", precision=precision, inner_lr=1e-2)
-    learner = MetaLearner(build_meta_drn(32, 0.0625, dtype=config.dtype_policy), config)
+    learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625), config.dtype_policy), config)
     batch = next(iter(meta_batches(training_tasks(tiny_bank, 1, 2, seed=0), 2)))
     logs = learner.meta_train_step(batch)
     assert logs["loss"].dtype == tf.float32 and np.isfinite(float(logs["loss"]))
@@ -217,11 +219,11 @@ def test_stock_and_cpu_kernel_policies_give_the_same_meta_gradients(algorithm, m
 
     task = _task()
     keras.utils.set_random_seed(0)
-    stock = MetaLearner(build_meta_drn(SIZE, 0.0625, dtype="float64"),
+    stock = MetaLearner(build_meta_drn(NetworkConfig(SIZE, 0.0625), "float64"),
                         MetaConfig(algorithm=algorithm, inner_lr=0.5, kernels="stock"))
     stock_grads, _ = stock.algorithm.task_gradients(stock, task)
     keras.utils.set_random_seed(0)
-    cpu = MetaLearner(build_meta_drn(SIZE, 0.0625, dtype="float64"),
+    cpu = MetaLearner(build_meta_drn(NetworkConfig(SIZE, 0.0625), "float64"),
                       MetaConfig(algorithm=algorithm, inner_lr=0.5, kernels="cpu"),
                       winograd_min_channel_product=0, min_tap_flops=0)
     calls, kernel_gradient = [], conv._winograd_kernel_gradient
@@ -246,20 +248,21 @@ def _op_types(learner, epoch: int = 0) -> set[str]:
 def test_stock_meta_steps_hold_tensorflows_own_ops_only(algorithm):
     """What a GPU gets (auto on an accelerator): no Winograd gathers and products, no per-tap kernel
     gradients, no fused-norm layout transposes; dilated convolutions' gradients in one op each."""
-    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm), device="gpu")
+    learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)), MetaConfig(algorithm), device="gpu")
     assert learner.kernel_policy(second_order=True).dilated_gradients_in_one_op
     types = _op_types(learner)
     assert "Conv2DBackpropFilter" in types and "Conv2DBackpropInput" in types
     assert not types & {"BatchMatMulV2", "GatherV2", "FusedBatchNormV3", "SpaceToBatchND"}, types
     if algorithm == "fomaml":  # the same under the cpu policy, Winograd from every 3x3 layer: its ops are there
-        cpu = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, kernels="cpu"), device="gpu",
+        cpu = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)), MetaConfig(algorithm, kernels="cpu"), device="gpu",
                           winograd_min_channel_product=0)
         assert {"BatchMatMulV2", "GatherV2", "FusedBatchNormV3"} <= _op_types(cpu)
 
 
+@pytest.mark.slow
 def test_winograds_convolutions_except_in_the_memory_mode_and_bfloat16_second_order_steps():
     def batched_products(algorithm, **config):  # Winograd's 16 products per convolution: a BatchMatMulV2
-        learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, kernels="cpu", **config),
+        learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)), MetaConfig(algorithm, kernels="cpu", **config),
                               winograd_min_channel_product=0)
         return _op_list(learner).count("BatchMatMulV2")
 
@@ -278,8 +281,8 @@ def test_only_first_order_meta_steps_use_fused_norms(algorithm, first_order_epoc
     keep the closed form; first-order ones (MAML++'s first-order epochs too) take the fused kernels."""
     from meta_drn_tf.meta.graphs import meta_step_graph, operations
 
-    learner = MetaLearner(build_meta_drn(32, 0.0625), MetaConfig(algorithm, first_order_epochs=first_order_epochs,
-                                                                 kernels="cpu"))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)),
+                          MetaConfig(algorithm, first_order_epochs=first_order_epochs, kernels="cpu"))
     types = {op.type for op in operations(meta_step_graph(learner, 1, 1, 1, 32))}
     assert ("FusedBatchNormGradV3" in types) == fused
 
@@ -296,7 +299,7 @@ def test_float16_memory_mode_keeps_the_second_order_part_of_the_meta_gradient():
     def meta_gradient(algorithm, memory_saving=False):
         keras.utils.set_random_seed(0)
         config = MetaConfig(algorithm, inner_lr=0.5, precision="float16", memory_saving=memory_saving)
-        learner = MetaLearner(build_meta_drn(32, 0.0625, dtype=config.dtype_policy), config)
+        learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625), config.dtype_policy), config)
         grads, _ = learner.algorithm.task_gradients(learner, task)
         return np.concatenate([np.ravel(g) for g in grads])
 
@@ -350,3 +353,23 @@ def test_an_algorithm_in_one_file_registers_and_meta_trains(tiny_bank):
     assert all(not np.array_equal(a, v.numpy()) for a, v in zip(before, learner.meta_variables))
     with pytest.raises(ValueError, match="registered already"):
         register("joint")(type("Other", (toy_algorithm.JointTraining,), {}))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "reptile"])
+def test_an_algorithm_needs_only_an_adapter_not_a_meta_learner(algorithm):
+    """`AdapterInterface` names what a plain Adapter has: no optimizer, strategy or phase of training."""
+    from meta_drn_tf.meta import Adapter
+    from meta_drn_tf.meta.algorithm import AdapterInterface
+
+    interface = {name for name in vars(AdapterInterface) if not name.startswith("_")} | {"config"}
+    assert not [name for name in interface if not hasattr(Adapter, name) and name != "config"]
+    learner = _learner(algorithm, steps=2)
+    adapter = Adapter(build_meta_drn(NetworkConfig(SIZE, 0.0625), "float64"), learner.config)
+    for target, source in zip(adapter.meta_variables, learner.meta_variables, strict=True):
+        target.assign(source)
+    task = _task()
+    expected, expected_loss = learner.algorithm.task_gradients(learner, task)
+    grads, loss = learner.algorithm.task_gradients(adapter, task)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-12)
+    for g, h in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-14)

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.kernels import LITE, STOCK
 from meta_drn_tf.network.layers import SubPixelUpsample
 from meta_drn_tf.network.model import (
@@ -17,7 +19,7 @@ from meta_drn_tf.network.model import (
 
 @pytest.mark.parametrize("size,width", [(32, 0.0625), (48, 0.125), (64, 0.0625), (40, 0.25)])
 def test_output_is_one_logit_per_pixel_at_input_resolution(size, width):
-    model = build_meta_drn(size, width)
+    model = build_meta_drn(NetworkConfig(size, width))
     out = model(np.random.rand(2, size, size, 3).astype("float32"))
     assert out.shape == (2, size, size, 1)
     assert out.dtype == tf.float32
@@ -40,17 +42,17 @@ def test_tflite_forms_upsample_by_transpose_to_the_same_pixels():
 
 
 def test_any_size_model_accepts_rectangular_inputs():
-    model = build_meta_drn(None, 0.0625)
+    model = build_meta_drn(NetworkConfig(32, 0.0625), any_size=True)
     assert model(np.zeros((1, 48, 64, 3), "float32")).shape == (1, 48, 64, 1)
 
 
 def test_rejects_sizes_that_are_not_multiples_of_four():
-    with pytest.raises(ValueError, match="multiple of 4"):
-        build_meta_drn(30)
+    with pytest.raises(ConfigError, match="--image_size=30: must be a positive multiple of 4"):
+        build_meta_drn(NetworkConfig(30))
 
 
 def test_parameter_count_matches_paper_within_two_percent():
-    counts = parameter_breakdown(build_meta_drn(224))
+    counts = parameter_breakdown(build_meta_drn(NetworkConfig(224)))
     assert abs(counts["total"] / PAPER_PARAMS - 1) < 0.02
     assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
     # The degridding convs and ResBlock-3 (512 filters) hold most of the weights.
@@ -58,8 +60,8 @@ def test_parameter_count_matches_paper_within_two_percent():
 
 
 def test_width_scales_the_parameter_count_quadratically():
-    full = build_meta_drn(64, 1.0).count_params()
-    half = build_meta_drn(64, 0.5).count_params()
+    full = build_meta_drn(NetworkConfig(64, 1.0)).count_params()
+    half = build_meta_drn(NetworkConfig(64, 0.5)).count_params()
     assert 0.2 < half / full < 0.3
 
 
@@ -76,13 +78,13 @@ def _footprint(model, size):
 def test_receptive_field_grows_as_designed():
     # Without normalisation (whose image statistics reach every pixel) the gradient
     # footprint of one output pixel is exactly the receptive field of the conv stack.
-    model = build_meta_drn(160, 0.0625, normalization="none")
+    model = build_meta_drn(NetworkConfig(160, 0.0625), normalization="none")
     assert receptive_field(model) == 123  # head 7, RB1 19, RB2 43, RB3 91, degrid 115, upsample 123
     assert _footprint(model, 160) == (123, 123)
 
 
 def test_keras_file_round_trip_with_safe_mode(tmp_path):
-    model = build_meta_drn(32, 0.125)
+    model = build_meta_drn(NetworkConfig(32, 0.125))
     x = np.random.rand(3, 32, 32, 3).astype("float32")
     path = str(tmp_path / "m.keras")
     model.save(path)
@@ -91,7 +93,7 @@ def test_keras_file_round_trip_with_safe_mode(tmp_path):
 
 
 def test_every_trainable_weight_receives_a_gradient():
-    model = build_meta_drn(32, 0.125)
+    model = build_meta_drn(NetworkConfig(32, 0.125))
     x = tf.random.uniform((2, 32, 32, 3), seed=0)
     y = tf.cast(tf.random.uniform((2, 32, 32, 1), seed=1) > 0.5, tf.float32)
     with tf.GradientTape() as tape:
@@ -102,14 +104,14 @@ def test_every_trainable_weight_receives_a_gradient():
 
 
 def test_prediction_does_not_depend_on_the_rest_of_the_batch():
-    model = build_meta_drn(32, 0.125)
+    model = build_meta_drn(NetworkConfig(32, 0.125))
     x = np.random.rand(8, 32, 32, 3).astype("float32")
     alone = np.concatenate([model(x[i : i + 1]).numpy() for i in range(8)])
     np.testing.assert_allclose(model(x).numpy(), alone, atol=1e-5)
 
 
 def test_mixed_bfloat16_policy_keeps_float32_variables_and_logits():
-    model = build_meta_drn(32, 0.125, dtype="mixed_bfloat16")
+    model = build_meta_drn(NetworkConfig(32, 0.125), "mixed_bfloat16")
     assert all(v.dtype == "float32" for v in model.trainable_variables)
     assert model(np.zeros((1, 32, 32, 3), "float32")).dtype == tf.float32
 
@@ -117,6 +119,7 @@ def test_mixed_bfloat16_policy_keeps_float32_variables_and_logits():
 LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy_0.1.0")
 
 
+@pytest.mark.slow
 def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
     """Version 0.1.0 computed the strided 1x1 shortcut with a strided convolution;
     its .keras files, checkpoints and SavedModels give the same outputs now
@@ -132,7 +135,7 @@ def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
     # Equal up to float rounding: the normalization's arithmetic is ordered differently now.
     np.testing.assert_allclose(loaded(images).numpy(), expected["logits"], atol=1e-5)
 
-    learner = MetaLearner(build_meta_drn(16, 0.03125), MetaConfig("metasgd", inner_lr=0.3))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(16, 0.03125)), MetaConfig("metasgd", inner_lr=0.3))
     status = tf.train.Checkpoint(learner=learner).read(os.path.join(LEGACY, "checkpoint", "ckpt"))
     status.assert_existing_objects_matched()
     np.testing.assert_allclose(learner.model(images).numpy(), expected["logits"], atol=1e-5)
@@ -149,7 +152,7 @@ def test_files_written_by_version_0_1_0_load_with_the_same_outputs(tmp_path):
         archive.extractall(tmp_path / "old", filter="data")
     np.testing.assert_allclose(serve(str(tmp_path / "old" / "1")), expected["adapted_probabilities"][..., 0], atol=1e-6)
     # An old run exported again today serves the same masks.
-    again = serving.export(learner, str(tmp_path / "new"), 16, 0.03125)
+    again = serving.export(learner, str(tmp_path / "new"), NetworkConfig(16, 0.03125))
     np.testing.assert_allclose(serve(again), expected["adapted_probabilities"][..., 0], atol=1e-6)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from meta_drn_tf.meta import MetaConfig, MetaLearner
 from meta_drn_tf.meta.graphs import meta_step_graph, operations
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 
 CONV_OPS = ("Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput")
@@ -31,10 +32,11 @@ def _convolutions(graph):
     return [(op.type, _kernel_shape(op), op.get_attr("strides")) for op in operations(graph) if op.type in CONV_OPS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [0.125, 1.0])
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile"])  # Meta-SGD's graph is MAML's plus rates
 def test_meta_step_graph_has_no_strided_1x1_convolution(algo, width):
-    learner = MetaLearner(build_meta_drn(16, width), MetaConfig(algo))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(16, width)), MetaConfig(algo))
     convs = _convolutions(meta_step_graph(learner, meta_batch=1, shots=1, queries=1, size=16))
     assert {t for t, _, _ in convs} == set(CONV_OPS)
     # The walk sees strides: the head's and resblock1's 3x3 stride-2 convs are there.
@@ -57,7 +59,7 @@ def test_meta_step_and_evaluation_at_a_narrow_width_do_not_crash_natively():
         from meta_drn_tf.network.model import build_meta_drn
         keras.utils.set_random_seed(0)
         bank = synthetic_bank(num_classes=3, images_per_class=4, image_size=32, seed=1)
-        learner = MetaLearner(build_meta_drn(32, 0.125), MetaConfig("maml", inner_lr=0.05))
+        learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.125)), MetaConfig("maml", inner_lr=0.05))
         batch = next(iter(meta_batches(training_tasks(bank, 1, 2, seed=0), 2)))
         for _ in range(2):
             assert np.isfinite(float(learner.meta_train_step(batch)["loss"]))

@@ -19,6 +19,7 @@ from meta_drn_tf.runs.directory import RunDirectory
 from meta_drn_tf.runs.pieces import build_learner, restore_learner
 from meta_drn_tf.serving import saved_model as serving
 from meta_drn_tf.serving import tflite
+from meta_drn_tf.training.evaluation import EpisodeScorer
 
 SIZE = 32
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -56,6 +57,7 @@ def _segment(model, root, out, *extra):
     return subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_command_writes_one_binary_mask_per_image_that_agrees_with_evaluate(run_dir, photos, tmp_path):
     root, bank = photos
     out = _segment(run_dir, root, tmp_path / "masks", "--overlay", "--batch_size=3")
@@ -74,7 +76,7 @@ def test_command_writes_one_binary_mask_per_image_that_agrees_with_evaluate(run_
     learner, _ = restore_learner(run_dir)
     task = {"support_images": bank.images[0, [0]] / 255.0, "support_masks": bank.masks[0, [0], ..., None],
             "query_images": bank.images[0, 1:5] / 255.0, "query_masks": bank.masks[0, 1:5, ..., None]}
-    logs = learner.evaluate_step({k: v[None] for k, v in task.items()})
+    logs = EpisodeScorer(learner)({k: v[None] for k, v in task.items()})
     expected = logs["probabilities"].numpy()[0, ..., 0] > 0.5
     assert np.mean((masks > 0) != expected) < 1e-3
     ious = [np.logical_and(m > 0, t).sum() / max(1, np.logical_or(m > 0, t).sum())
@@ -82,11 +84,12 @@ def test_command_writes_one_binary_mask_per_image_that_agrees_with_evaluate(run_
     np.testing.assert_allclose(ious, logs["iou@0.5"].numpy()[0], atol=0.02)
 
 
+@pytest.mark.slow
 def test_saved_model_gives_the_masks_of_its_run(run_dir, photos, tmp_path):
     root, _ = photos
     learner, config = restore_learner(run_dir)
     base = tmp_path / "saved_models" / "tiny"
-    serving.export(learner, str(base), SIZE, config.network.width)
+    serving.export(learner, str(base), config.network)
     from_export = _segment(base, root, tmp_path / "from_export", f"--save_tflite={tmp_path / 'tiny.tflite'}")
     assert from_export.returncode == 0, from_export.stderr[-2000:]
     assert _segment(run_dir, root, tmp_path / "from_run").returncode == 0
@@ -101,6 +104,7 @@ def test_saved_model_gives_the_masks_of_its_run(run_dir, photos, tmp_path):
     assert np.mean((tflite.run(str(tmp_path / "tiny.tflite"), images) > 0.5) != (masks > 0)) < 1e-3
 
 
+@pytest.mark.slow
 def test_an_int16x8_file_is_calibrated_on_the_example_with_a_progress_bar(run_dir, photos, tmp_path):
     root, _ = photos
     out = _segment(run_dir, root, tmp_path / "masks", f"--save_tflite={tmp_path / 'npu.tflite'}",
@@ -118,6 +122,7 @@ def test_an_int16x8_file_is_calibrated_on_the_example_with_a_progress_bar(run_di
     assert np.abs(tflite.run(str(tmp_path / "npu.tflite"), images) - expected).mean() < 0.025
 
 
+@pytest.mark.slow
 def test_bad_images_are_listed_at_once_or_skipped_and_an_interrupted_folder_continues(run_dir, photos, tmp_path):
     root, masks = tmp_path / "photos", tmp_path / "masks"
     shutil.copytree(photos[0], root)
@@ -149,6 +154,7 @@ def test_bad_images_are_listed_at_once_or_skipped_and_an_interrupted_folder_cont
     assert (masks / "img4.png").is_file()
 
 
+@pytest.mark.slow
 def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
     legacy = os.path.join(os.path.dirname(__file__), "data", "legacy_0.1.0")
     with tarfile.open(os.path.join(legacy, "saved_model.tgz")) as archive:
@@ -165,11 +171,12 @@ def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
 
     # The same weights exported today: adapt once, then segment.
     from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.network.config import NetworkConfig
     from meta_drn_tf.network.model import build_meta_drn
 
-    learner = MetaLearner(build_meta_drn(16, 0.03125), MetaConfig("metasgd", inner_lr=0.3))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(16, 0.03125)), MetaConfig("metasgd", inner_lr=0.3))
     tf.train.Checkpoint(learner=learner).read(os.path.join(legacy, "checkpoint", "ckpt")).expect_partial()
-    new = Segmenter.from_saved_model(serving.export(learner, str(tmp_path / "new"), 16, 0.03125))
+    new = Segmenter.from_saved_model(serving.export(learner, str(tmp_path / "new"), NetworkConfig(16, 0.03125)))
     new.adapt(images[0], mask)
     np.testing.assert_allclose(new.segment(images[1:]), expected, atol=1e-5)
     np.testing.assert_allclose(new.segment(images[2:]), expected[1:], atol=1e-5)  # queries are independent
@@ -194,7 +201,7 @@ def test_command_on_real_photos(real_fewshot_dir, run_dir, tmp_path):
 def test_an_fss1000_layout_folder_lists_its_photos_not_their_masks(tmp_path, capsys):
     """FSS-1000 keeps 1.jpg beside its mask 1.png: the PNG is a mask, not a photo to segment (it used
     to be listed, and then the two 'would both write 1.png')."""
-    from meta_drn_tf.segment import image_paths, output_names
+    from meta_drn_tf.serving.segment_files import image_paths, output_names
 
     rng = np.random.default_rng(0)
     for name in ("1.jpg", "2.jpg", "3.png"):  # 3.png: a photo saved as PNG, with no other file of its name
@@ -210,7 +217,7 @@ def test_an_fss1000_layout_folder_lists_its_photos_not_their_masks(tmp_path, cap
 
 def test_outputs_never_collide_and_keep_their_subfolder(tmp_path):
     from meta_drn_tf.paths import unique_stems
-    from meta_drn_tf.segment import output_files, output_names
+    from meta_drn_tf.serving.segment_files import output_files, output_names
 
     assert unique_stems(["p/a/1.jpg", "p/b/1.jpg", "p/c/2.jpg"]) == ["a/1", "b/1", "2"]
     assert unique_stems(["x/a.jpg", "x/a.png"]) == ["a_jpg", "a_png"]

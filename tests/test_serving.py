@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 from meta_drn_tf.serving import saved_model as serving
 
@@ -20,7 +21,7 @@ SIZE, WIDTH = 32, 0.0625
 def _learner(algo="maml", precision="float32"):
     keras.utils.set_random_seed(4)
     config = MetaConfig(algo, inner_lr=0.5, precision=precision)
-    return MetaLearner(build_meta_drn(SIZE, WIDTH, dtype=config.dtype_policy), config)
+    return MetaLearner(build_meta_drn(NetworkConfig(SIZE, WIDTH), config.dtype_policy), config)
 
 
 def _request(n_queries=3, size=SIZE, seed=0):
@@ -36,7 +37,7 @@ def _request(n_queries=3, size=SIZE, seed=0):
 def exported(tmp_path_factory):
     learner = _learner()
     base = str(tmp_path_factory.mktemp("export") / "meta_drn")
-    return learner, serving.export(learner, base, SIZE, WIDTH)
+    return learner, serving.export(learner, base, NetworkConfig(SIZE, WIDTH))
 
 
 def _call(path_or_model, support, mask, queries, threshold=()):
@@ -47,12 +48,13 @@ def _call(path_or_model, support, mask, queries, threshold=()):
     return {k: v.numpy() for k, v in out.items()}
 
 
+@pytest.mark.slow
 def test_versions_are_integers_and_increase(exported, tmp_path):
     learner, path = exported
     assert os.path.basename(path) == "1"
     base = str(tmp_path / "m")
-    assert serving.export(learner, base, SIZE, WIDTH).endswith(os.path.join("m", "1"))
-    assert serving.export(learner, base, SIZE, WIDTH).endswith(os.path.join("m", "2"))
+    assert serving.export(learner, base, NetworkConfig(SIZE, WIDTH)).endswith(os.path.join("m", "1"))
+    assert serving.export(learner, base, NetworkConfig(SIZE, WIDTH)).endswith(os.path.join("m", "2"))
     assert sorted(os.listdir(base)) == ["1", "2"]
 
 
@@ -164,16 +166,17 @@ def test_meta_sgd_export_adapts_with_the_learned_rates(tmp_path):
     learner = _learner("metasgd")
     for a in learner.alphas:
         a.assign(tf.random.uniform(a.shape, 0.0, 1.0, seed=1))
-    path = serving.export(learner, str(tmp_path / "m"), SIZE, WIDTH)
+    path = serving.export(learner, str(tmp_path / "m"), NetworkConfig(SIZE, WIDTH))
     support, mask, queries = _request()
     expected = learner.predict(learner.adapt(support / 255.0, mask[..., None]),
                                (queries / 255.0).astype(np.float32)).numpy()[..., 0]
     np.testing.assert_allclose(_call(path, support, mask, queries)["probabilities"], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_export_runs_close_to_float32(exported, tmp_path):
     learner, path = exported
-    bf16 = serving.export(learner, str(tmp_path / "bf16"), SIZE, WIDTH, precision="bfloat16")
+    bf16 = serving.export(learner, str(tmp_path / "bf16"), NetworkConfig(SIZE, WIDTH), precision="bfloat16")
     support, mask, queries = _request()
     a, b = _call(path, support, mask, queries), _call(bf16, support, mask, queries)
     assert np.abs(a["probabilities"] - b["probabilities"]).mean() < 0.05
@@ -214,12 +217,14 @@ def _signature_op_types(model) -> dict[str, set[str]]:
     return {name: {op.type for op in operations(fn.graph)} for name, fn in model.signatures.items()}
 
 
+@pytest.mark.slow
 def test_exports_are_device_neutral_unless_cpu_kernels_are_asked_for(tmp_path):
     """stock (the default): TensorFlow's own ops in every signature - no Winograd gathers and products,
     no fused-norm transposes - for TF Serving on any device; cpu: the CPU forms. Both record which."""
     keras.utils.set_random_seed(4)
-    learner = MetaLearner(build_meta_drn(SIZE, 0.5), MetaConfig("maml", inner_lr=0.5))  # 256x256: Winograd's size
-    exports = {k: tf.saved_model.load(serving.export(learner, str(tmp_path / k), SIZE, 0.5, kernels=k))
+    # 256x256: Winograd's size
+    learner = MetaLearner(build_meta_drn(NetworkConfig(SIZE, 0.5)), MetaConfig("maml", inner_lr=0.5))
+    exports = {k: tf.saved_model.load(serving.export(learner, str(tmp_path / k), NetworkConfig(SIZE, 0.5), kernels=k))
                for k in ("stock", "cpu")}
     for kernels, model in exports.items():
         assert model.kernels.numpy().decode() == kernels
@@ -239,7 +244,7 @@ def test_exports_are_device_neutral_unless_cpu_kernels_are_asked_for(tmp_path):
 def test_float16_exports_adapt_with_the_trained_loss_scale_and_refuse_an_overflow():
     learner = _learner(precision="float16")
     learner.loss_scale.assign(256.0)  # what training's dynamic loss scaling settled on
-    module = serving.serving_module(learner, SIZE, WIDTH)
+    module = serving.serving_module(learner, NetworkConfig(SIZE, WIDTH))
     assert float(module.adapter.loss_scale) == 256.0
     support, mask, _ = _request()
     assert np.isfinite(module.adapt(tf.constant(support), tf.constant(mask))["fast_weights"].numpy()).all()
@@ -248,11 +253,12 @@ def test_float16_exports_adapt_with_the_trained_loss_scale_and_refuse_an_overflo
         module.adapt(tf.constant(support), tf.constant(mask))
 
 
+@pytest.mark.slow
 def test_a_gpu_export_keeps_dilated_convolutions_whole_where_the_stock_one_rewrites_them(tmp_path):
     """gpu: no space-to-batch around the dilated layers in any signature, the dilations in the convolutions
     and their gradients themselves (what cuDNN runs); the masks are the stock export's."""
     learner = _learner()
-    exports = {k: tf.saved_model.load(serving.export(learner, str(tmp_path / k), SIZE, WIDTH, kernels=k))
+    exports = {k: tf.saved_model.load(serving.export(learner, str(tmp_path / k), NetworkConfig(SIZE, WIDTH), kernels=k))
                for k in ("stock", "gpu")}
     assert exports["gpu"].kernels.numpy().decode() == "gpu"
     from meta_drn_tf.meta.graphs import operations

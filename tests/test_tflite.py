@@ -15,6 +15,7 @@ from meta_drn_tf.data.fss1000 import read_binary_mask, read_rgb
 from meta_drn_tf.data.synthetic import synthetic_bank
 from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.meta import MetaConfig, MetaLearner
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 from meta_drn_tf.serving import saved_model, tflite
 from meta_drn_tf.serving.segmenter import Segmenter
@@ -40,8 +41,9 @@ def _adapted(real_dir: str | None):
     """A Segmenter adapted to one example (a seeded network; 5 inner steps, each traced: seconds) and its
     class's images."""
     tf.keras.utils.set_random_seed(3)
-    learner = MetaLearner(build_meta_drn(SIZE, WIDTH), MetaConfig("maml", inner_lr=1.0))
-    segmenter = Segmenter(saved_model.serving_module(learner, SIZE, WIDTH, inner_steps=5, kernels="stock"), "test")
+    network = NetworkConfig(SIZE, WIDTH)
+    learner = MetaLearner(build_meta_drn(network), MetaConfig("maml", inner_lr=1.0))
+    segmenter = Segmenter(saved_model.serving_module(learner, network, inner_steps=5, kernels="stock"), "test")
     images, mask = _photos(real_dir)
     segmenter.adapt(images[:1], mask[None])
     return segmenter, images
@@ -62,6 +64,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["synthetic", "real"])
 @pytest.mark.parametrize("quantize", tflite.QUANTIZATIONS)
 def test_the_file_segments_like_the_segmenter(source, quantize, request, tmp_path):
@@ -148,8 +151,8 @@ assert not any(name.startswith(("meta_drn_tf", "tensorflow")) for name in sys.mo
 
 
 def test_export_needs_an_adaptation_and_a_model_that_records_its_size(tmp_path):
-    learner = MetaLearner(build_meta_drn(16, 0.0625), MetaConfig("maml"))
-    module = saved_model.serving_module(learner, 16, 0.0625, kernels="stock")
+    learner = MetaLearner(build_meta_drn(NetworkConfig(16, 0.0625)), MetaConfig("maml"))
+    module = saved_model.serving_module(learner, NetworkConfig(16, 0.0625), kernels="stock")
     with pytest.raises(RuntimeError, match="adapt"):
         Segmenter(module, "run").export_tflite(str(tmp_path / "x.tflite"))
     weights = [v.numpy() for v in learner.model.trainable_variables]

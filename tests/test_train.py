@@ -72,6 +72,7 @@ def finished_run(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_tensorboard_lists_the_runs_figures_under_scalars(finished_run):
     """Read with TensorBoard's own data provider (what its Scalars dashboard lists), not TensorFlow's event
     reader: figures written as tensors must carry the scalars plugin's metadata to show there."""
@@ -100,6 +101,7 @@ def _copy(run, tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_model_shaping_flags(finished_run, tmp_path):
     _copy(finished_run, tmp_path)
     with pytest.raises(ConfigError, match="--width=0.0625"):
@@ -278,7 +280,7 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     assert (export_dir / "1" / "saved_model.pb").is_file()
 
     png = tmp_path / "fig4.png"
-    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "visualize.py")
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "draw_fig4.py")
     listed = tmp_path / "classes.txt"
     from meta_drn_tf.runs.config import RunConfig
     from meta_drn_tf.runs.pieces import load
@@ -334,6 +336,7 @@ def test_a_float16_overflow_skips_its_step_halves_the_scale_and_training_goes_on
     assert _scalar_series(train_logs, "float16/loss_scale") == [2.0**15] * 3 + [2.0**14] * 3
 
 
+@pytest.mark.slow
 def test_float16_steps_still_non_finite_at_a_loss_scale_of_1_stop_the_run(tmp_path):
     """Halving from 2**15 reaches 1 after 15 overflows; a 16th non-finite step is not an overflow."""
     with pytest.raises(NonFiniteLoss, match="epoch 1, step 16"):

@@ -49,13 +49,13 @@ import sys
 import time
 
 from absl import flags
+from timing import timed  # tools/timing.py
 
 from meta_drn_tf import cli
 from meta_drn_tf.hardware import describe
 
 flags.DEFINE_integer("size", 224, "Image size.")
 flags.DEFINE_float("width", 1.0, "Network width.")
-flags.DEFINE_list("algos", ["maml", "fomaml", "metasgd", "reptile"], "Algorithms.")
 flags.DEFINE_list("precisions", ["float32", "bfloat16"], "Precisions.")
 flags.DEFINE_integer("repeats", 3, "Timed steps (median) at meta-batch 1.")
 flags.DEFINE_list("memory_precisions", ["float32"], "Precisions whose meta-batch-5 peak memory is measured too.")
@@ -63,7 +63,6 @@ flags.DEFINE_string("one", None, "Internal: run one configuration 'algo,precisio
 flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
 flags.DEFINE_integer("queries", 1, "Query images per task (q).")
 flags.DEFINE_bool("memory_saving", False, "The opt-in memory mode (queries backpropagated one at a time).")
-flags.DEFINE_enum("kernels", "auto", ["auto", "stock", "cpu"], "Kernel policy (see train --help).")
 flags.DEFINE_string("parallel_tasks", "auto", "Tasks of the meta-batch at once: N or auto.")
 flags.DEFINE_string("peer", None, "A Python interpreter with torch: also run the PyTorch peer and print ratios.")
 flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "torch_peer.py"),
@@ -128,6 +127,7 @@ def run_one(spec: str) -> dict:
 
     from meta_drn_tf.meta import MetaConfig, MetaLearner
     from meta_drn_tf.meta.graphs import meta_step_graph, operations
+    from meta_drn_tf.network.config import NetworkConfig
     from meta_drn_tf.network.model import build_meta_drn
 
     algo, precision, meta_batch = spec.split(",")
@@ -136,7 +136,7 @@ def run_one(spec: str) -> dict:
                         kernels=FLAGS.kernels,
                         parallel_tasks=None if FLAGS.parallel_tasks == "auto" else int(FLAGS.parallel_tasks))
     keras.utils.set_random_seed(0)
-    model = build_meta_drn(FLAGS.size, FLAGS.width, dtype=config.dtype_policy)
+    model = build_meta_drn(NetworkConfig(FLAGS.size, FLAGS.width), config.dtype_policy)
     learner = MetaLearner(model, config)
     rng = np.random.default_rng(0)
     s = FLAGS.size
@@ -153,14 +153,8 @@ def run_one(spec: str) -> dict:
     if device:
         tf.config.experimental.reset_memory_stats(device)
     tensors_before = tf.config.experimental.get_memory_info(device)["current"] / 2**30 if device else None
-    start = time.perf_counter()
-    learner.meta_train_step(batch)["loss"].numpy()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(FLAGS.repeats if meta_batch == 1 else 0):
-        start = time.perf_counter()
-        learner.meta_train_step(batch)["loss"].numpy()
-        times.append(time.perf_counter() - start)
+    first, times = timed(lambda: learner.meta_train_step(batch)["loss"].numpy(),
+                         FLAGS.repeats if meta_batch == 1 else 0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     tensor_peak = tf.config.experimental.get_memory_info(device)["peak"] / 2**30 if device else None
     graph_ops = sum(1 for _ in operations(meta_step_graph(learner, meta_batch, 1, FLAGS.queries, s)))
@@ -279,5 +273,14 @@ def main(argv):
     print(f"F (one forward pass, one image) = {one['flops'] / 1e9:.1f} GFLOP")
 
 
+def define_flags() -> None:
+    """The flags whose choices are the library's lists (defined once TensorFlow has started)."""
+    from meta_drn_tf.meta import PAPER_ALGORITHMS
+    from meta_drn_tf.network.kernels import KERNEL_CHOICES
+
+    flags.DEFINE_list("algos", list(PAPER_ALGORITHMS), "Algorithms.")
+    flags.DEFINE_enum("kernels", "auto", KERNEL_CHOICES, "Kernel policy (see train --help).")
+
+
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

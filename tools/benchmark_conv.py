@@ -14,10 +14,8 @@ are variables read through an op, as in a meta-step (no cached weight layout).
 
 from __future__ import annotations
 
-import statistics
-import time
-
 from absl import flags
+from timing import median_seconds  # tools/timing.py
 
 from meta_drn_tf import cli
 from meta_drn_tf.hardware import describe
@@ -31,13 +29,7 @@ SHAPES = [(16, 64, 112, 1), (128, 128, 56, 1), (128, 256, 56, 1), (256, 256, 56,
 
 
 def milliseconds(fn) -> float:
-    fn()
-    times = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        fn().numpy()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(lambda: fn().numpy(), FLAGS.repeats)
 
 
 def main(argv):

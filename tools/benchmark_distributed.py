@@ -32,6 +32,7 @@ def main(argv):
     import tensorflow as tf
 
     from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.network.config import NetworkConfig
     from meta_drn_tf.network.model import build_meta_drn
 
     print(describe())
@@ -46,7 +47,8 @@ def main(argv):
     print("|---|---|---|")
     for strategy in (tf.distribute.OneDeviceStrategy("/cpu:0"), distribute.make_strategy("mirrored")):
         with strategy.scope():
-            learner = MetaLearner(build_meta_drn(s, FLAGS.width), MetaConfig(FLAGS.algo), strategy=strategy)
+            learner = MetaLearner(build_meta_drn(NetworkConfig(s, FLAGS.width)), MetaConfig(FLAGS.algo),
+                                  strategy=strategy)
         n = strategy.num_replicas_in_sync
         per = b // n
         data = strategy.experimental_distribute_values_from_function(

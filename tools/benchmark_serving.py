@@ -11,11 +11,10 @@ requests with 1 support and 1 or 8 queries (median of --repeats after a warm-up)
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
 
 from absl import flags
+from timing import median_seconds  # tools/timing.py
 
 from meta_drn_tf import cli
 from meta_drn_tf.hardware import describe
@@ -34,12 +33,13 @@ def main(argv):
     import tensorflow as tf
 
     from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.network.config import NetworkConfig
     from meta_drn_tf.network.model import build_meta_drn
     from meta_drn_tf.serving import saved_model as serving
 
     print(describe())
     s = FLAGS.size
-    learner = MetaLearner(build_meta_drn(s, FLAGS.width), MetaConfig("maml"))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(s, FLAGS.width)), MetaConfig("maml"))
     rng = np.random.default_rng(0)
     support = tf.constant(rng.integers(0, 256, (1, s, s, 3), dtype=np.uint8))
     mask = tf.constant((rng.uniform(size=(1, s, s)) > 0.7).astype(np.float32))
@@ -47,20 +47,14 @@ def main(argv):
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as base:
         for precision, kernels in ((p, k) for p in FLAGS.precisions for k in FLAGS.kernels):
-            path = serving.export(learner, os.path.join(base, precision + kernels), s, FLAGS.width,
+            path = serving.export(learner, os.path.join(base, precision + kernels), NetworkConfig(s, FLAGS.width),
                                   precision=precision, kernels=kernels)
             fn = tf.saved_model.load(path).signatures["serving_default"]
             for n in (1, 8):
                 queries = tf.constant(rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8))
                 call = lambda: fn(support_images=support, support_masks=mask, query_images=queries,  # noqa: E731
                                   threshold=tf.constant([0.5]))["masks"].numpy()
-                call()
-                times = []
-                for _ in range(FLAGS.repeats):
-                    t = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - t)
-                latency = statistics.median(times)
+                latency = median_seconds(call, FLAGS.repeats)
                 print(f"| {precision} | {kernels} | 1 support + {n} | {latency:.2f} | {n / latency:.2f} |", flush=True)
 
 

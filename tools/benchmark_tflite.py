@@ -12,11 +12,11 @@ calibration). Prints a Markdown table and the machine line.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 
 from absl import flags
+from timing import median_seconds  # tools/timing.py
 
 from meta_drn_tf import cli
 
@@ -25,16 +25,6 @@ flags.DEFINE_float("width", 1.0, "Network width.")
 flags.DEFINE_integer("repeats", 10, "Timed runs per row (median).")
 flags.DEFINE_integer("threads", 2, "The interpreter's threads.")
 FLAGS = flags.FLAGS
-
-
-def _median_s(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _interpreter_call(path: str, image):
@@ -54,25 +44,27 @@ def main(argv):
     from meta_drn_tf.data.synthetic import synthetic_bank
     from meta_drn_tf.hardware import describe
     from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.network.config import NetworkConfig
     from meta_drn_tf.network.model import build_meta_drn
     from meta_drn_tf.serving import saved_model, tflite
     from meta_drn_tf.serving.segmenter import Segmenter
 
     print(describe())
     keras.utils.set_random_seed(0)
-    learner = MetaLearner(build_meta_drn(FLAGS.size, FLAGS.width), MetaConfig("maml"))
-    segmenter = Segmenter(saved_model.serving_module(learner, FLAGS.size, FLAGS.width, kernels="stock"), "seeded")
+    network = NetworkConfig(FLAGS.size, FLAGS.width)
+    learner = MetaLearner(build_meta_drn(network), MetaConfig("maml"))
+    segmenter = Segmenter(saved_model.serving_module(learner, network, kernels="stock"), "seeded")
     bank = synthetic_bank(num_classes=3, images_per_class=2, image_size=FLAGS.size, seed=1)
     segmenter.adapt(bank.images[0, :1], bank.masks[0, :1].astype("float32"))
     image = bank.images[0, 1]
     rows = [f"| Segmenter.segment (TensorFlow, stock kernels) | | "
-            f"{_median_s(lambda: segmenter.segment(image[None]), FLAGS.repeats):.3f} | |"]
+            f"{median_seconds(lambda: segmenter.segment(image[None]), FLAGS.repeats):.3f} | |"]
     with tempfile.TemporaryDirectory() as folder:
         for quantize in tflite.QUANTIZATIONS:
             start = time.perf_counter()
             path = segmenter.export_tflite(os.path.join(folder, f"{quantize}.tflite"), quantize)
             export = time.perf_counter() - start
-            latency = _median_s(_interpreter_call(path, image), FLAGS.repeats)
+            latency = median_seconds(_interpreter_call(path, image), FLAGS.repeats)
             rows.append(f"| TFLite, {quantize} | {os.path.getsize(path) / 2**20:.1f} | {latency:.3f} | {export:.0f} |")
     print(f"\n{FLAGS.size}x{FLAGS.size}, width {FLAGS.width}, one image, {FLAGS.threads} interpreter threads, "
           f"median of {FLAGS.repeats}\n")

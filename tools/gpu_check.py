@@ -35,6 +35,7 @@ import sys
 import time
 
 from absl import app, flags
+from timing import timed  # tools/timing.py
 
 from meta_drn_tf import paths
 from meta_drn_tf.training.xla_runner import EPOCH_TASKS, PAPER_EPOCH, minutes, paper_seconds
@@ -128,6 +129,7 @@ def time_row(row: Row, sizes: Sizes) -> dict:
     import tensorflow as tf
 
     from meta_drn_tf.meta import MetaConfig, MetaLearner
+    from meta_drn_tf.network.config import NetworkConfig
     from meta_drn_tf.network.model import build_meta_drn
 
     keras.backend.clear_session(free_memory=True)
@@ -136,20 +138,13 @@ def time_row(row: Row, sizes: Sizes) -> dict:
     strategy = tf.distribute.MirroredStrategy() if row.mirrored else tf.distribute.get_strategy()
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        learner = MetaLearner(build_meta_drn(sizes.image, sizes.width, dtype=config.dtype_policy), config,
+        learner = MetaLearner(build_meta_drn(NetworkConfig(sizes.image, sizes.width), config.dtype_policy), config,
                               strategy=strategy)
     batch = synthetic_batch(sizes, sizes.meta_batch)
     if row.mirrored:
         dataset = tf.data.Dataset.from_tensors(batch).unbatch().batch(sizes.meta_batch).repeat()
         batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
-    start = time.perf_counter()
-    learner.meta_train_step(batch)["loss"].numpy()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        learner.meta_train_step(batch)["loss"].numpy()
-        times.append(time.perf_counter() - start)
+    first, times = timed(lambda: learner.meta_train_step(batch)["loss"].numpy(), FLAGS.repeats)
     return {"seconds": statistics.median(times), "first_s": first}
 
 

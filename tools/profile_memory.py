@@ -21,13 +21,18 @@ import re
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # before TensorFlow starts (cli.run)
 
 from absl import flags  # noqa: E402
-from profile_step import FLAGS, TF_OP, layer_group, op_name_and_type, profiled_step, read_trace  # noqa: E402  (flags --algo, ...)
+from profiling import TF_OP, define_step_flags, layer_group, op_name_and_type, profiled_step, read_trace  # noqa: E402
 
 from meta_drn_tf import cli  # noqa: E402
 from meta_drn_tf.hardware import describe  # noqa: E402
 
-flags.DEFINE_string("memory_logdir", "runs/profile_memory", "Where the profiler writes its trace.")
-cli.check_paths(memory_logdir="new_folder")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    define_step_flags()
+    flags.DEFINE_string("memory_logdir", "runs/profile_memory", "Where the profiler writes its trace.")
+    cli.check_paths(memory_logdir="new_folder")
 
 
 def allocations(xplane_path: str) -> tuple[list[tuple], dict[str, str]]:
@@ -99,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -12,5 +12,8 @@ from meta_drn_tf.meta.algorithm import Algorithm, Phase, algorithm_class, regist
 from meta_drn_tf.meta.config import MetaConfig
 from meta_drn_tf.meta.learner import MetaLearner, multi_step_loss_weights
 
-__all__ = ["Adapter", "Algorithm", "MetaConfig", "MetaLearner", "Phase", "algorithm_class", "multi_step_loss_weights",
-           "register", "registered"]
+# The paper's four, in its order (Table I); `registered()` adds any registered since.
+PAPER_ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+
+__all__ = ["PAPER_ALGORITHMS", "Adapter", "Algorithm", "MetaConfig", "MetaLearner", "Phase", "algorithm_class",
+           "multi_step_loss_weights", "register", "registered"]

@@ -1,11 +1,15 @@
 """`Adapter`: adapt a Keras model to a support set and predict - θ, the learned rates, the inner loop.
 
-    adapter = Adapter(build_meta_drn(224), MetaConfig(algorithm="maml"))
+    adapter = Adapter(build_meta_drn(NetworkConfig(224)), MetaConfig(algorithm="maml"))
     fast = adapter.adapt(support_images, support_masks)
     probabilities = adapter.predict(fast, query_images)
 
 The adaptation side alone, without a meta-optimizer: what an export serves and
-what an algorithm sees of the learner (`algorithm.AdapterInterface`).
+what an algorithm sees of the learner (`algorithm.AdapterInterface`). Three
+jobs: the weights (θ, the adapted subset, per-step tables), float16's loss
+scale on gradients, and the inner loop. Scoring adapted queries is the
+evaluation protocol's (`training.evaluation.EpisodeScorer`); gradients one query
+at a time are `memory_saving.query_gradient`'s.
 
 Fast weights are plain tensors passed through Keras 3 `stateless_call`; the
 model's variables are never assigned during adaptation, so second-order
@@ -31,7 +35,7 @@ import tensorflow as tf
 from meta_drn_tf import hardware
 from meta_drn_tf.meta.algorithm import algorithm_class
 from meta_drn_tf.meta.config import MetaConfig
-from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, full_precision, non_finite, soft_iou
+from meta_drn_tf.metrics import bce_loss, full_precision
 from meta_drn_tf.network import kernels
 from meta_drn_tf.network.model import group_of
 
@@ -62,7 +66,7 @@ def _variable_name(prefix: str, variable) -> str:
 
 
 class Adapter(tf.Module):
-    """A Keras segmentation model and its inner loop: adapt to a support set, predict, evaluate.
+    """A Keras segmentation model and its inner loop: adapt to a support set, predict.
 
     Holds θ (the model's weights) and the meta-learned extras of the
     configured options - Meta-SGD's rates `alphas`, LSLR's `step_rates`,
@@ -107,7 +111,6 @@ class Adapter(tf.Module):
         self.loss_scale = tf.Variable(
             2.0**15 if config.precision == "float16" else 1.0, trainable=False, name="loss_scale"
         )
-        self._eval_fn = tf.function(self._evaluate_batch, reduce_retracing=True)
 
     @property
     def parallel_tasks(self) -> int | None:
@@ -116,6 +119,11 @@ class Adapter(tf.Module):
         if self.config.parallel_tasks is not None:
             return self.config.parallel_tasks
         return 1 if self.device == "cpu" else None
+
+    @property
+    def meta_variables(self) -> list[tf.Variable]:
+        """What meta-training learns: θ and the extras (Meta-SGD's α, LSLR rates, per-step norms)."""
+        return list(self.model.trainable_variables) + self.extra_variables
 
     @property
     def extra_variables(self) -> list[tf.Variable]:
@@ -243,72 +251,3 @@ class Adapter(tf.Module):
     def predict(self, fast_weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
         """Foreground probabilities `(n, H, W, 1)` of `images` under `fast_weights` (from `adapt`)."""
         return tf.sigmoid(self.logits(fast_weights, images))
-
-    # ----- evaluation ----------------------------------------------------
-    def evaluate_step(self, task_batch, inner_steps: int | None = None,
-                      inner_lr: float | None = None) -> dict[str, tf.Tensor]:
-        """Adapts to each task's support and scores its queries.
-
-        Returns per-task `loss` `(B,)` and per-query `soft_iou`, `iou@0.5`,
-        `iou@0.35` and `non_finite` (1.0 where the prediction holds NaN or inf; its
-        scores are 0) `(B, q)`, plus `probabilities` `(B, q, H, W, 1)`.
-        """
-        batch = {k: tf.convert_to_tensor(task_batch[k], tf.float32) for k in TASK_KEYS}
-        return self._eval_fn(batch, tf.constant(inner_steps or self.config.inner_steps),
-                             tf.constant(inner_lr or self.config.inner_lr, tf.float32))
-
-    def _evaluate_batch(self, batch, inner_steps, inner_lr):
-        theta = self.initial_weights()
-
-        def one_task(task):
-            support_images, support_masks, query_images, query_masks = task
-            # The inner-step count is a tensor so one trace serves any count.
-            fast = tf.while_loop(
-                lambda i, w: i < inner_steps,
-                lambda i, w: (i + 1, self.inner_step(theta, w, support_images, support_masks, i, False, inner_lr)[0]),
-                (tf.constant(0), [theta[i] for i in self.adapted]),
-            )[1]
-            logits = self.logits(self.weights_at(theta, fast, inner_steps - 1), query_images)
-            probabilities = tf.sigmoid(logits)
-            scores = [soft_iou(probabilities, query_masks)]
-            scores += [binary_iou(probabilities, query_masks, t) for t in THRESHOLDS]
-            scores += [tf.cast(non_finite(probabilities), tf.float32)]
-            return bce_loss(logits, query_masks), tf.stack(scores), probabilities
-
-        loss, scores, probabilities = tf.map_fn(
-            one_task,
-            tuple(batch[k] for k in TASK_KEYS),
-            fn_output_signature=(tf.float32, tf.float32, tf.float32),
-            parallel_iterations=self.parallel_tasks or 10,  # tasks at once: 1 on a CPU
-        )
-        logs = {"loss": loss, "soft_iou": scores[:, 0], "non_finite": scores[:, -1], "probabilities": probabilities}
-        for j, t in enumerate(THRESHOLDS):
-            logs[f"iou@{t}"] = scores[:, j + 1]
-        return logs
-
-    def query_gradient(self, weights: Sequence[tf.Tensor], images: tf.Tensor, masks: tf.Tensor,
-                       second_order: bool = False, unscale: bool = True) -> tuple[list[tf.Tensor], tf.Tensor]:
-        """d(query loss)/d weights and the loss, one query at a time (`memory_saving`).
-
-        The loss is the mean over queries of equal size, so its gradient is the
-        mean of the per-query gradients; a `tf.while_loop` computes them in turn,
-        holding one query's activations at a time. `second_order`: the kernel
-        policy of a second-order step; `unscale=False` keeps float16's loss scale
-        in (for a backward pass seeded with them, which would otherwise underflow).
-        """
-        queries = tf.shape(images)[0]
-
-        def one_query(i, grads, loss):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(weights)
-                query_loss = self.loss(weights, images[i : i + 1], masks[i : i + 1], second_order)
-            grads = [a + g for a, g in zip(grads, self.gradients(tape, query_loss, weights, unscale))]
-            return i + 1, grads, loss + query_loss
-
-        _, grads, loss = tf.while_loop(
-            lambda i, *_: i < queries, one_query,
-            (tf.constant(0), [tf.zeros_like(w) for w in weights], tf.constant(0.0, weights[0].dtype)),
-            parallel_iterations=1,
-        )
-        count = tf.cast(queries, weights[0].dtype)
-        return [g / tf.cast(count, g.dtype) for g in grads], loss / count

@@ -1,13 +1,27 @@
 """What a meta-learning algorithm is, the adapter interface it works through, and the registry.
 
 An algorithm turns one task into the gradient it hands the meta-optimizer,
-aligned with the learner's `meta_variables`. It is small and self-contained: it
+aligned with the adapter's `meta_variables`. It is small and self-contained: it
 sees the learner only through `AdapterInterface` (the inner loop, losses and
-gradients) and knows nothing of devices, strategies or training loops. To add
-one, write a module with an `Algorithm` subclass decorated `@register("name")`
-and import it before building a `MetaConfig(algorithm="name")`: nothing else
-changes (`tests/toy_algorithm.py` is such a module). The paper's four are
-`maml`, `fomaml`, `metasgd` and `reptile` in the modules of those names.
+gradients, which a plain `Adapter` provides) and knows nothing of devices,
+optimizers, strategies or training loops. To add one, write a module with an
+`Algorithm` subclass decorated `@register("name")` and import it before building
+a `MetaConfig(algorithm="name")`: nothing else changes (`tests/toy_algorithm.py`
+is such a module). The paper's four are `maml`, `fomaml`, `metasgd` and `reptile`
+in the modules of those names. For example, first-order "joint training":
+
+    @register("joint")
+    class JointTraining(Algorithm):
+        def task_gradients(self, learner, task, phase=None, loss_weights=None):
+            images = tf.concat([task["support_images"], task["query_images"]], 0)
+            masks = tf.concat([task["support_masks"], task["query_masks"]], 0)
+            weights = learner.initial_weights()
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(weights)
+                loss = learner.loss(weights, images, masks)
+            return learner.gradients(tape, loss, weights), loss
+
+    grads, loss = JointTraining().task_gradients(Adapter(model, config), task)
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ class Phase:
 
 
 class AdapterInterface(Protocol):
-    """What an algorithm may ask of the learner (`meta.learner.MetaLearner` provides it).
+    """What an algorithm may ask of the learner (`meta.adapter.Adapter` provides it).
 
     Weights are lists of tensors aligned with the model's trainable variables; `fast`
     weights are the adapted subset the inner loop updates.
@@ -44,8 +58,6 @@ class AdapterInterface(Protocol):
 
     @property
     def extra_variables(self) -> list[tf.Variable]: ...
-
-    def phase(self, epoch: int) -> Phase: ...
 
     def initial_weights(self) -> list[tf.Tensor]: ...
 
@@ -61,9 +73,6 @@ class AdapterInterface(Protocol):
 
     def unscaled(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]: ...
 
-    def query_gradient(self, weights: Sequence[tf.Tensor], images: tf.Tensor, masks: tf.Tensor,
-                       second_order: bool = False, unscale: bool = True) -> tuple[list[tf.Tensor], tf.Tensor]: ...
-
 
 class Algorithm(abc.ABC):
     """A meta-learning algorithm: one task in, the gradient for the meta-optimizer out."""
@@ -78,12 +87,18 @@ class Algorithm(abc.ABC):
         """Meta-learned variables besides the model's (Meta-SGD's rates for the `adapted` weights)."""
         return []
 
+    def phase(self, config, epoch: int) -> Phase:
+        """What the meta-step computes at (0-based) `epoch` under `config` (a MetaConfig): MAML++'s
+        derivative-order annealing and multi-step loss switch it."""
+        return Phase(second_order=self.second_order and epoch >= config.first_order_epochs,
+                     multi_step_loss=config.inner_steps > 1 and epoch < config.multi_step_loss_epochs)
+
     @abc.abstractmethod
     def task_gradients(self, learner: AdapterInterface, task: Task, phase: Phase | None = None,
                        loss_weights: tf.Tensor | None = None) -> tuple[list[tf.Tensor], tf.Tensor]:
         """Gradients aligned with `learner.meta_variables`, and the task's loss.
 
-        `phase` (default: the learner's at epoch 0) says whether the
+        `phase` (default: `self.phase(learner.config, 0)`) says whether the
         meta-gradient is second order and whether the objective is the
         multi-step loss (weighted by `loss_weights`).
         """

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from meta_drn_tf.meta.algorithm import register
 from meta_drn_tf.meta.maml import MAML
+from meta_drn_tf.meta.memory_saving import query_gradient
 
 
 @register("fomaml")
@@ -16,7 +17,7 @@ class FOMAML(MAML):
     second_order = False
 
     def task_gradients(self, learner, task, phase=None, loss_weights=None):
-        phase = phase or learner.phase(epoch=0)
+        phase = phase or self.phase(learner.config, 0)
         if learner.extra_variables or phase.multi_step_loss:
             # Learned rates, per-step norms and earlier steps' query losses reach the
             # meta-variables through the inner loop: differentiate it, first order.
@@ -27,7 +28,7 @@ class FOMAML(MAML):
         weights = learner.weights_at(theta, fast, steps - 1)
         # d fast / d theta is the identity once the inner gradients are constants.
         if learner.config.memory_saving:
-            return learner.query_gradient(weights, task["query_images"], task["query_masks"])
+            return query_gradient(learner, weights, task["query_images"], task["query_masks"])
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(weights)
             loss = learner.loss(weights, task["query_images"], task["query_masks"])

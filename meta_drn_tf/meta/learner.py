@@ -1,6 +1,6 @@
 """`MetaLearner`: an `Adapter` with a meta-optimizer and the compiled meta-train step.
 
-    learner = MetaLearner(build_meta_drn(224), MetaConfig(algorithm="maml"))
+    learner = MetaLearner(build_meta_drn(NetworkConfig(224)), MetaConfig(algorithm="maml"))
     logs = learner.meta_train_step(task_batch)
 
 What a task contributes to the meta-gradient is the algorithm's
@@ -100,17 +100,10 @@ class MetaLearner(Adapter):
         self._task_sums = tf.function(self.task_sums, jit_compile=True) if config.jit_compile else self.task_sums
         self._train_fn = tf.function(self._distributed_train_step)
 
-    @property
-    def meta_variables(self) -> list[tf.Variable]:
-        """What the meta-optimizer updates: θ and the extras (Meta-SGD's α, LSLR rates, per-step norms)."""
-        return list(self.model.trainable_variables) + self.extra_variables
-
     # ----- meta-training -------------------------------------------------
     def phase(self, epoch: int) -> Phase:
         """The meta-step's computation at (0-based) `epoch`: MAML++'s annealing switches."""
-        config = self.config
-        return Phase(second_order=self.algorithm.second_order and epoch >= config.first_order_epochs,
-                     multi_step_loss=config.inner_steps > 1 and epoch < config.multi_step_loss_epochs)
+        return self.algorithm.phase(self.config, epoch)
 
     def meta_train_step(self, task_batch, epoch: int = 0) -> dict[str, tf.Tensor]:
         """One meta-update from a meta-batch of tasks (a dict of `(B, ...)` tensors, optionally with

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from meta_drn_tf.meta.algorithm import AdapterInterface, Algorithm, Phase, Task, register
+from meta_drn_tf.meta.memory_saving import query_gradient
 
 
 def query_objective(learner: AdapterInterface, task: Task, phase: Phase, loss_weights: tf.Tensor | None = None):
@@ -45,7 +46,7 @@ class MAML(Algorithm):
     second_order = True
 
     def task_gradients(self, learner, task, phase=None, loss_weights=None):
-        phase = phase or learner.phase(epoch=0)
+        phase = phase or self.phase(learner.config, 0)
         if learner.config.memory_saving:
             return self._memory_saving_gradients(learner, task, phase)
         with tf.GradientTape() as tape:
@@ -63,8 +64,8 @@ class MAML(Algorithm):
             weights = learner.weights_at(theta, fast, steps - 1)
         # Seeded with float16's scaled gradients, unscaled at the end: seeded with unscaled ones, the
         # backward pass through the inner loop underflows (its second-order part became zero).
-        query_grads, loss = learner.query_gradient(weights, task["query_images"], task["query_masks"],
-                                                   phase.second_order, unscale=False)
+        query_grads, loss = query_gradient(learner, weights, task["query_images"], task["query_masks"],
+                                           phase.second_order, unscale=False)
         grads = tape.gradient(weights, learner.meta_variables, output_gradients=query_grads,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return learner.unscaled(grads), loss

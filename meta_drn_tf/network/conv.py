@@ -228,9 +228,8 @@ def winograd_applies(input_shape: tf.TensorShape, kernel_shape: tf.TensorShape, 
     never) whose height and width are known and multiples of 2 x dilation (2x2 output tiles of
     every space-to-batch phase). Winograd needs 16 products of (pixels / 4) rows where the direct
     convolution needs 9 of (pixels) rows: 2.25x fewer multiplications, for transforms that only
-    add. In bfloat16 the transformed tiles and kernels round too: relative errors 3x a direct
-    bfloat16 convolution's at 56x56x512 (5.0e-3 against 1.7e-3, to the exact convolution of the
-    same bfloat16 inputs; 7.2e-3 when the transforms were bfloat16 additions)."""
+    add. In bfloat16 the transformed tiles and kernels round too, so its errors are a few times a
+    direct bfloat16 convolution's (docs/performance.md)."""
     if min_channel_product is None or tuple(kernel_shape[:2]) != (3, 3):
         return False
     if dtype not in (tf.float32, tf.float64, tf.bfloat16) or kernel_shape[2] * kernel_shape[3] < min_channel_product:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.layers import KERNELS_ARG, ConvNormAct, ResBlock, SubPixelUpsample
 
 PAPER_PARAMS = 9.56e6
@@ -23,24 +23,26 @@ def scaled(filters: int, width: float) -> int:
 
 
 def build_meta_drn(
-    image_size: int | tuple[int, int] | None = 224,
-    width: float = 1.0,
-    normalization: str = "instance",
+    config: NetworkConfig = NetworkConfig(),
     dtype: str | None = None,
+    *,
+    any_size: bool = False,
+    normalization: str = "instance",
     name: str = "meta_drn",
 ) -> keras.Model:
     """Builds the Meta-DRN network of the paper (§IV).
 
+        model = build_meta_drn(NetworkConfig(image_size=224, width=1.0))   # the paper's, ~9.6M parameters
+
     Args:
-        image_size: input height/width (an int, an (H, W) pair, or None for any
-            size). Sizes must be multiples of 4 (two stride-2 stages, then a
-            x4 sub-pixel upsampling back to the input size).
-        width: multiplies every filter count; 1.0 is the paper's network
-            (about 9.6M parameters), small widths make CPU runs fast.
-        normalization: "instance" (BatchNorm with per-image statistics, see
-            `InstanceNorm`) or "none" (for receptive-field analysis).
-        dtype: a Keras dtype policy name ("float32", "mixed_bfloat16",
-            "mixed_float16"); None uses the global policy.
+        config: the `network` section of a run: its input size (a multiple of 4: two stride-2
+            stages, then a x4 sub-pixel upsampling back to the input size) and width (multiplies
+            every filter count; 1.0 is the paper's network, small widths make CPU runs fast).
+        dtype: a Keras dtype policy name ("float32", "mixed_bfloat16", "mixed_float16"; a
+            `MetaConfig`'s `dtype_policy`); None uses the global policy.
+        any_size: inputs of any size (multiples of 4) instead of `config.image_size`.
+        normalization: "instance" (BatchNorm with per-image statistics, see `InstanceNorm`) or
+            "none" (for receptive-field analysis).
         name: model name.
 
     Returns:
@@ -48,16 +50,10 @@ def build_meta_drn(
         [0, 1] to per-pixel foreground logits `(batch, H, W, 1)` in float32.
         The foreground probability is `sigmoid(logit)`.
     """
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    if image_size is not None and any(s is not None and s % 4 for s in image_size):
-        raise ConfigError(f"image_size must be a multiple of 4, got {image_size}")
-    if width <= 0:
-        raise ConfigError(f"width must be positive, got {width}")
-    h, w = image_size if image_size is not None else (None, None)
+    h = w = None if any_size else config.image_size
     policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
     kw = dict(normalization=normalization, dtype=policy)
-    f = lambda n: scaled(n, width)  # noqa: E731
+    f = lambda n: scaled(n, config.width)  # noqa: E731
 
     inputs = keras.Input((h, w, 3), name="images")
     # Head: two 3x3 convs, the first with stride 2.

@@ -20,12 +20,11 @@ graph the recomputed statistics are the same ops on the same inputs as the
 forward pass's, which Grappler's common-subexpression elimination merges.
 
 Under a bfloat16 (or float16) policy the statistics are float32, and the
-function keeps its bfloat16 input and output for the backward pass where the
-layer used to cast its input to float32 first and keep float32 copies of both:
-each gradient casts them again, after its own cotangent exists, so that no
-float32 copy made in the forward pass lives until then; the per-channel
-statistics are still the forward pass's. (With the float32 copies, a bfloat16
-MAML step's working set was above the PyTorch peer's; docs/performance.md.)
+function keeps its bfloat16 input and output for the backward pass, not float32
+copies of them: each gradient casts them again, after its own cotangent exists,
+so that no float32 copy made in the forward pass lives until then (each takes
+twice the bytes of the bfloat16 activation it copies); the per-channel
+statistics are still the forward pass's.
 
 First-order meta-steps (FOMAML, Reptile, adaptation and evaluation) need no
 gradient of the gradient: under the cpu kernel policy (`KernelPolicy.fused_norm`)

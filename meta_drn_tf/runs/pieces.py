@@ -1,4 +1,4 @@
-"""A training run's pieces, built from its RunConfig: the learner (new, baseline or restored) and the data.
+"""A training run's learner, built from its RunConfig: new, the random-initialisation baseline, or restored.
 
 A run is described by a `RunConfig`, saved as `flags.json` in its model_dir.
 """
@@ -25,7 +25,7 @@ def build_learner(config: RunConfig, strategy=None):
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = build_meta_drn(config.network.image_size, config.network.width, dtype=config.meta.dtype_policy)
+        model = build_meta_drn(config.network, config.meta.dtype_policy)
         return MetaLearner(model, config.meta, strategy=strategy)
 
 
@@ -74,22 +74,3 @@ def _instead(checkpoint, folders: dict, which: str) -> str:
     if which == "latest" and len(saved_checkpoints(folders[which])) > 1:
         return "run train again with the same flags: it resumes from the newest intact checkpoint"
     return "no other checkpoint of the run is intact: retrain, or restore the run from a backup"
-
-
-def load(config: RunConfig, split: str, progress: bool = True, classes_file: str | None = None,
-         min_images: int | None = None):
-    """The run's dataset: `split` ("train", "val", "test", "all") or the classes listed in `classes_file`."""
-    return load_splits(config, (split,), progress, classes_file, min_images)[split]
-
-
-def load_splits(config: RunConfig, splits: tuple[str, ...], progress: bool = True, classes_file: str | None = None,
-                min_images: int | None = None) -> dict:
-    """The run's dataset, several splits decoded in one pass (every bad file reported at once)."""
-    from meta_drn_tf import data
-
-    settings = config.data
-    return data.load_splits(splits, settings.data_dir or None, config.network.image_size,
-                            min_images=min_images or settings.shots + 1, seed=config.seed,
-                            split_files=settings.split_files, synthetic_classes=settings.synthetic_classes,
-                            synthetic_images=settings.synthetic_images, progress=progress,
-                            skip_bad_files=settings.skip_bad_files, classes_file=classes_file)

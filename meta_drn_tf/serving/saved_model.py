@@ -45,6 +45,7 @@ import shutil
 import tensorflow as tf
 
 from meta_drn_tf.meta import Adapter
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 
 DEFAULT_THRESHOLD = 0.5
@@ -53,18 +54,18 @@ DEFAULT_THRESHOLD = 0.5
 class ServingModule(tf.Module):
     """The exported object: the network's weights, its learned extras, the serving functions."""
 
-    def __init__(self, adapter: Adapter, image_size: int, width: float, inner_steps: int | None = None):
+    def __init__(self, adapter: Adapter, network: NetworkConfig, inner_steps: int | None = None):
         super().__init__(name="meta_drn_segmenter")
         self.adapter = adapter
-        self._size = image_size
+        self._size = network.image_size
         self._inner_steps = inner_steps or adapter.config.inner_steps
         # Saved with the model: which kernel forms its graphs hold, and what rebuilds its network
         # (`Segmenter.export_tflite`).
         policy = adapter.kernel_policy()
         self.kernels = tf.Variable("gpu" if policy.dilated_gradients_in_one_op else policy.name, trainable=False,
                                    name="kernels")
-        self.image_size = tf.Variable(image_size, trainable=False, name="image_size")
-        self.width = tf.Variable(width, trainable=False, dtype=tf.float32, name="width")
+        self.image_size = tf.Variable(network.image_size, trainable=False, name="image_size")
+        self.width = tf.Variable(network.width, trainable=False, dtype=tf.float32, name="width")
 
     def _resize(self, images: tf.Tensor) -> tf.Tensor:
         return tf.image.resize(images, [self._size, self._size], method="bilinear")
@@ -190,8 +191,7 @@ def next_version(export_base: str) -> int:
 def export(
     learner: Adapter,
     export_base: str,
-    image_size: int,
-    width: float,
+    network: NetworkConfig,
     inner_steps: int | None = None,
     precision: str | None = None,
     kernels: str = "stock",
@@ -201,8 +201,7 @@ def export(
     Args:
         learner: the trained learner (its model's weights, Meta-SGD's rates).
         export_base: TF Serving's model_base_path.
-        image_size: the size the network was trained at.
-        width: the network's width multiplier.
+        network: the learner's network (the run's `network` section: the size it was trained at, its width).
         inner_steps: test-time inner steps (default: training's).
         precision: compute precision of the export (default: the learner's).
         kernels: one of `EXPORT_KERNELS`: "stock" (device-neutral: TensorFlow's own ops), "gpu" (the
@@ -213,7 +212,7 @@ def export(
     """
     if kernels not in EXPORT_KERNELS:
         raise ValueError(f"an export's kernels are one of {EXPORT_KERNELS}, got {kernels!r}")
-    module = serving_module(learner, image_size, width, inner_steps, precision,
+    module = serving_module(learner, network, inner_steps, precision,
                             kernels="cpu" if kernels == "cpu" else "stock", device=EXPORT_KERNELS[kernels])
     partial = os.path.join(export_base, f".export.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -243,8 +242,7 @@ def _publish(partial: str, export_base: str) -> str:
 
 def serving_module(
     learner: Adapter,
-    image_size: int,
-    width: float,
+    network: NetworkConfig,
     inner_steps: int | None = None,
     precision: str | None = None,
     kernels: str = "auto",
@@ -255,10 +253,10 @@ def serving_module(
     precision = precision or learner.config.precision
     config = dataclasses.replace(learner.config, precision=precision, kernels=kernels)
     # A fresh copy in the export precision (the source may be distributed or float16).
-    adapter = Adapter(build_meta_drn(image_size, width, dtype=config.dtype_policy), config, device=device)
+    adapter = Adapter(build_meta_drn(network, config.dtype_policy), config, device=device)
     adapter.model.set_weights(learner.model.get_weights())
     for target, source in zip(adapter.extra_variables, learner.extra_variables, strict=True):
         target.assign(source)
     if precision == "float16" and learner.config.precision == "float16":
         adapter.loss_scale.assign(learner.loss_scale)  # the trained scale, not a fresh 2**15
-    return ServingModule(adapter, image_size, width, inner_steps)
+    return ServingModule(adapter, network, inner_steps)

@@ -77,8 +77,9 @@ class Segmenter:
         from meta_drn_tf.serving import saved_model
 
         learner, config = pieces.restore_learner(model_dir, checkpoint)
-        module = saved_model.serving_module(learner, config.network.image_size, config.network.width,
-                                        inner_steps=inner_steps or config.trainer.eval_inner_steps, kernels=kernels)
+        module = saved_model.serving_module(learner, config.network,
+                                            inner_steps=inner_steps or config.trainer.eval_inner_steps,
+                                            kernels=kernels)
         return cls(module, f"run {model_dir} ({config.meta.algorithm}, {checkpoint} checkpoint, "
                            f"{config.network.image_size}px)")
 
@@ -158,12 +159,19 @@ class Segmenter:
         return out["probabilities"].numpy()
 
     @property
-    def image_size(self) -> int:
-        """The training size S: the network's input is S x S."""
+    def network(self):
+        """The `NetworkConfig` of the network: its training size S (its input is S x S) and width."""
+        from meta_drn_tf.network.config import NetworkConfig
+
         if not hasattr(self._module, "width"):
             raise ConfigError(f"{self.description} does not record its network's size (exported before "
                               "TFLite support): export it again with python -m meta_drn_tf.export")
-        return int(self._module.image_size.numpy())
+        return NetworkConfig(int(self._module.image_size.numpy()), float(self._module.width.numpy()))
+
+    @property
+    def image_size(self) -> int:
+        """The training size S: the network's input is S x S."""
+        return self.network.image_size
 
     def adapted_network(self) -> tuple:
         """The network at the training size and its adapted weights, `(keras.Model, [np.ndarray])`
@@ -172,7 +180,7 @@ class Segmenter:
             raise RuntimeError("call adapt() with at least one labelled example first")
         from meta_drn_tf.network.model import build_meta_drn
 
-        model = build_meta_drn(self.image_size, float(self._module.width.numpy()))
+        model = build_meta_drn(self.network)
         fast = self._fast_weights if self._fast_weights is not None else self._module.adapt(*self._support)[
             "fast_weights"]
         shapes = [v.shape for v in model.trainable_variables]

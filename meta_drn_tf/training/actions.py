@@ -1,22 +1,79 @@
-"""What the controller does with what training and validation produce: each action small and alone.
+"""What is done with what training produces: actions, each small and alone (in the manner of orbit).
 
-- `TrainingScalars`: a meta-step's figures into TensorBoard (and LSLR / Meta-SGD rates).
-- `ValidationReport`: validation's line, scalars and a grid of adapted tasks in TensorBoard.
-- `KeepBest`: the best validation soft IoU (the paper's monitor) and its checkpoint.
-- `FinalTest`: the best checkpoint on the test classes beside a random-initialisation baseline.
-- `Export`: a TF Serving SavedModel of the best checkpoint.
+An action is a callable on one output: a step action on a logged meta-step's `StepOutput`, an
+epoch action on a validated epoch's `EpochOutput`, an end action on the trained learner (returning
+what it adds to the run's final summary). The `Controller` calls the lists it is given in order;
+a new hook is one more callable in a list (`train(config, epoch_actions=[...])`).
+
+- `TrainingScalars` (step): a meta-step's figures into TensorBoard (and LSLR / Meta-SGD rates).
+- `ValidationReport` (epoch): validation's line, scalars and a grid of adapted tasks in TensorBoard.
+- `Flush` (epoch): a TensorBoard writer's buffer to its file.
+- `BestMetric` decides whether an epoch is the best so far; `SaveBest` (epoch) checkpoints it.
+- `FinalTest` (end): the best checkpoint on the test classes beside a random-initialisation baseline.
+- `Export` (end): a TF Serving SavedModel of the best checkpoint.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import tensorflow as tf
 
 from meta_drn_tf import visualize
 from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.meta import MetaLearner
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.serving import saved_model
-from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
+from meta_drn_tf.training.checkpoints import Checkpoints
 from meta_drn_tf.training.evaluation import METRICS, evaluate_settings, write_reports
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutput:
+    """A logged meta-step, as its actions see it (the last step of a window of fetched logs).
+
+    Attributes:
+        global_step: meta-steps done so far.
+        loss, grad_norm: the step's meta-loss and meta-gradient norm.
+        meta_lr: the meta learning rate it used.
+        step_time: seconds per step over the window; tasks_per_s: tasks a second over it.
+        bad_batches: non-finite steps skipped so far (`--skip_nonfinite`).
+        overflows: float16 loss-scale overflows so far in this process; loss_scale: the step's.
+    """
+
+    global_step: int
+    loss: float
+    grad_norm: float
+    meta_lr: float
+    step_time: float
+    tasks_per_s: float
+    bad_batches: int = 0
+    overflows: int = 0
+    loss_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochOutput:
+    """A validated epoch, as its actions see it.
+
+    Attributes:
+        global_step: meta-steps done so far.
+        epoch: the epoch just finished (1-based).
+        summary: validation's summary (`EvalResult.summary`: "soft_iou", "iou@0.5", "loss", ...).
+        kept: a few adapted validation tasks with their predictions (for pictures).
+        improved: whether it is the best epoch so far (`BestMetric`).
+    """
+
+    global_step: int
+    epoch: int
+    summary: dict
+    kept: list
+    improved: bool
+
+
+StepAction = Callable[[StepOutput], None]
+EpochAction = Callable[[EpochOutput], None]
 
 
 def tensorboard_tag(metric: str) -> str:
@@ -25,27 +82,21 @@ def tensorboard_tag(metric: str) -> str:
 
 
 class TrainingScalars:
-    """Writes a meta-step's figures to TensorBoard's "train" run."""
+    """Step action: a meta-step's figures into TensorBoard's "train" run."""
 
-    def __init__(self, writer, learner, meta_batch_size: int):
-        self.writer, self.learner, self.meta_batch_size = writer, learner, meta_batch_size
+    def __init__(self, writer, learner):
+        self.writer, self.learner = writer, learner
 
-    def __call__(self, step: int, loss: float, grad_norm: float, lr: float, step_time: float,
-                 bad_batches: int, overflows: int = 0, loss_scale: float = 1.0) -> None:
-        """`overflows`: float16 loss-scale overflows so far in this process; `loss_scale`: the last step's."""
-        with self.writer.as_default(step=step):
-            for name, value in (("loss", loss), ("grad_norm", grad_norm), ("meta_lr", lr),
-                                ("step_time_s", step_time), ("tasks_per_s", self.meta_batch_size / step_time),
-                                ("bad_batches", bad_batches)):
+    def __call__(self, output: StepOutput) -> None:
+        with self.writer.as_default(step=output.global_step):
+            for name, value in (("loss", output.loss), ("grad_norm", output.grad_norm), ("meta_lr", output.meta_lr),
+                                ("step_time_s", output.step_time), ("tasks_per_s", output.tasks_per_s),
+                                ("bad_batches", output.bad_batches)):
                 tf.summary.scalar(name, value)
             if self.learner.config.precision == "float16":
-                tf.summary.scalar("float16/loss_scale", loss_scale)
-                tf.summary.scalar("float16/overflows", overflows)
+                tf.summary.scalar("float16/loss_scale", output.loss_scale)
+                tf.summary.scalar("float16/overflows", output.overflows)
             self._learned_rates()
-
-    def flush(self) -> None:
-        """Writes what is buffered to the event file (at validation: TensorBoard shows the epoch whole)."""
-        self.writer.flush()
 
     def _learned_rates(self) -> None:
         learner = self.learner
@@ -64,45 +115,62 @@ class TrainingScalars:
 
 
 class ValidationReport:
-    """Prints validation's figures and writes them, with a picture of adapted tasks, to TensorBoard."""
+    """Epoch action: prints validation's figures and writes them, with a picture of adapted tasks, to
+    TensorBoard."""
 
     def __init__(self, writer):
         self.writer = writer
 
-    def __call__(self, step: int, epoch: int, summary: dict, kept: list) -> None:
+    def __call__(self, output: EpochOutput) -> None:
+        summary = output.summary
         bad = summary.get("non_finite_queries", 0)
         print("  validation: " + "  ".join(f"{tensorboard_tag(m)} {summary[m]:.4f}" for m in ("loss",) + METRICS)
               + (f"  ({bad} queries with non-finite predictions, scored 0)" if bad else ""))
-        with self.writer.as_default(step=step):
+        with self.writer.as_default(step=output.global_step):
             for metric in ("loss",) + METRICS:
                 tf.summary.scalar(tensorboard_tag(metric), summary[metric])
             tf.summary.scalar("non_finite_queries", bad)
-            tf.summary.scalar("epoch", epoch)
-            tf.summary.image("tasks", visualize.episode_grid(kept)[None], max_outputs=1,
+            tf.summary.scalar("epoch", output.epoch)
+            tf.summary.image("tasks", visualize.episode_grid(output.kept)[None], max_outputs=1,
                              description="support (green mask) | queries: prediction (red, IoU) and truth (blue)")
         self.writer.flush()
 
 
-class KeepBest:
-    """Tracks the best validation soft IoU in the state; `save` checkpoints it into the best series."""
+class Flush:
+    """Epoch action: writes what `writer` buffered to its event file (TensorBoard shows the epoch whole)."""
 
-    def __init__(self, state: TrainState, checkpoints: Checkpoints):
-        self.state, self.checkpoints = state, checkpoints
+    def __init__(self, writer):
+        self.writer = writer
 
-    def observe(self, summary: dict) -> bool:
-        """Whether `summary` improves on the best so far (which it then becomes)."""
-        soft = summary["soft_iou"]
-        if soft > float(self.state.best) + 1e-6:
-            self.state.best.assign(soft)
-            return True
-        return False
+    def __call__(self, output: EpochOutput) -> None:
+        self.writer.flush()
 
-    def save(self) -> str:
-        return self.checkpoints.save("best", "best")
+
+@dataclasses.dataclass(frozen=True)
+class BestMetric:
+    """The test of a best epoch: validation's `metric` (the paper's monitor, soft IoU) higher than the
+    best so far by more than `min_delta` (rounding is no improvement)."""
+
+    metric: str = "soft_iou"
+    min_delta: float = 1e-6
+
+    def improves(self, summary: dict, best: float) -> bool:
+        return summary[self.metric] > best + self.min_delta
+
+
+class SaveBest:
+    """Epoch action: the commit of a best epoch, a checkpoint in the run's best series."""
+
+    def __init__(self, checkpoints: Checkpoints):
+        self.checkpoints = checkpoints
+
+    def __call__(self, output: EpochOutput) -> None:
+        if output.improved:
+            self.checkpoints.save("best", "best")
 
 
 class FinalTest:
-    """The learner on the test classes, beside the same adaptation from a random initialisation.
+    """End action: the learner on the test classes, beside the same adaptation from a random initialisation.
 
     Args:
         bank: the test classes.
@@ -130,14 +198,14 @@ class FinalTest:
 
 
 class Export:
-    """A TF Serving SavedModel of the learner in the next free version folder of `export_dir`."""
+    """End action: a TF Serving SavedModel of the learner in the next free version folder of `export_dir`."""
 
-    def __init__(self, export_dir: str, image_size: int, width: float, inner_steps: int | None, kernels: str):
-        self.export_dir, self.image_size, self.width = export_dir, image_size, width
+    def __init__(self, export_dir: str, network: NetworkConfig, inner_steps: int | None, kernels: str):
+        self.export_dir, self.network = export_dir, network
         self.inner_steps, self.kernels = inner_steps, kernels
 
     def __call__(self, learner) -> dict:
-        path = saved_model.export(learner, self.export_dir, self.image_size, self.width,
-                                  inner_steps=self.inner_steps, kernels=self.kernels)
+        path = saved_model.export(learner, self.export_dir, self.network, inner_steps=self.inner_steps,
+                                  kernels=self.kernels)
         print(f"SavedModel: {path}")
         return {"export": path}

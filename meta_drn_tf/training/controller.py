@@ -4,7 +4,8 @@ The controller owns *when*: epochs of meta-steps, the window of steps whose logs
 are fetched together, mid-epoch and end-of-epoch checkpoints, validation, and
 stopping on a signal. The task (`MetaTrainingTask`) supplies *what*: the
 batches, the meta-train step and validation. What is done with their results
-are actions (`training.actions`).
+are actions (`training.actions`): callables on each logged step's `StepOutput`
+and each epoch's `EpochOutput`, given as lists.
 
 Resume: the checkpoint holds the weights, the optimizer, the schedule state and
 the global step, which is also the data position; a run killed at any moment
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -23,7 +25,7 @@ from absl import logging
 from meta_drn_tf.errors import NonFiniteLoss, Stopped
 from meta_drn_tf.progress import bar as progress_bar
 from meta_drn_tf.runs.config import TrainerConfig
-from meta_drn_tf.training.actions import KeepBest, TrainingScalars, ValidationReport
+from meta_drn_tf.training.actions import BestMetric, EpochAction, EpochOutput, StepAction, StepOutput
 from meta_drn_tf.training.checkpoints import Checkpoints
 from meta_drn_tf.training.schedules import Schedule
 from meta_drn_tf.training.stopping import StopRequest, StopSignal
@@ -42,16 +44,19 @@ class Controller:
         schedule: the meta learning rate's schedule.
         config: the cadence (epochs, log and save intervals) and the non-finite-loss policy.
         stops: the signal handlers in force; the loop stops cleanly when they record a signal.
-        scalars: the action after a logged step.
-        report: the action after validation.
-        keep_best: the action after an epoch.
+        best: the test of a best epoch (its state is the checkpointed `TrainState.best`).
+        step_actions: called in order with each logged step's `StepOutput`.
+        epoch_actions: called in order with each validated epoch's `EpochOutput`, after the state
+            has moved to the next epoch and before the epoch's checkpoint (so `SaveBest`'s
+            checkpoint resumes at the next epoch).
     """
 
     def __init__(self, task: MetaTrainingTask, checkpoints: Checkpoints, schedule: Schedule, config: TrainerConfig,
-                 stops: StopRequest, scalars: TrainingScalars, report: ValidationReport, keep_best: KeepBest):
+                 stops: StopRequest, *, best: BestMetric = BestMetric(), step_actions: Sequence[StepAction] = (),
+                 epoch_actions: Sequence[EpochAction] = ()):
         self.task, self.checkpoints, self.state = task, checkpoints, checkpoints.state
         self.schedule, self.config, self.stops = schedule, config, stops
-        self.scalars, self.report, self.keep_best = scalars, report, keep_best
+        self.best, self.step_actions, self.epoch_actions = best, list(step_actions), list(epoch_actions)
         self.learning_rate = task.learner.optimizer.learning_rate
         self.steps_per_epoch = task.steps_per_epoch
         self.preemption = None
@@ -87,10 +92,10 @@ class Controller:
             self.stop_if_requested()
             try:
                 with self.stops.interruptible():
-                    summary = self.validate()
+                    summary, kept = self.task.validate()
             except StopSignal:  # validation changes no state: the trained epoch is saved as it is
                 self.stop_if_requested()
-            self.end_epoch(summary)
+            self.end_epoch(summary, kept)
             self.stop_if_requested()
 
     # ----- stopping ------------------------------------------------------------------------
@@ -142,17 +147,11 @@ class Controller:
                 self._bar.update(int(self.state.step))
             self._maybe_save_mid_epoch()
 
-    def validate(self) -> dict:
-        """Validation's summary, reported (`ValidationReport`)."""
-        summary, kept = self.task.validate()
-        self.report(int(self.state.global_step), int(self.state.epoch) + 1, summary, kept)
-        self.scalars.flush()
-        return summary
-
-    def end_epoch(self, summary: dict) -> None:
-        """Keeps the best checkpoint, steps the schedule, checkpoints the finished epoch."""
-        improved = self.keep_best.observe(summary)
+    def end_epoch(self, summary: dict, kept: list) -> None:
+        """Tests for a best epoch, steps the schedule, runs the epoch actions, checkpoints the epoch."""
+        improved = self.best.improves(summary, float(self.state.best))
         if improved:
+            self.state.best.assign(summary[self.best.metric])
             self.state.wait.assign(0)
         else:
             self.state.wait.assign_add(1)
@@ -160,8 +159,9 @@ class Controller:
                 self.state.wait.assign(0)
         self.state.epoch.assign_add(1)
         self.state.step.assign(0)
-        if improved:
-            self.keep_best.save()
+        output = EpochOutput(int(self.state.global_step), int(self.state.epoch), summary, kept, improved)
+        for action in self.epoch_actions:
+            action(output)
         self.checkpoints.save("latest", "end of epoch")
         self.last_save = time.time()
 
@@ -182,11 +182,13 @@ class Controller:
                 self._overflow(first_step + int(i), float(fetched["loss_scale"][i]))
             else:
                 self._non_finite(first_step + int(i))
-        lr, loss = float(self.learning_rate.numpy()), float(fetched["loss"][-1])
-        self._bar.update(int(self.state.step), [("loss", loss), ("tasks/s", self.scalars.meta_batch_size / step_time),
-                                                ("meta_lr", lr)])
-        self.scalars(int(self.state.global_step), loss, float(fetched["grad_norm"][-1]), lr, step_time,
-                     int(self.state.bad_batches), self.overflows, float(fetched["loss_scale"][-1]))
+        output = StepOutput(int(self.state.global_step), float(fetched["loss"][-1]), float(fetched["grad_norm"][-1]),
+                            float(self.learning_rate.numpy()), step_time, self.config.meta_batch_size / step_time,
+                            int(self.state.bad_batches), self.overflows, float(fetched["loss_scale"][-1]))
+        self._bar.update(int(self.state.step), [("loss", output.loss), ("tasks/s", output.tasks_per_s),
+                                                ("meta_lr", output.meta_lr)])
+        for action in self.step_actions:
+            action(output)
 
     def _announce_phase(self, epoch: int) -> None:
         """Says what the meta-step computes at the start and whenever MAML++'s annealing switches it."""

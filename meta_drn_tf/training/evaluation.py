@@ -9,14 +9,76 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
 from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.data.episodes import count_evaluation_tasks, evaluation_tasks
-from meta_drn_tf.meta import MetaLearner
-from meta_drn_tf.metrics import THRESHOLDS, mean_with_ci
+from meta_drn_tf.meta import Adapter
+from meta_drn_tf.meta.adapter import TASK_KEYS
+from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, mean_with_ci, non_finite, soft_iou
 from meta_drn_tf.progress import bar as progress_bar
 
 METRICS = ("soft_iou",) + tuple(f"iou@{t}" for t in THRESHOLDS)
+
+
+class EpisodeScorer:
+    """The paper's scoring of episodes: adapt to each support, score every query.
+
+        scorer = EpisodeScorer(adapter)
+        logs = scorer(task_batch)           # a dict of (B, ...) arrays: TASK_KEYS
+        logs["iou@0.5"]                     # (B, q): each query's IoU at threshold 0.5
+
+    One compiled function, traced once per batch shape and reused (a run's validation keeps
+    one scorer for the whole run).
+
+    Args:
+        adapter: the Adapter (or MetaLearner) whose inner loop adapts.
+    """
+
+    def __init__(self, adapter: Adapter):
+        self.adapter = adapter
+        self._function = tf.function(self._score, reduce_retracing=True)
+
+    def __call__(self, task_batch: dict, inner_steps: int | None = None,
+                 inner_lr: float | None = None) -> dict[str, tf.Tensor]:
+        """Per-task `loss` `(B,)` and per-query `soft_iou`, `iou@0.5`, `iou@0.35` and `non_finite`
+        (1.0 where the prediction holds NaN or inf; its scores are 0) `(B, q)`, plus `probabilities`
+        `(B, q, H, W, 1)`. `inner_steps`, `inner_lr`: the test-time inner loop (default: training's)."""
+        config = self.adapter.config
+        batch = {k: tf.convert_to_tensor(task_batch[k], tf.float32) for k in TASK_KEYS}
+        return self._function(batch, tf.constant(inner_steps or config.inner_steps),
+                              tf.constant(inner_lr or config.inner_lr, tf.float32))
+
+    def _score(self, batch, inner_steps, inner_lr):
+        adapter = self.adapter
+        theta = adapter.initial_weights()
+
+        def one_task(task):
+            support_images, support_masks, query_images, query_masks = task
+            # The inner-step count is a tensor so one trace serves any count.
+            fast = tf.while_loop(
+                lambda i, w: i < inner_steps,
+                lambda i, w: (i + 1, adapter.inner_step(theta, w, support_images, support_masks, i, False,
+                                                        inner_lr)[0]),
+                (tf.constant(0), [theta[i] for i in adapter.adapted]),
+            )[1]
+            logits = adapter.logits(adapter.weights_at(theta, fast, inner_steps - 1), query_images)
+            probabilities = tf.sigmoid(logits)
+            scores = [soft_iou(probabilities, query_masks)]
+            scores += [binary_iou(probabilities, query_masks, t) for t in THRESHOLDS]
+            scores += [tf.cast(non_finite(probabilities), tf.float32)]
+            return bce_loss(logits, query_masks), tf.stack(scores), probabilities
+
+        loss, scores, probabilities = tf.map_fn(
+            one_task,
+            tuple(batch[k] for k in TASK_KEYS),
+            fn_output_signature=(tf.float32, tf.float32, tf.float32),
+            parallel_iterations=adapter.parallel_tasks or 10,  # tasks at once: 1 on a CPU
+        )
+        logs = {"loss": loss, "soft_iou": scores[:, 0], "non_finite": scores[:, -1], "probabilities": probabilities}
+        for j, t in enumerate(THRESHOLDS):
+            logs[f"iou@{t}"] = scores[:, j + 1]
+        return logs
 
 
 @dataclasses.dataclass
@@ -66,7 +128,7 @@ def _episode_chunks(tasks, size: int):
 
 
 def evaluate_bank(
-    learner: MetaLearner,
+    learner: Adapter | EpisodeScorer,
     bank: ImageBank,
     shots: int = 1,
     limit: int | None = None,
@@ -81,14 +143,17 @@ def evaluate_bank(
     at most `episodes_per_class` of each class), `episodes_per_call` at a time.
 
     Returns the result and, for the first `keep_predictions` episodes, the
-    task with its predictions (for pictures).
+    task with its predictions (for pictures). `learner`: an adapter, or a scorer of one kept
+    between calls (its compiled function is reused).
     """
+    scorer = learner if isinstance(learner, EpisodeScorer) else EpisodeScorer(learner)
+    learner = scorer.adapter
     total = count_evaluation_tasks(bank, shots, limit, episodes_per_class)
     bar = progress_bar(total, unit_name="episode") if progress else None
     records, kept, e = [], [], 0
     for chunk in _episode_chunks(evaluation_tasks(bank, shots, limit, episodes_per_class), episodes_per_call):
         batch = {k: np.stack([task[k] for task in chunk]) for k in chunk[0] if k != "class_name"}
-        logs = learner.evaluate_step(batch, inner_steps=inner_steps, inner_lr=inner_lr)
+        logs = scorer(batch, inner_steps=inner_steps, inner_lr=inner_lr)
         logs = {k: v.numpy() for k, v in logs.items()
                 if k in METRICS + ("loss", "non_finite") or len(kept) < keep_predictions}
         for i, task in enumerate(chunk):
@@ -146,10 +211,6 @@ def copy_mask_result(bank: ImageBank, shots: int = 1, limit: int | None = None) 
 
     A meta-learned network that does not beat this has not learned to find the object.
     """
-    import tensorflow as tf
-
-    from meta_drn_tf.metrics import binary_iou, soft_iou
-
     records = []
     for e, task in enumerate(evaluation_tasks(bank, shots, limit)):
         queries = task["query_masks"]
@@ -164,8 +225,8 @@ def copy_mask_result(bank: ImageBank, shots: int = 1, limit: int | None = None) 
 
 
 def evaluate_settings(
-    learner: MetaLearner,
-    baseline: MetaLearner | None,
+    learner: Adapter,
+    baseline: Adapter | None,
     bank: ImageBank,
     shots: list[int],
     progress: bool = False,

@@ -8,7 +8,7 @@ from meta_drn_tf.data.episodes import BankTensors, training_tasks
 from meta_drn_tf.meta.learner import TASK_COUNT_KEY
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.training import distribute
-from meta_drn_tf.training.evaluation import evaluate_bank
+from meta_drn_tf.training.evaluation import EpisodeScorer, evaluate_bank
 
 
 class MetaTrainingTask:
@@ -24,6 +24,7 @@ class MetaTrainingTask:
     def __init__(self, config: RunConfig, learner, strategy: tf.distribute.Strategy, train_bank, val_bank):
         self.config, self.learner, self.strategy = config, learner, strategy
         self.val_bank = val_bank
+        self.scorer = EpisodeScorer(learner)  # one trace for every epoch's validation
         self.bank_tensors = BankTensors(train_bank)
         self.per_replica = distribute.tasks_per_replica(config.trainer.meta_batch_size, strategy)
         tasks_per_epoch = config.trainer.tasks_per_epoch or int(train_bank.counts.sum())
@@ -50,7 +51,7 @@ class MetaTrainingTask:
 
     def validate(self) -> tuple[dict, list]:
         """The evaluation protocol on the validation classes: the summary and four adapted tasks."""
-        result, kept = evaluate_bank(self.learner, self.val_bank, self.config.data.shots,
+        result, kept = evaluate_bank(self.scorer, self.val_bank, self.config.data.shots,
                                      self.config.trainer.val_episodes or None,
                                      inner_steps=self.config.trainer.eval_inner_steps, keep_predictions=4)
         return result.summary(), kept

@@ -14,19 +14,30 @@ random-initialisation baseline and exports it (`training.actions`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 from absl import logging
 
 from meta_drn_tf import hardware
+from meta_drn_tf.data import load_splits
 from meta_drn_tf.errors import ConfigError, Stopped
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
-from meta_drn_tf.runs.pieces import build_learner, load_splits, random_init_learner
+from meta_drn_tf.runs.pieces import build_learner, random_init_learner
 from meta_drn_tf.runs.runlock import RunLock
 from meta_drn_tf.training import distribute
-from meta_drn_tf.training.actions import Export, FinalTest, KeepBest, TrainingScalars, ValidationReport
+from meta_drn_tf.training.actions import (
+    EpochAction,
+    Export,
+    FinalTest,
+    Flush,
+    SaveBest,
+    StepAction,
+    TrainingScalars,
+    ValidationReport,
+)
 from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
 from meta_drn_tf.training.controller import Controller
 from meta_drn_tf.training.schedules import make_schedule
@@ -42,10 +53,13 @@ class Trainer:
         stops: the signal handlers in force; the loop stops cleanly when they record a signal.
         resources: where the trainer registers what must be released when training ends, however
             it ends: the run directory's lock, a worker's scratch folders.
+        step_actions, epoch_actions: actions called after the run's own (`training.actions`).
     """
 
-    def __init__(self, config: RunConfig, stops: StopRequest, resources: contextlib.ExitStack):
+    def __init__(self, config: RunConfig, stops: StopRequest, resources: contextlib.ExitStack, *,
+                 step_actions: Sequence[StepAction] = (), epoch_actions: Sequence[EpochAction] = ()):
         self.config, self.stops = config, stops
+        self.extra_actions = list(step_actions), list(epoch_actions)
         config.check_paths()  # before any work
         self.dirs = RunDirectory(config.model_dir)
         self.strategy = self._start_strategy(resources)
@@ -90,7 +104,8 @@ class Trainer:
     def _load_data(self) -> dict:
         # Every split the run will read, decoded now: a bad file stops the run before training, not after.
         test = self.config.trainer.test_at_end and self.chief
-        return load_splits(self.config, ("train", "val", "test") if test else ("train", "val"))
+        return load_splits(self.config.data, ("train", "val", "test") if test else ("train", "val"),
+                           self.config.network.image_size, seed=self.config.seed)
 
     def _checkpoints(self, resources: contextlib.ExitStack) -> Checkpoints:
         """The run's checkpoints, with the latest one restored (resume)."""
@@ -107,12 +122,14 @@ class Trainer:
         return checkpoints
 
     def _controller(self) -> Controller:
-        config, state = self.config, self.checkpoints.state
+        config = self.config
         schedule = make_schedule(config.trainer, config.meta.meta_lr, self.task.steps_per_epoch * config.trainer.epochs)
         writer, val_writer = self._summary_writer("train"), self._summary_writer("validation")
+        step_actions, epoch_actions = self.extra_actions
         controller = Controller(self.task, self.checkpoints, schedule, config.trainer, self.stops,
-                                TrainingScalars(writer, self.learner, config.trainer.meta_batch_size),
-                                ValidationReport(val_writer), KeepBest(state, self.checkpoints))
+                                step_actions=[TrainingScalars(writer, self.learner), *step_actions],
+                                epoch_actions=[ValidationReport(val_writer), Flush(writer), SaveBest(self.checkpoints),
+                                               *epoch_actions])
         controller.handle_preemption(self.strategy)
         return controller
 
@@ -153,22 +170,25 @@ class Trainer:
             actions.append(FinalTest(self.banks["test"], self.dirs.test, config.data.shots, trainer.eval_inner_steps,
                                      baseline))
         if trainer.export_at_end:
-            actions.append(Export(self.dirs.export, config.network.image_size, config.network.width,
-                                  trainer.eval_inner_steps, "cpu" if config.meta.kernels == "cpu" else "stock"))
+            actions.append(Export(self.dirs.export, config.network, trainer.eval_inner_steps,
+                                  "cpu" if config.meta.kernels == "cpu" else "stock"))
         return actions
 
 
-def train(config: RunConfig) -> dict:
+def train(config: RunConfig, *, step_actions: Sequence[StepAction] = (),
+          epoch_actions: Sequence[EpochAction] = ()) -> dict:
     """Runs (or resumes) the training `config` describes; returns the final summary.
 
     Holds the run directory's lock (`runlock.RunLock`) throughout, and stops cleanly on SIGTERM
     and SIGINT (`Controller.run`; from the main thread only, where Python allows signal handlers).
+    `step_actions` and `epoch_actions` are called after the run's own (`training.actions`).
     """
     with contextlib.ExitStack() as resources:
         stops = resources.enter_context(StopRequest())
         try:
             with stops.interruptible():
-                trainer = Trainer(config, stops, resources)
+                trainer = Trainer(config, stops, resources, step_actions=step_actions,
+                                  epoch_actions=epoch_actions)
         except StopSignal as stop:
             raise Stopped(f"{stop}: stopped while starting, before any training; nothing to save",
                           stops.preempted) from None

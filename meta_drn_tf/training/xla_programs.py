@@ -35,12 +35,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from meta_drn_tf.meta import Adapter, MetaLearner
+from meta_drn_tf.meta import PAPER_ALGORITHMS, Adapter, MetaLearner
+from meta_drn_tf.meta.config import PRECISION_POLICIES
+from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 from meta_drn_tf.training import xla_runner
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
-PRECISIONS = ("float32", "bfloat16", "float16")
+ALGORITHMS = PAPER_ALGORITHMS
+PRECISIONS = tuple(PRECISION_POLICIES)  # float32 first
 # Relative error allowed between JAX's XLA and TensorFlow's executor on the same inputs: float32
 # differs by summation order only; half precisions round every op, and each tolerance stays below
 # that precision's own distance from the float32 meta-gradient (docs/performance.md, "XLA programs").
@@ -155,7 +157,7 @@ def _adapter(spec: ProgramSpec, flags_dir: str, device: str) -> tuple[Adapter, S
                                 config.data.queries)
     meta = dataclasses.replace(config.meta, precision=spec.precision, jit_compile=False, kernels="auto")
     keras.utils.set_random_seed(SEED)
-    model = build_meta_drn(sizes.image, sizes.width, dtype=meta.dtype_policy)
+    model = build_meta_drn(NetworkConfig(sizes.image, sizes.width), meta.dtype_policy)
     adapter = MetaLearner(model, meta, device=device) if spec.kind == "meta_step" else Adapter(model, meta, device)
     return adapter, sizes, config.data.shots
 

@@ -1,7 +1,7 @@
 """Draw the paper's Fig. 4 for a trained run: support with its mask in green, each
 query with the predicted mask in red and its IoU.
 
-    python tools/visualize.py --model_dir=runs/quickstart --out=fig4.png [--data_dir=...] [--split=test|all]
+    python tools/draw_fig4.py --model_dir=runs/quickstart --out=fig4.png [--data_dir=...] [--split=test|all]
         [--classes_file=FILE] [--classes=5] [--queries=4]
 """
 
@@ -29,11 +29,13 @@ flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie str
 def main(argv):
     del argv
     from meta_drn_tf import visualize
+    from meta_drn_tf.data import load_split
     from meta_drn_tf.runs import pieces
     from meta_drn_tf.training.evaluation import evaluate_bank
 
     learner, config = pieces.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
-    bank = pieces.load(config, FLAGS.split, progress=False, classes_file=FLAGS.classes_file)
+    bank = load_split(config.data, FLAGS.split, config.network.image_size, seed=config.seed, progress=False,
+                      classes_file=FLAGS.classes_file)
     bank = bank.subset(bank.class_names[: FLAGS.classes])
     # The first evaluation episode of each class: its first labelled image is the support.
     _, episodes = evaluate_bank(learner, bank, config.data.shots, inner_steps=config.trainer.eval_inner_steps,
