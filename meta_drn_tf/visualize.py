@@ -2,7 +2,7 @@
 with the predicted mask in red and their IoU written on them.
 
 The same drawing feeds the TensorBoard image grid of `train.py` and
-`tools/visualize.py`.
+`tools/draw_fig4.py`.
 """
 
 from __future__ import annotations

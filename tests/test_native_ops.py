@@ -56,6 +56,7 @@ def test_meta_step_and_evaluation_at_a_narrow_width_do_not_crash_natively():
         from meta_drn_tf.data.episodes import meta_batches, training_tasks
         from meta_drn_tf.training.evaluation import evaluate_bank
         from meta_drn_tf.meta import MetaConfig, MetaLearner
+        from meta_drn_tf.network.config import NetworkConfig
         from meta_drn_tf.network.model import build_meta_drn
         keras.utils.set_random_seed(0)
         bank = synthetic_bank(num_classes=3, images_per_class=4, image_size=32, seed=1)

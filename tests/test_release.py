@@ -46,10 +46,12 @@ def test_the_wheel_installs_in_a_fresh_environment_and_runs(tmp_path):
                                 capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(fresh_site, "dependencies.pth"), "w") as f:
         f.write("\n".join(site.getsitepackages()) + "\n")
+    # Only what is installed: a PYTHONPATH set for the suite must not put a source tree first.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([python, "-c", "import meta_drn_tf; print(meta_drn_tf.__file__, meta_drn_tf.__version__)"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert out.stdout.startswith(fresh_site) and out.stdout.split()[1] == meta_drn_tf.__version__, out
     model = subprocess.run([python, "-m", "meta_drn_tf.model"], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                           timeout=300, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert model.returncode == 0, model.stderr[-3000:]
     assert re.search(r"total\s+9,626,464", model.stdout), model.stdout

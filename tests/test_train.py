@@ -40,8 +40,10 @@ def _events(directory):
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "metasgd"])
 def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo):
-    final = train(_cfg(tmp_path, algo=algo))
+    epochs = []  # an action added from outside: train() passes it to the Controller
+    final = train(_cfg(tmp_path, algo=algo), epoch_actions=[epochs.append])
     assert final["epochs"] == 1 and 0 <= final["best_val_soft_iou"] <= 1
+    assert [(e.epoch, e.improved, e.summary["soft_iou"]) for e in epochs] == [(1, True, final["best_val_soft_iou"])]
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert tf.train.latest_checkpoint(str(tmp_path / "best"))
     scalars = _events(str(tmp_path / "logs" / "train"))
@@ -282,10 +284,11 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     png = tmp_path / "fig4.png"
     tool = os.path.join(os.path.dirname(__file__), "..", "tools", "draw_fig4.py")
     listed = tmp_path / "classes.txt"
+    from meta_drn_tf.data import load_split
     from meta_drn_tf.runs.config import RunConfig
-    from meta_drn_tf.runs.pieces import load
 
-    names = load(RunConfig.load(str(run)), "all", progress=False).class_names
+    config = RunConfig.load(str(run))
+    names = load_split(config.data, "all", config.network.image_size, seed=config.seed, progress=False).class_names
     listed.write_text("\n".join(names[:3]) + "\n")
     out = subprocess.run([sys.executable, tool, f"--model_dir={run}", f"--out={png}", f"--classes_file={listed}",
                           "--classes=5", "--queries=2"], env=env, capture_output=True, text=True, timeout=300)

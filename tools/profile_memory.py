@@ -32,6 +32,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     define_step_flags()
     flags.DEFINE_string("memory_logdir", "runs/profile_memory", "Where the profiler writes its trace.")
+    flags.DEFINE_integer("top", 20, "Rows of each table.")
     cli.check_paths(memory_logdir="new_folder")
 
 
