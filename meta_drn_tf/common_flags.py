@@ -4,6 +4,7 @@
         common_flags.define_model()
         common_flags.define_checkpoint()
         common_flags.define_kernels(default="auto")
+        flags.adopt_module_key_flags(common_flags)   # listed by the command's --help
 
 Called from a command's `define_flags`, after `cli.run` has started TensorFlow quietly (the
 choices come from the library).
@@ -37,9 +38,9 @@ def define_kernels(default: str | None) -> None:
     from meta_drn_tf.network.kernels import KERNEL_CHOICES
 
     flags.DEFINE_enum("kernels", default, KERNEL_CHOICES, "Kernel forms of a training run's network: auto (cpu on "
-                      "a CPU, stock on a GPU), stock (TensorFlow's own ops) or cpu (CPU-tuned); "
-                      + ("default: the run's setting. " if default is None else "")
-                      + "A SavedModel keeps the forms it was exported with.")
+                      "a CPU, stock on a GPU), stock (TensorFlow's own ops) or cpu (CPU-tuned)"
+                      + ("; default: the run's setting" if default is None else "")
+                      + ". A SavedModel keeps the forms it was exported with.")
 
 
 def define_export_kernels() -> None:

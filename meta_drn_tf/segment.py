@@ -52,6 +52,7 @@ def define_flags() -> None:
                       "already in --out: continues an interrupted run.")
     common_flags.define_checkpoint()
     common_flags.define_kernels(default="auto")
+    flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
     flags.DEFINE_string("save_tflite", None, "Also write the adapted network as a TensorFlow Lite file: one uint8 "
                         "image at the training size in, probabilities out (for phones and edge devices).")
     flags.DEFINE_enum("tflite_quantize", "none", QUANTIZATIONS, "The TensorFlow Lite file's numbers: none "

@@ -28,8 +28,12 @@ from meta_drn_tf import cli  # noqa: E402
 
 
 def _main_of(app: str):
-    if app.endswith(".py"):  # a tool: its flags are defined when the file runs (not as __main__)
-        return runpy.run_path(app, run_name="driven")["main"]
+    if app.endswith(".py"):  # a tool: its flags are defined when the file runs (not as __main__) and, for
+        # those whose choices are the library's lists, by its define_flags
+        tool = runpy.run_path(app, run_name="driven")
+        if "define_flags" in tool:
+            tool["define_flags"]()
+        return tool["main"]
     module = importlib.import_module(app)
     # What `cli.run(main, define_flags)` does first, done once for all the cases.
     module.define_flags()

@@ -12,9 +12,11 @@ import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    # The long tests (`slow`: whole runs, subprocesses) first: with `-n 2` the short ones then fill
-    # both workers to the end, instead of one worker finishing a long test alone.
-    items.sort(key=lambda item: "slow" not in item.keywords)
+    # The modules with long tests (`slow`: whole runs, subprocesses) first, each module's tests kept
+    # together (its module fixtures are made once): with `-n 2` the short ones then fill both
+    # workers to the end, instead of one worker finishing a long test alone.
+    has_slow = {item.module.__name__ for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.module.__name__ not in has_slow)
     if GPU_TESTS:
         return
     skip = pytest.mark.skip(reason="GPU test: run `python tools/gpu_check.py` on a machine with a GPU "

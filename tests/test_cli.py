@@ -130,3 +130,19 @@ def test_cuda_libraries_without_a_usable_gpu_are_named(monkeypatch):
     problem = hardware.gpu_problem()
     # This TensorFlow build has CUDA support (PyPI's Linux wheels do) and conftest hides the GPUs.
     assert problem and ("CUDA_VISIBLE_DEVICES" in problem or "CUDA support" in problem), problem
+
+
+@pytest.mark.slow
+def test_shared_flags_are_listed_by_each_commands_help():
+    """--model, --checkpoint and --kernels are defined once (common_flags) and still listed by each
+    command's own --help, with the defaults each command gives them."""
+    expected = {"segment": ("auto", True), "app": ("auto", True), "evaluate": (None, False),
+                "export": ("stock", False)}
+    procs = {c: subprocess.Popen([sys.executable, "-m", f"meta_drn_tf.{c}", "--helpshort"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True) for c in expected}
+    for command, (kernels, model) in expected.items():
+        out = procs[command].communicate(timeout=120)[0]  # (absl's --help exits 1)
+        assert "--checkpoint: <best|latest>" in out, command
+        assert ("--model:" in out) == model, command
+        listed = out[out.index("--kernels:"):].split("\n  --")[0]
+        assert (f"(default: '{kernels}')" in listed) if kernels else ("the run's setting" in listed), listed
