@@ -24,7 +24,8 @@ def query_gradient(adapter: AdapterInterface, weights: Sequence[tf.Tensor], imag
     Args:
         adapter: whose loss and gradients (float16's loss scale) are used.
         weights: all of the model's weights (tensors), as `adapter.loss` takes them.
-        images, masks: the queries `(q, H, W, 3)`, `(q, H, W, 1)`.
+        images: the query images `(q, H, W, 3)`.
+        masks: their masks `(q, H, W, 1)`.
         second_order: the kernel policy of a second-order step.
         unscale: False keeps float16's loss scale in the gradients (for a backward pass seeded with
             them, which would otherwise underflow).

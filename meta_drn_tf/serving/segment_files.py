@@ -109,7 +109,8 @@ def usable_images(paths: list[str], outputs: list[list[str]], skip_existing: boo
     """(indices to segment, how many already have their files, problems of the skipped bad files).
 
     Args:
-        paths, outputs: the images and the files each gets (`output_files`).
+        paths: the images.
+        outputs: the files each gets (`output_files`).
         skip_existing: leave out the images whose files all exist (an interrupted folder).
         skip_bad_files: leave out the images that cannot be decoded; otherwise a DataError lists them.
     """
