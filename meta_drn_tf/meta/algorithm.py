@@ -8,20 +8,19 @@ optimizers, strategies or training loops. To add one, write a module with an
 `Algorithm` subclass decorated `@register("name")` and import it before building
 a `MetaConfig(algorithm="name")`: nothing else changes (`tests/toy_algorithm.py`
 is such a module). The paper's four are `maml`, `fomaml`, `metasgd` and `reptile`
-in the modules of those names. For example, first-order "joint training":
+in the modules of those names. For example, an algorithm whose meta-gradient is θ - θ' after one
+SGD step on the query images (first order, like Reptile's):
 
-    @register("joint")
-    class JointTraining(Algorithm):
+    @register("query_step")
+    class QueryStep(Algorithm):
+        query_meta_gradient = False
+
         def task_gradients(self, learner, task, phase=None, loss_weights=None):
-            images = tf.concat([task["support_images"], task["query_images"]], 0)
-            masks = tf.concat([task["support_masks"], task["query_masks"]], 0)
-            weights = learner.initial_weights()
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(weights)
-                loss = learner.loss(weights, images, masks)
-            return learner.gradients(tape, loss, weights), loss
+            theta = learner.initial_weights()
+            fast, loss = learner.inner_loop(theta, task["query_images"], task["query_masks"], 1, False)
+            return [t - f for t, f in zip(theta, fast)], loss
 
-    grads, loss = JointTraining().task_gradients(Adapter(model, config), task)
+    grads, loss = QueryStep().task_gradients(Adapter(model, config), task)   # a plain Adapter suffices
 """
 
 from __future__ import annotations
