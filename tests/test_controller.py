@@ -19,7 +19,7 @@ from meta_drn_tf.training.actions import (
 )
 from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
 from meta_drn_tf.training.controller import Controller
-from meta_drn_tf.training.schedules import Schedule
+from meta_drn_tf.training.schedules import Plateau, Schedule
 from meta_drn_tf.training.stopping import StopRequest
 
 
@@ -73,13 +73,13 @@ def _no_pictures(monkeypatch):
     monkeypatch.setattr("meta_drn_tf.visualize.episode_grid", lambda kept: np.zeros((4, 4, 3), np.uint8))
 
 
-def _controller(tmp_path, task, stops, step_actions=(), epoch_actions=(), **cadence):
+def _controller(tmp_path, task, stops, step_actions=(), epoch_actions=(), schedule=None, **cadence):
     state = TrainState()
     checkpoints = Checkpoints(task.learner, state, str(tmp_path / "latest"), str(tmp_path / "best"))
     config = TrainerConfig(**{"epochs": 3, "log_every_steps": 2, "save_every_minutes": 1000, "meta_batch_size": 1,
                               **cadence})
     writer = tf.summary.create_noop_writer()
-    return Controller(task, checkpoints, Schedule(), config, stops,
+    return Controller(task, checkpoints, schedule or Schedule(), config, stops,
                       step_actions=[TrainingScalars(writer, task.learner), *step_actions],
                       epoch_actions=[ValidationReport(writer), SaveBest(checkpoints), *epoch_actions])
 
@@ -173,3 +173,16 @@ def test_an_action_is_added_by_appending_it_to_a_list(tmp_path):
     assert all(s.loss == 0.5 and s.meta_lr == pytest.approx(0.1) and s.tasks_per_s > 0 for s in steps)
     assert [(e.epoch, e.global_step, e.summary["soft_iou"], e.improved) for e in epochs] == [
         (1, 3, 0.2, True), (2, 6, 0.1, False), (3, 9, 0.3, True)]
+
+
+def test_a_plateau_lowers_the_rate_after_the_epochs_line(tmp_path, capsys):
+    task = StandInTask(steps_per_epoch=1, soft_ious=[0.3, 0.2, 0.1])
+    with StopRequest() as stops:
+        _controller(tmp_path, task, stops, schedule=Plateau(patience=1, factor=0.5)).run()
+    out = capsys.readouterr().out
+    # Epoch 3 is the second without improvement: the rate halves, said after that epoch's validation line.
+    assert out.count("validation:") == 3 and "has not improved for 1 epochs: meta_lr -> 0.05" in out
+    assert out.index("has not improved") > out.rindex("validation:")
+    saved = _saved(tmp_path / "latest")
+    assert saved["state/wait/.ATTRIBUTES/VARIABLE_VALUE"] == 0  # the count restarts with the new rate
+    assert float(task.learner.optimizer.learning_rate.numpy()) == pytest.approx(0.05)

@@ -155,13 +155,14 @@ class Controller:
             self.state.wait.assign(0)
         else:
             self.state.wait.assign_add(1)
-            if self.schedule.after_validation(self.learning_rate, int(self.state.wait)):
-                self.state.wait.assign(0)
         self.state.epoch.assign_add(1)
         self.state.step.assign(0)
         output = EpochOutput(int(self.state.global_step), int(self.state.epoch), summary, kept, improved)
         for action in self.epoch_actions:
             action(output)
+        # After the actions, so that validation's line comes before a plateau's note.
+        if not improved and self.schedule.after_validation(self.learning_rate, int(self.state.wait)):
+            self.state.wait.assign(0)
         self.checkpoints.save("latest", "end of epoch")
         self.last_save = time.time()
 
