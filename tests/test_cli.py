@@ -7,19 +7,20 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import warm
 
 from meta_drn_tf import cli, errors
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 
 TINY = ["--image_size=16", "--width=0.0625", "--queries=1", "--meta_batch_size=2", "--tasks_per_epoch=2",
         "--epochs=1", "--val_episodes=1", "--inner_lr=0.01", "--test_at_end=false", "--export_at_end=false"]
-# Without TF_CPP_MIN_LOG_LEVEL: what a user's shell has.
-ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+# Without TF_CPP_MIN_LOG_LEVEL: what a user's shell has (TensorFlow then starts cold, in a new process).
+USER_ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 CHATTER = ("I0000", "E0000", "W0000", "absl::InitializeLog", "cuda", "oneDNN", "cpu_feature_guard")
 
 
-def _run(args, timeout=300):
-    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+def _run(args, env=None, timeout=300):
+    return warm.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _error_line(out):
@@ -93,13 +94,13 @@ def test_a_bug_keeps_its_traceback():
 
 @pytest.mark.slow
 def test_tensorflow_start_up_chatter_only_with_verbosity():
-    raw = _run(["-c", "import tensorflow as tf; tf.config.list_physical_devices()"])
-    quiet = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625"])
+    raw = _run(["-c", "import tensorflow as tf; tf.config.list_physical_devices()"], USER_ENV)
+    quiet = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625"], USER_ENV)
     assert quiet.returncode == 0 and "receptive field" in quiet.stdout
     assert not any(c in quiet.stderr for c in CHATTER), quiet.stderr
     if not any(c in raw.stderr for c in CHATTER):
         pytest.skip("TensorFlow prints nothing at start-up on this machine")
-    loud = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625", "--verbosity=0"])
+    loud = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625", "--verbosity=0"], USER_ENV)
     assert loud.returncode == 0 and any(c in loud.stderr for c in CHATTER)
 
 
@@ -138,7 +139,7 @@ def test_shared_flags_are_listed_by_each_commands_help():
     command's own --help, with the defaults each command gives them."""
     expected = {"segment": ("auto", True), "app": ("auto", True), "evaluate": (None, False),
                 "export": ("stock", False)}
-    procs = {c: subprocess.Popen([sys.executable, "-m", f"meta_drn_tf.{c}", "--helpshort"], stdout=subprocess.PIPE,
+    procs = {c: warm.Popen([sys.executable, "-m", f"meta_drn_tf.{c}", "--helpshort"], stdout=subprocess.PIPE,
                                  stderr=subprocess.DEVNULL, text=True) for c in expected}
     for command, (kernels, model) in expected.items():
         out = procs[command].communicate(timeout=120)[0]  # (absl's --help exits 1)

@@ -3,13 +3,13 @@ flag or file, never a traceback. One process per command runs its whole table (`
 
 import json
 import os
-import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm
 
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 from meta_drn_tf.runs.config import RunConfig
@@ -253,9 +253,8 @@ COMMANDS = {
 @pytest.mark.parametrize("app", list(COMMANDS), ids=lambda a: os.path.basename(a))
 def test_mistyped_command_lines_end_in_one_error_line(app, w):
     cases = COMMANDS[app](w)
-    out = subprocess.run([sys.executable, os.path.join(HERE, "command_driver.py"), app], cwd=w["root"],
-                         input=json.dumps([args for args, _, _ in cases]), capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = warm.run([sys.executable, os.path.join(HERE, "command_driver.py"), app], cwd=w["root"],
+                   input=json.dumps([args for args, _, _ in cases]), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
     wrong = []

@@ -11,16 +11,17 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm
 
 from meta_drn_tf import cli
 from meta_drn_tf.training import distribute
 
 HERE = os.path.dirname(__file__)
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _check(*args, timeout=400):
-    out = subprocess.run([sys.executable, os.path.join(HERE, "distributed_check.py"), *args],
+    out = warm.run([sys.executable, os.path.join(HERE, "distributed_check.py"), *args],
                          check=True, capture_output=True, text=True, env=ENV, timeout=timeout)
     results = json.loads(out.stdout.strip().splitlines()[-1])
     for algo, r in results.items():
@@ -98,7 +99,7 @@ def _start_workers(model_dir, epochs, timeout_s=COLLECTIVE_TIMEOUT_S):
     procs = []
     for i in range(2):
         env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        procs.append(subprocess.Popen(_worker_cmd(model_dir, epochs, timeout_s), env=env,
+        procs.append(warm.Popen(_worker_cmd(model_dir, epochs, timeout_s), env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
 
@@ -166,7 +167,7 @@ def test_two_localhost_workers_preempted_and_resumed_train_like_one_device(tmp_p
     assert {"checkpoints", "best", "logs", "flags.json"} <= set(os.listdir(model_dir))
     single = str(tmp_path / "single")
     cmd = [c.replace("multi_worker", "one_device") for c in _worker_cmd(single, epochs=epochs)]
-    subprocess.run(cmd, check=True, env=ENV, timeout=300, capture_output=True)
+    warm.run(cmd, check=True, env=ENV, timeout=300, capture_output=True)
     a, b = _weights(model_dir), _weights(single)
     assert a.keys() == b.keys() and a
     for k in a:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm
 import yaml
 
 from meta_drn_tf.runs.config import RunConfig
@@ -84,8 +85,7 @@ def test_readme_python_runs_as_written(tmp_path):
     cv2.imwrite(str(tmp_path / "cat1.png"), (image[..., 1] > 150).astype(np.uint8) * 255)
     cv2.imwrite(str(tmp_path / "photos" / "cat2.jpg"), image[::-1])
     (tmp_path / "readme.py").write_text("\n".join(blocks))
-    out = subprocess.run([sys.executable, "readme.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = warm.run([sys.executable, "readme.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     mask = cv2.imread(str(tmp_path / "cat2_mask.png"), cv2.IMREAD_GRAYSCALE)
     assert mask.shape == (40, 30) and set(np.unique(mask)) <= {0, 255}

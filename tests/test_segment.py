@@ -3,7 +3,6 @@
 import glob
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm
 
 from meta_drn_tf import Segmenter, cli
 from meta_drn_tf.data.synthetic import synthetic_bank
@@ -22,7 +22,6 @@ from meta_drn_tf.serving import tflite
 from meta_drn_tf.training.evaluation import EpisodeScorer
 
 SIZE = 32
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def _segment(model, root, out, *extra):
     args = [sys.executable, "-m", "meta_drn_tf.segment", f"--model={model}", f"--support={root / 'img0.png'}",
             f"--support_mask={root / 'mask0.png'}", f"--images={root / 'img[1-4].png'}",
             f"--images={root / 'other'}", f"--out={out}", *extra]
-    return subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    return warm.run(args, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -187,10 +186,10 @@ def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
 @pytest.mark.slow
 def test_command_on_real_photos(real_fewshot_dir, run_dir, tmp_path):
     folder = os.path.join(real_fewshot_dir, "cat")
-    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.segment", f"--model={run_dir}",
+    out = warm.run([sys.executable, "-m", "meta_drn_tf.segment", f"--model={run_dir}",
                           f"--support={folder}/1.jpg", f"--support_mask={folder}/1.png",
                           f"--images={folder}/[23].jpg", f"--out={tmp_path}"],
-                         env=ENV, capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     for n in (2, 3):
         mask = cv2.imread(str(tmp_path / f"{n}.png"), cv2.IMREAD_UNCHANGED)

@@ -16,13 +16,13 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm
 
 from meta_drn_tf.errors import storage_problem
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
 from meta_drn_tf.runs.pieces import build_learner, restore_learner
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 STORAGE, PREEMPTED = 6, 75
 TINY = ["--image_size=16", "--width=0.0625", "--synthetic_classes=12", "--synthetic_images=4", "--queries=1",
         "--meta_batch_size=2", "--tasks_per_epoch=2", "--val_episodes=2", "--test_at_end=false",
@@ -52,7 +52,7 @@ def _fill(folder) -> None:
 
 
 def _run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+    return warm.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _one_error_line(out, code):
@@ -132,8 +132,8 @@ def test_training_on_a_full_disk_stops_and_its_last_checkpoint_loads(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_during_export_stops_in_one_line_with_nothing_half_written(run, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}",
-                                f"--export_dir={tmp_path / 'models'}"], env=ENV, stderr=subprocess.PIPE, text=True)
+    process = warm.Popen([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}",
+                                f"--export_dir={tmp_path / 'models'}"], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not glob.glob(str(tmp_path / "models" / ".export.*.partial")) and time.time() < deadline:
         time.sleep(0.05)  # the export is writing

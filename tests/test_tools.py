@@ -2,17 +2,17 @@
 
 import os
 import re
-import subprocess
 import sys
 
 import pytest
+import warm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
 def test_profile_memory_replays_the_allocations_of_a_step(tmp_path):
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, os.path.join(ROOT, "tools", "profile_memory.py"), "--algo=maml", "--size=32",
          "--width=0.125", f"--memory_logdir={tmp_path}"],
         capture_output=True, text=True, timeout=600, check=True)
@@ -36,7 +36,7 @@ print("first_order" if mode == "first" else "second_order", "min step s 1.5 medi
 def test_benchmark_alternates_with_the_peer_and_prints_the_ratios(tmp_path):
     peer_script = tmp_path / "peer.py"
     peer_script.write_text(FAKE_PEER)  # a stand-in for the PyTorch peer: 2.0 s, peak 1.5 GiB, working set 1.0
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), f"--peer={sys.executable}",
          f"--peer_script={peer_script}", "--size=32", "--width=0.125", "--algos=fomaml", "--precisions=float32",
          "--repeats=1", "--rounds=2"],
@@ -64,7 +64,7 @@ def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
     budget (stopped here: it is spent), then rows until the budget, each with its projected FSS-1000 epoch
     beside the paper's; the rest are named."""
     report = tmp_path / "gpu_check.md"
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--smoke", f"--report={report}",
          "--budget_s=5", "--repeats=1"],
         capture_output=True, text=True, timeout=600, check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm
 
 from meta_drn_tf import cli
 from meta_drn_tf.errors import ConfigError, NonFiniteLoss
@@ -168,13 +169,12 @@ def _wait_for_checkpoint(proc, model_dir, name):
 
 @pytest.mark.slow
 def test_sigterm_then_kill_9_and_rerun_end_with_the_same_weights(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
     # Op determinism makes the load irrelevant to the results. The interrupted run is given far more epochs,
     # so that it cannot end before a signal; it finishes with the straight run's 2.
-    uninterrupted = subprocess.Popen(_command(straight), env=env, stdout=subprocess.DEVNULL,
+    uninterrupted = warm.Popen(_command(straight), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-    terminated = subprocess.Popen(_command(interrupted, epochs=1000), env=env, stdout=subprocess.PIPE,
+    terminated = warm.Popen(_command(interrupted, epochs=1000), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(terminated, interrupted, "ckpt-1")
     terminated.send_signal(signal.SIGTERM)
@@ -190,13 +190,13 @@ def test_sigterm_then_kill_9_and_rerun_end_with_the_same_weights(tmp_path):
     assert said[3] == os.path.join(interrupted, "checkpoints", f"ckpt-{step}")
 
     # Resumed, then killed mid-run (perhaps while it writes a checkpoint), then resumed to the end.
-    killed = subprocess.Popen(_command(interrupted, epochs=1000), env=env, stdout=subprocess.DEVNULL,
+    killed = warm.Popen(_command(interrupted, epochs=1000), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     _wait_for_checkpoint(killed, interrupted, f"ckpt-{step + 1}")
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert _saved_step(interrupted) < 6, "the killed run got past the 2 epochs it resumes to"
-    resumed = subprocess.run(_command(interrupted), env=env, capture_output=True, text=True, timeout=300)
+    resumed = warm.run(_command(interrupted), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming" in resumed.stdout and "meta-gradient: second order" in resumed.stdout, resumed.stdout[-2000:]
     assert uninterrupted.wait(timeout=300) == 0
@@ -209,16 +209,15 @@ def test_sigterm_then_kill_9_and_rerun_end_with_the_same_weights(tmp_path):
 
 @pytest.mark.slow
 def test_one_writer_per_run_while_evaluate_reads_it(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = str(tmp_path / "run")
     plain = dict(algo="fomaml", lslr=False, first_order_epochs=0, deterministic=False)  # quick to trace
-    holder = subprocess.Popen(_command(run, epochs=1000, **plain), env=env, stdout=subprocess.PIPE,
+    holder = warm.Popen(_command(run, epochs=1000, **plain), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_checkpoint(holder, run, "ckpt-1")
         # A second train and a --fresh one, and evaluate: reading a run in training is safe (it restores
         # a checkpoint and writes its own folder). (After the holder dies, the kill -9 test resumes.)
-        others = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        others = [warm.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                   for args in (_command(run, **plain), _command(run, fresh=True, **plain),
                                [sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}",
                                 "--checkpoint=latest", "--episodes=2", "--baseline=false"])]
@@ -249,11 +248,10 @@ def test_fresh_keeps_a_folder_that_holds_no_run(tmp_path):
 @pytest.mark.slow
 def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path / "run")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     # Every class of the dataset, 1-shot and 2-shot rows in one invocation (the test split's own report
     # folder: test_one_writer_per_run_while_evaluate_reads_it).
-    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}", "--split=all",
-                          "--shots=1,2", "--episodes=3"], env=env, capture_output=True, text=True, timeout=300)
+    out = warm.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}", "--split=all",
+                          "--shots=1,2", "--episodes=3"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "12 classes" in out.stdout  # TINY's synthetic_classes: train, val and test together
     table = (run / "eval_all" / "table.md").read_text()
@@ -265,9 +263,9 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     assert (run / "eval_all" / "per_class.csv").read_text().startswith("class,queries,loss,soft_iou")
 
     export_dir = tmp_path / "saved_models" / "tiny"
-    out = subprocess.run([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}",
+    out = warm.run([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}",
                           f"--export_dir={export_dir}"],
-                         env=env, capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (export_dir / "1" / "saved_model.pb").is_file()
 
@@ -280,8 +278,8 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     config = RunConfig.load(str(run))
     names = load_split(config.data, "all", config.network.image_size, seed=config.seed, progress=False).class_names
     listed.write_text("\n".join(names[:3]) + "\n")
-    out = subprocess.run([sys.executable, tool, f"--model_dir={run}", f"--out={png}", f"--classes_file={listed}",
-                          "--classes=5", "--queries=2"], env=env, capture_output=True, text=True, timeout=300)
+    out = warm.run([sys.executable, tool, f"--model_dir={run}", f"--out={png}", f"--classes_file={listed}",
+                          "--classes=5", "--queries=2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     import cv2
 

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+import warm
 
 pytest.importorskip("jax", reason="the XLA programs' runner needs JAX: pip install -e '.[hlo]'")
 pytestmark = pytest.mark.slow
@@ -107,7 +108,7 @@ def _check_native_programs_convolve_with_dilations_and_the_rewrite_does_not(fold
 def test_the_smoke_folder_runs_without_tensorflow_and_gives_its_meta_gradients(tmp_path):
     """One test over one folder (writing it takes a minute): pytest-xdist then runs it all on one worker."""
     folder = tmp_path / "programs"
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), f"--hlo={folder}", "--smoke"],
+    warm.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), f"--hlo={folder}", "--smoke"],
                    capture_output=True, text=True, timeout=900, check=True)
     _check_the_runner_alone_reproduces_tensorflow_for_every_algorithm(folder)
     _check_a_check_fails_on_another_algorithms_or_a_perturbed_reference(folder)
