@@ -140,7 +140,7 @@ def test_shared_flags_are_listed_by_each_commands_help():
     expected = {"segment": ("auto", True), "app": ("auto", True), "evaluate": (None, False),
                 "export": ("stock", False)}
     procs = {c: warm.Popen([sys.executable, "-m", f"meta_drn_tf.{c}", "--helpshort"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True) for c in expected}
+                           stderr=subprocess.DEVNULL, text=True) for c in expected}
     for command, (kernels, model) in expected.items():
         out = procs[command].communicate(timeout=120)[0]  # (absl's --help exits 1)
         assert "--checkpoint: <best|latest>" in out, command

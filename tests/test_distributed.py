@@ -22,7 +22,7 @@ ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 def _check(*args, timeout=400):
     out = warm.run([sys.executable, os.path.join(HERE, "distributed_check.py"), *args],
-                         check=True, capture_output=True, text=True, env=ENV, timeout=timeout)
+                   check=True, capture_output=True, text=True, env=ENV, timeout=timeout)
     results = json.loads(out.stdout.strip().splitlines()[-1])
     for algo, r in results.items():
         assert r["moved"] > 1e-4, algo  # the steps changed the weights...
@@ -100,7 +100,7 @@ def _start_workers(model_dir, epochs, timeout_s=COLLECTIVE_TIMEOUT_S):
     for i in range(2):
         env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
         procs.append(warm.Popen(_worker_cmd(model_dir, epochs, timeout_s), env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
 
 

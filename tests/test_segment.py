@@ -187,9 +187,9 @@ def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
 def test_command_on_real_photos(real_fewshot_dir, run_dir, tmp_path):
     folder = os.path.join(real_fewshot_dir, "cat")
     out = warm.run([sys.executable, "-m", "meta_drn_tf.segment", f"--model={run_dir}",
-                          f"--support={folder}/1.jpg", f"--support_mask={folder}/1.png",
-                          f"--images={folder}/[23].jpg", f"--out={tmp_path}"],
-                         capture_output=True, text=True, timeout=300)
+                   f"--support={folder}/1.jpg", f"--support_mask={folder}/1.png",
+                   f"--images={folder}/[23].jpg", f"--out={tmp_path}"],
+                   capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     for n in (2, 3):
         mask = cv2.imread(str(tmp_path / f"{n}.png"), cv2.IMREAD_UNCHANGED)

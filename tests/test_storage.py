@@ -133,7 +133,7 @@ def test_training_on_a_full_disk_stops_and_its_last_checkpoint_loads(tmp_path):
 @pytest.mark.slow
 def test_sigterm_during_export_stops_in_one_line_with_nothing_half_written(run, tmp_path):
     process = warm.Popen([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}",
-                                f"--export_dir={tmp_path / 'models'}"], stderr=subprocess.PIPE, text=True)
+                         f"--export_dir={tmp_path / 'models'}"], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not glob.glob(str(tmp_path / "models" / ".export.*.partial")) and time.time() < deadline:
         time.sleep(0.05)  # the export is writing

@@ -173,9 +173,9 @@ def test_sigterm_then_kill_9_and_rerun_end_with_the_same_weights(tmp_path):
     # Op determinism makes the load irrelevant to the results. The interrupted run is given far more epochs,
     # so that it cannot end before a signal; it finishes with the straight run's 2.
     uninterrupted = warm.Popen(_command(straight), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL)
     terminated = warm.Popen(_command(interrupted, epochs=1000), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(terminated, interrupted, "ckpt-1")
     terminated.send_signal(signal.SIGTERM)
     _, err = terminated.communicate(timeout=240)
@@ -191,7 +191,7 @@ def test_sigterm_then_kill_9_and_rerun_end_with_the_same_weights(tmp_path):
 
     # Resumed, then killed mid-run (perhaps while it writes a checkpoint), then resumed to the end.
     killed = warm.Popen(_command(interrupted, epochs=1000), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                        stderr=subprocess.DEVNULL)
     _wait_for_checkpoint(killed, interrupted, f"ckpt-{step + 1}")
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -212,7 +212,7 @@ def test_one_writer_per_run_while_evaluate_reads_it(tmp_path):
     run = str(tmp_path / "run")
     plain = dict(algo="fomaml", lslr=False, first_order_epochs=0, deterministic=False)  # quick to trace
     holder = warm.Popen(_command(run, epochs=1000, **plain), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                        stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_checkpoint(holder, run, "ckpt-1")
         # A second train and a --fresh one, and evaluate: reading a run in training is safe (it restores
@@ -251,7 +251,7 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     # Every class of the dataset, 1-shot and 2-shot rows in one invocation (the test split's own report
     # folder: test_one_writer_per_run_while_evaluate_reads_it).
     out = warm.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}", "--split=all",
-                          "--shots=1,2", "--episodes=3"], capture_output=True, text=True, timeout=300)
+                   "--shots=1,2", "--episodes=3"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "12 classes" in out.stdout  # TINY's synthetic_classes: train, val and test together
     table = (run / "eval_all" / "table.md").read_text()
@@ -264,8 +264,8 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
 
     export_dir = tmp_path / "saved_models" / "tiny"
     out = warm.run([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}",
-                          f"--export_dir={export_dir}"],
-                         capture_output=True, text=True, timeout=300)
+                   f"--export_dir={export_dir}"],
+                   capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (export_dir / "1" / "saved_model.pb").is_file()
 
@@ -279,7 +279,7 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     names = load_split(config.data, "all", config.network.image_size, seed=config.seed, progress=False).class_names
     listed.write_text("\n".join(names[:3]) + "\n")
     out = warm.run([sys.executable, tool, f"--model_dir={run}", f"--out={png}", f"--classes_file={listed}",
-                          "--classes=5", "--queries=2"], capture_output=True, text=True, timeout=300)
+                   "--classes=5", "--queries=2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     import cv2
 

@@ -109,7 +109,7 @@ def test_the_smoke_folder_runs_without_tensorflow_and_gives_its_meta_gradients(t
     """One test over one folder (writing it takes a minute): pytest-xdist then runs it all on one worker."""
     folder = tmp_path / "programs"
     warm.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), f"--hlo={folder}", "--smoke"],
-                   capture_output=True, text=True, timeout=900, check=True)
+             capture_output=True, text=True, timeout=900, check=True)
     _check_the_runner_alone_reproduces_tensorflow_for_every_algorithm(folder)
     _check_a_check_fails_on_another_algorithms_or_a_perturbed_reference(folder)
     _check_inputs_are_regenerated_from_the_manifest_alone(folder)
