@@ -137,7 +137,7 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None, None, None], tf.float32, name="support_masks"),
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="query_images"),
         tf.TensorSpec([None], tf.float32, name="threshold"),
-    ])
+    ], autograph=False)
     def serving_default(self, support_images, support_masks, query_images, threshold):
         return self._adapt_and_segment(self._images(support_images), support_masks,
                                        self._images(query_images), threshold)
@@ -147,14 +147,14 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None, None, None], tf.float32, name="support_masks"),
         tf.TensorSpec([None, None, None, 3], tf.float32, name="query_images"),
         tf.TensorSpec([None], tf.float32, name="threshold"),
-    ])
+    ], autograph=False)
     def adapt_and_segment_float(self, support_images, support_masks, query_images, threshold):
         return self._adapt_and_segment(support_images, support_masks, query_images, threshold)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="query_images"),
         tf.TensorSpec([None], tf.float32, name="threshold"),
-    ])
+    ], autograph=False)
     def segment_initial(self, query_images, threshold):
         return self._segment(self.adapter.initial_weights(), self._images(query_images), threshold)
 
@@ -162,7 +162,7 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="support_images"),
         tf.TensorSpec([None, None, None], tf.float32, name="support_masks"),
-    ])
+    ], autograph=False)
     def adapt(self, support_images, support_masks):
         return {"fast_weights": self._flatten(self._adapt(self._images(support_images), support_masks))}
 
@@ -170,7 +170,7 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None], tf.float32, name="fast_weights"),
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="query_images"),
         tf.TensorSpec([None], tf.float32, name="threshold"),
-    ])
+    ], autograph=False)
     def segment_adapted(self, fast_weights, query_images, threshold):
         return self._segment(self._unflatten(fast_weights), self._images(query_images), threshold)
 

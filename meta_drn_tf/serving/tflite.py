@@ -130,7 +130,7 @@ def make_converter(model, weights: list[np.ndarray]) -> tf.lite.TFLiteConverter:
     probabilities `[1, S, S]` out, before any quantization setting (`convert` sets them)."""
     size = model.input_shape[1]
 
-    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")])
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")], autograph=False)
     def segment(image):
         # Constants, not variables: the converter folds them, and TFLite reads no resource variables.
         constants = [tf.constant(w, v.dtype) for w, v in zip(weights, model.trainable_variables, strict=True)]

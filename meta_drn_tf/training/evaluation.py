@@ -37,7 +37,7 @@ class EpisodeScorer:
 
     def __init__(self, adapter: Adapter):
         self.adapter = adapter
-        self._function = tf.function(self._score, reduce_retracing=True)
+        self._function = tf.function(self._score, reduce_retracing=True, autograph=False)
 
     def __call__(self, task_batch: dict, inner_steps: int | None = None,
                  inner_lr: float | None = None) -> dict[str, tf.Tensor]:

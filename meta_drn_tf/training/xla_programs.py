@@ -208,7 +208,7 @@ def _reference(spec: ProgramSpec, flags_dir: str, adapter: Adapter, args: list) 
     reference, _, _ = _adapter(spec, flags_dir, "any")
     for target, source in zip(_variables(reference), _variables(adapter), strict=True):
         target.assign(source)
-    outputs = tf.function(_function(reference, spec.kind))(*args)
+    outputs = tf.function(_function(reference, spec.kind), autograph=False)(*args)
     return [np.asarray(o) for o in tf.nest.flatten(outputs)]
 
 
@@ -217,7 +217,7 @@ def build_program(spec: ProgramSpec, flags_dir: str) -> tuple[dict, dict, list[n
     adapter, sizes, shots = _adapter(spec, flags_dir, "gpu" if spec.dilations == "native" else "any")
     data = _data_inputs(spec.kind, sizes, shots)
     args = [tf.constant(xla_runner.generate(d, SEED, i)) for i, d in enumerate(data)]
-    function = tf.function(_function(adapter, spec.kind), jit_compile=True)
+    function = tf.function(_function(adapter, spec.kind), jit_compile=True, autograph=False)
     concrete = function.get_concrete_function(*args)
     captured = _captured_specs(concrete, adapter, len(data))
     ir = function.experimental_get_compiler_ir(*args)
