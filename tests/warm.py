@@ -33,8 +33,9 @@ import sys
 import tempfile
 import threading
 
-# Read by the library after start-up, so a forked child may be given other values than the server's.
-RUNTIME_ENV = {"TF_CONFIG"}
+# Read by the library after start-up (pytest's current test name: by nothing), so a forked child may be
+# given other values than the server's.
+RUNTIME_ENV = {"TF_CONFIG", "PYTEST_CURRENT_TEST"}
 _server = None
 _server_lock = threading.Lock()
 
@@ -60,8 +61,7 @@ def run(args, *, timeout=None, check=False, capture_output=False, input=None, **
 
 def Popen(args, **kwargs) -> subprocess.Popen:  # noqa: N802 (subprocess's name)
     """`subprocess.Popen`, warm where it can be (see the module's docstring)."""
-    env = kwargs.get("env")
-    if _warm_target(args) and _same_start(env):
+    if _warm_target(args) and _same_start(os.environ if kwargs.get("env") is None else kwargs["env"]):
         return _ForkedPopen(args, **kwargs)
     return subprocess.Popen(args, **kwargs)
 
@@ -75,10 +75,10 @@ def _warm_target(args) -> bool:
 
 
 def _same_start(env) -> bool:
-    if env is None:
-        return True
-    keys = (set(env) | set(os.environ)) - RUNTIME_ENV
-    return all(env.get(k) == os.environ.get(k) for k in keys)
+    """Whether `env` is the environment the server started TensorFlow in, but for `RUNTIME_ENV`."""
+    started = _server_env()
+    keys = (set(env) | set(started)) - RUNTIME_ENV
+    return all(env.get(k) == started.get(k) for k in keys)
 
 
 class _Server:
@@ -86,6 +86,7 @@ class _Server:
 
     def __init__(self):
         self.folder = tempfile.mkdtemp(prefix="warm-")
+        self.env = dict(os.environ)
         self.address = os.path.join(self.folder, "socket")
         # Its stdin is its lifeline: it exits when this process does.
         self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.address],
@@ -99,12 +100,17 @@ class _Server:
         self.process.wait(timeout=30)
 
 
-def _server_address() -> str:
+def _running_server() -> _Server:
     global _server
     with _server_lock:
         if _server is None or _server.process.poll() is not None:
             _server = _Server()
-        return _server.address
+        return _server
+
+
+def _server_env() -> dict:
+    # Before the first command the server would start with this process's environment.
+    return dict(os.environ) if _server is None else _server.env
 
 
 class _ForkedPopen(subprocess.Popen):
@@ -114,7 +120,7 @@ class _ForkedPopen(subprocess.Popen):
                        creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
                        *rest):
         self._link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._link.connect(_server_address())
+        self._link.connect(_running_server().address)
         request = json.dumps({"argv": [str(a) for a in args[1:]], "cwd": os.fspath(cwd or os.getcwd()),
                               "env": dict(os.environ if env is None else env)}).encode()
         # -1: the stream is inherited from this process, as subprocess does.

@@ -103,6 +103,8 @@ def training_tasks(
 
     if task_ids is None:
         task_ids = tf.data.Dataset.range(start_task, 2**62 if num_tasks is None else start_task + num_tasks)
+    # No tensor-valued control flow to convert: AutoGraph would only re-parse the augmentation's source.
+    make_task = tf.autograph.experimental.do_not_convert(make_task)
     return task_ids.map(make_task, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
