@@ -14,8 +14,8 @@ TensorFlow costs about 6 CPU-seconds per process on the 2-core CI host, a third 
 command's time, and the suite starts dozens of them.
 
 What a fork cannot give falls back to a real `subprocess.Popen`: `-c` scripts, programs other than
-this interpreter, and environments that differ from the server's in anything TensorFlow reads
-when it starts (only `RUNTIME_ENV` may differ). Tests of start-up itself (TensorFlow's chatter,
+this interpreter, and environments that differ from the server's in anything read at start-up
+(`START_UP_ENV`). Tests of start-up itself (TensorFlow's chatter,
 a fresh install) use `subprocess` directly.
 """
 
@@ -33,9 +33,11 @@ import sys
 import tempfile
 import threading
 
-# Read by the library after start-up (pytest's current test name: by nothing), so a forked child may be
-# given other values than the server's.
-RUNTIME_ENV = {"TF_CONFIG", "PYTEST_CURRENT_TEST"}
+# What Python, TensorFlow, Keras, XLA, CUDA and the threading libraries read when they start: these must
+# be the server's. A forked child gets any other variable as asked (TF_CONFIG is read after start-up).
+START_UP_ENV = ("PYTHON", "LD_", "TF_", "TF2_", "XLA_", "CUDA_", "NVIDIA_", "KERAS_", "JAX_", "OMP_", "KMP_",
+                "MKL", "ONEDNN_", "DNNL_", "GRPC_", "ABSL_")
+RUNTIME_ENV = {"TF_CONFIG"}
 _server = None
 _server_lock = threading.Lock()
 
@@ -75,9 +77,9 @@ def _warm_target(args) -> bool:
 
 
 def _same_start(env) -> bool:
-    """Whether `env` is the environment the server started TensorFlow in, but for `RUNTIME_ENV`."""
+    """Whether `env` agrees with the environment the server started TensorFlow in where start-up reads it."""
     started = _server_env()
-    keys = (set(env) | set(started)) - RUNTIME_ENV
+    keys = {k for k in set(env) | set(started) if k.startswith(START_UP_ENV)} - RUNTIME_ENV
     return all(env.get(k) == started.get(k) for k in keys)
 
 
