@@ -12,8 +12,9 @@ import warm
 from meta_drn_tf import cli, errors
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 
-TINY = ["--image_size=16", "--width=0.0625", "--queries=1", "--meta_batch_size=2", "--tasks_per_epoch=2",
-        "--epochs=1", "--val_episodes=1", "--inner_lr=0.01", "--test_at_end=false", "--export_at_end=false"]
+TINY = ["--algo=fomaml", "--image_size=16", "--width=0.0625", "--queries=1", "--meta_batch_size=2",
+        "--tasks_per_epoch=2", "--epochs=1", "--val_episodes=1", "--inner_lr=0.01", "--test_at_end=false",
+        "--export_at_end=false"]
 # Without TF_CPP_MIN_LOG_LEVEL: what a user's shell has (TensorFlow then starts cold, in a new process).
 USER_ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 CHATTER = ("I0000", "E0000", "W0000", "absl::InitializeLog", "cuda", "oneDNN", "cpu_feature_guard")

@@ -15,8 +15,9 @@ from meta_drn_tf.runs.pieces import build_learner, restore_learner
 from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
 from meta_drn_tf.training.trainer import train
 
-TINY = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1, meta_batch_size=2,
-            tasks_per_epoch=2, epochs=3, val_episodes=2, inner_lr=0.01, save_every_minutes=1000,
+# First-order MAML: what is tested is the checkpoints, not the meta-gradient (a cheaper step to trace).
+TINY = dict(algo="fomaml", image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
+            meta_batch_size=2, tasks_per_epoch=2, epochs=3, val_episodes=2, inner_lr=0.01, save_every_minutes=1000,
             test_at_end=False, export_at_end=False)
 
 

@@ -84,8 +84,9 @@ COLLECTIVE_TIMEOUT_S = 120
 
 
 def _worker_cmd(model_dir, epochs, timeout_s=COLLECTIVE_TIMEOUT_S):
-    # Meta-batch 3 over two workers: shares of 2 and 1 task, the second padded (an uneven split).
-    flags = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
+    # Meta-batch 3 over two workers: shares of 2 and 1 task, the second padded (an uneven split). First-order
+    # MAML: every algorithm's replica update is distributed_check.py's; this is the workers' plumbing.
+    flags = dict(algo="fomaml", image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=4, queries=1,
                  meta_batch_size=3, tasks_per_epoch=3, epochs=epochs, val_episodes=1, inner_lr=0.01,
                  save_every_steps=1,
                  test_at_end=False, export_at_end=False, strategy="multi_worker", model_dir=model_dir,

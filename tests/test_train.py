@@ -1,5 +1,6 @@
 """The training app: tiny end-to-end runs, resume after kill -9, TensorBoard, NaN guard."""
 
+import collections
 import glob
 import json
 import os
@@ -38,11 +39,30 @@ def _events(directory):
     return tags
 
 
+FinishedRun = collections.namedtuple("FinishedRun", "path final epochs")
+
+
+def _tiny_run(path, **overrides):
+    """A one-epoch run in `path`: train()'s result and the epochs an action added from outside saw."""
+    epochs = []  # train() passes the action to the Controller
+    return train(_cfg(path, **overrides), epoch_actions=[epochs.append]), epochs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A completed one-epoch MAML run, copied by each test that continues it."""
+    path = tmp_path_factory.mktemp("finished")
+    final, epochs = _tiny_run(path)
+    return FinishedRun(path, final, epochs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "metasgd"])
-def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo):
-    epochs = []  # an action added from outside: train() passes it to the Controller
-    final = train(_cfg(tmp_path, algo=algo), epoch_actions=[epochs.append])
+def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo, request):
+    if algo == "maml":  # the shared run's
+        tmp_path, final, epochs = request.getfixturevalue("finished_run")
+    else:
+        final, epochs = _tiny_run(tmp_path, algo=algo)
     assert final["epochs"] == 1 and 0 <= final["best_val_soft_iou"] <= 1
     assert [(e.epoch, e.improved, e.summary["soft_iou"]) for e in epochs] == [(1, True, final["best_val_soft_iou"])]
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
@@ -67,14 +87,6 @@ def test_full_lslr_per_step_norm_run_evaluates_on_test_classes_and_exports(tmp_p
     assert os.path.isfile(tmp_path / "best_model.keras")
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A completed one-epoch run, copied by each test that continues it."""
-    path = tmp_path_factory.mktemp("finished")
-    train(_cfg(path))
-    return path
-
-
 @pytest.mark.slow
 def test_tensorboard_lists_the_runs_figures_under_scalars(finished_run):
     """Read with TensorBoard's own data provider (what its Scalars dashboard lists), not TensorFlow's event
@@ -82,7 +94,7 @@ def test_tensorboard_lists_the_runs_figures_under_scalars(finished_run):
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 
-    logs = str(finished_run / "logs")
+    logs = str(finished_run.path / "logs")
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(logs)
     multiplexer.Reload()
@@ -106,7 +118,7 @@ def _copy(run, tmp_path):
 
 @pytest.mark.slow
 def test_resume_refuses_other_model_shaping_flags(finished_run, tmp_path):
-    _copy(finished_run, tmp_path)
+    _copy(finished_run.path, tmp_path)
     with pytest.raises(ConfigError, match="--width=0.0625"):
         train(_cfg(tmp_path, width=0.125, epochs=2))
     # --fresh starts over instead.
@@ -115,7 +127,7 @@ def test_resume_refuses_other_model_shaping_flags(finished_run, tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
-    _copy(finished_run, tmp_path)
+    _copy(finished_run.path, tmp_path)
     good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     with pytest.raises(NonFiniteLoss, match=os.path.basename(good)):
         train(_cfg(tmp_path, epochs=2, inner_lr=1e30))
@@ -127,7 +139,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, 
 
 @pytest.mark.slow
 def test_skip_nonfinite_counts_bad_batches_and_goes_on(finished_run, tmp_path):
-    _copy(finished_run, tmp_path)
+    _copy(finished_run.path, tmp_path)
     final = train(_cfg(tmp_path, epochs=2, inner_lr=1e30, skip_nonfinite=True))
     assert final["epochs"] == 2
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")))
@@ -247,7 +259,7 @@ def test_fresh_keeps_a_folder_that_holds_no_run(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path):
-    run = _copy(finished_run, tmp_path / "run")
+    run = _copy(finished_run.path, tmp_path / "run")
     # Every class of the dataset, 1-shot and 2-shot rows in one invocation (the test split's own report
     # folder: test_one_writer_per_run_while_evaluate_reads_it).
     out = warm.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run}", "--split=all",
