@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -53,7 +54,7 @@ def test_versions_are_integers_and_increase(exported, tmp_path):
     learner, path = exported
     assert os.path.basename(path) == "1"
     base = str(tmp_path / "m")
-    assert serving.export(learner, base, NetworkConfig(SIZE, WIDTH)).endswith(os.path.join("m", "1"))
+    shutil.copytree(path, os.path.join(base, "1"))  # the fixture's first version, in a folder of its own
     assert serving.export(learner, base, NetworkConfig(SIZE, WIDTH)).endswith(os.path.join("m", "2"))
     assert sorted(os.listdir(base)) == ["1", "2"]
 
