@@ -6,12 +6,11 @@ CPUs. The network computes its strided 1x1 projection as subsampling plus a
 stride-1 convolution, so no meta-step graph contains such a convolution.
 """
 
-import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
+import warm
 
 from meta_drn_tf.meta import MetaConfig, MetaLearner
 from meta_drn_tf.meta.graphs import meta_step_graph, operations
@@ -47,9 +46,9 @@ def test_meta_step_graph_has_no_strided_1x1_convolution(algo, width):
 
 
 @pytest.mark.slow
-def test_meta_step_and_evaluation_at_a_narrow_width_do_not_crash_natively():
+def test_meta_step_and_evaluation_at_a_narrow_width_do_not_crash_natively(tmp_path):
     # Width 0.125: resblock1's projection has 8 input channels, the case that
-    # crashed. A native crash would kill pytest, so it runs in a subprocess.
+    # crashed. A native crash would kill pytest, so it runs in a process of its own.
     script = textwrap.dedent("""
         import keras, numpy as np
         from meta_drn_tf.data.synthetic import synthetic_bank
@@ -68,8 +67,9 @@ def test_meta_step_and_evaluation_at_a_narrow_width_do_not_crash_natively():
         assert 0 <= summary["soft_iou"] <= 1
         print("ok")
     """)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    path = tmp_path / "narrow.py"
+    path.write_text(script)
+    out = warm.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (
         f"a MAML meta-step + evaluation at width 0.125 ended with exit code {out.returncode} "
         f"(negative: killed by a signal, i.e. a native crash):\n{out.stderr[-3000:]}")
