@@ -13,9 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_profile_memory_replays_the_allocations_of_a_step(tmp_path):
     result = warm.run(
-                      [sys.executable, os.path.join(ROOT, "tools", "profile_memory.py"), "--algo=maml", "--size=32",
-                      "--width=0.125", f"--memory_logdir={tmp_path}"],
-                      capture_output=True, text=True, timeout=600, check=True)
+        [sys.executable, os.path.join(ROOT, "tools", "profile_memory.py"), "--algo=maml", "--size=32",
+         "--width=0.125", f"--memory_logdir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, check=True)
     before, peak, made = map(float, re.search(
         r"tensor memory: ([\d.]+) MiB before the step .*, peak ([\d.]+) MiB; alive at the peak and made "
         r"during the step: ([\d.]+) MiB", result.stdout).groups())
@@ -37,10 +37,10 @@ def test_benchmark_alternates_with_the_peer_and_prints_the_ratios(tmp_path):
     peer_script = tmp_path / "peer.py"
     peer_script.write_text(FAKE_PEER)  # a stand-in for the PyTorch peer: 2.0 s, peak 1.5 GiB, working set 1.0
     result = warm.run(
-                      [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), f"--peer={sys.executable}",
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), f"--peer={sys.executable}",
          f"--peer_script={peer_script}", "--size=32", "--width=0.125", "--algos=fomaml", "--precisions=float32",
-                      "--repeats=1", "--rounds=2"],
-                      capture_output=True, text=True, timeout=600, check=True)
+         "--repeats=1", "--rounds=2"],
+        capture_output=True, text=True, timeout=600, check=True)
     rows = re.findall(r"^\| fomaml float32 \| ([\d.]+), ([\d.]+), ([-\d.]+) \| 2\.00, 1\.50, 1\.00 "
                       r"\| ([\d.]+) \| ([\d.]+) \| ([-\d.]+) \|$", result.stdout, re.MULTILINE)
     assert len(rows) == 2, result.stdout
@@ -65,8 +65,8 @@ def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
     beside the paper's; the rest are named."""
     report = tmp_path / "gpu_check.md"
     result = warm.run(
-                      [sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--smoke", f"--report={report}",
-                      "--budget_s=5", "--repeats=1"],
+        [sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--smoke", f"--report={report}",
+         "--budget_s=5", "--repeats=1"],
         capture_output=True, text=True, timeout=600, check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     text = report.read_text()
     assert re.search(r"GPU tests \(`pytest -m gpu`\): stopped unfinished after 1 s, at half of --budget_s=5",
