@@ -15,8 +15,8 @@ command's time, and the suite starts dozens of them.
 
 What a fork cannot give falls back to a real `subprocess.Popen`: `-c` scripts, programs other than
 this interpreter, and environments that differ from the server's in anything read at start-up
-(`START_UP_ENV`). Tests of start-up itself (TensorFlow's chatter,
-a fresh install) use `subprocess` directly.
+(`START_UP_ENV`). Tests of start-up itself (TensorFlow's chatter, a fresh install) use `subprocess`
+directly.
 """
 
 from __future__ import annotations
@@ -86,12 +86,12 @@ def _same_start(env) -> bool:
 class _Server:
     """The warm parent: `python tests/warm.py SOCKET` started with this worker's environment."""
 
-    def __init__(self):
+    def __init__(self, env: dict):
         self.folder = tempfile.mkdtemp(prefix="warm-")
-        self.env = dict(os.environ)
+        self.env = env
         self.address = os.path.join(self.folder, "socket")
         # Its stdin is its lifeline: it exits when this process does.
-        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.address],
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.address], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.process.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the warm command server did not start (exit {self.process.wait()})")
@@ -106,12 +106,12 @@ def _running_server() -> _Server:
     global _server
     with _server_lock:
         if _server is None or _server.process.poll() is not None:
-            _server = _Server()
+            _server = _Server(_server_env())  # a restarted server keeps the environment commands were matched to
         return _server
 
 
 def _server_env() -> dict:
-    # Before the first command the server would start with this process's environment.
+    # The first server starts with this process's environment; any later one with the first's.
     return dict(os.environ) if _server is None else _server.env
 
 
