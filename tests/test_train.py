@@ -27,7 +27,9 @@ TINY = dict(image_size=16, width=0.0625, synthetic_classes=12, synthetic_images=
 
 
 def _cfg(tmp_path, **overrides):
-    return RunConfig.from_flags(**{**TINY, "model_dir": str(tmp_path), "test_at_end": False,
+    """A tiny run's config; first-order MAML, quick to trace, unless a test names the algorithm (what
+    these tests check is the same for all four: test_tiny_run_per_algorithm runs each)."""
+    return RunConfig.from_flags(**{**TINY, "algo": "fomaml", "model_dir": str(tmp_path), "test_at_end": False,
                                   "export_at_end": False, **overrides})
 
 
@@ -50,7 +52,7 @@ def _tiny_run(path, **overrides):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A completed one-epoch MAML run, copied by each test that continues it."""
+    """A completed one-epoch first-order MAML run, copied by each test that continues it."""
     path = tmp_path_factory.mktemp("finished")
     final, epochs = _tiny_run(path)
     return FinishedRun(path, final, epochs)
@@ -59,7 +61,7 @@ def finished_run(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "metasgd"])
 def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo, request):
-    if algo == "maml":  # the shared run's
+    if algo == "fomaml":  # the shared run's
         tmp_path, final, epochs = request.getfixturevalue("finished_run")
     else:
         final, epochs = _tiny_run(tmp_path, algo=algo)
@@ -75,7 +77,7 @@ def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo, re
 
 @pytest.mark.slow
 def test_full_lslr_per_step_norm_run_evaluates_on_test_classes_and_exports(tmp_path):
-    final = train(_cfg(tmp_path, algo="fomaml", test_at_end=True, export_at_end=True, lslr=True,
+    final = train(_cfg(tmp_path, test_at_end=True, export_at_end=True, lslr=True,
                              per_step_norm=True, inner_steps=2, lr_schedule="cosine"))
     # LSLR's rates in TensorBoard: one curve per weight tensor and inner step.
     rates = {t for t in _events(str(tmp_path / "logs" / "train")) if t.startswith("inner_lr/")}
@@ -269,8 +271,8 @@ def test_evaluate_export_and_visualize_commands_on_a_run(finished_run, tmp_path)
     table = (run / "eval_all" / "table.md").read_text()
     assert "mIoU (thresh = 0.5)" in table and "random init" in table and "1 step(s)" in table
     summary = json.loads((run / "eval_all" / "summary.json").read_text())
-    assert list(summary) == ["Meta-DRN, maml, 1-shot", "same adaptation, random init, 1-shot",
-                             "copy the example's mask, 1-shot", "Meta-DRN, maml, 2-shot",
+    assert list(summary) == ["Meta-DRN, fomaml, 1-shot", "same adaptation, random init, 1-shot",
+                             "copy the example's mask, 1-shot", "Meta-DRN, fomaml, 2-shot",
                              "same adaptation, random init, 2-shot", "copy the example's mask, 2-shot"]
     assert (run / "eval_all" / "per_class.csv").read_text().startswith("class,queries,loss,soft_iou")
 
