@@ -255,12 +255,13 @@ def test_float16_exports_adapt_with_the_trained_loss_scale_and_refuse_an_overflo
 
 
 @pytest.mark.slow
-def test_a_gpu_export_keeps_dilated_convolutions_whole_where_the_stock_one_rewrites_them(tmp_path):
+def test_a_gpu_export_keeps_dilated_convolutions_whole_where_the_stock_one_rewrites_them(exported, tmp_path):
     """gpu: no space-to-batch around the dilated layers in any signature, the dilations in the convolutions
-    and their gradients themselves (what cuDNN runs); the masks are the stock export's."""
-    learner = _learner()
-    exports = {k: tf.saved_model.load(serving.export(learner, str(tmp_path / k), NetworkConfig(SIZE, WIDTH), kernels=k))
-               for k in ("stock", "gpu")}
+    and their gradients themselves (what cuDNN runs); the masks are the stock export's (the fixture's)."""
+    learner, stock_path = exported
+    exports = {"stock": tf.saved_model.load(stock_path),
+               "gpu": tf.saved_model.load(serving.export(learner, str(tmp_path / "gpu"), NetworkConfig(SIZE, WIDTH),
+                                                         kernels="gpu"))}
     assert exports["gpu"].kernels.numpy().decode() == "gpu"
     from meta_drn_tf.meta.graphs import operations
 
