@@ -9,7 +9,7 @@ from meta_drn_tf.data.synthetic import synthetic_bank
 from meta_drn_tf.meta import MetaConfig, MetaLearner
 from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
-from meta_drn_tf.training.evaluation import evaluate_bank
+from meta_drn_tf.training.evaluation import EpisodeScorer, evaluate_bank
 
 STEPS = 40
 
@@ -27,11 +27,12 @@ def test_meta_training_raises_query_iou(family, algo, inner_lr, meta_lr):
     keras.utils.set_random_seed(0)
     config = MetaConfig(algo, inner_lr=inner_lr, inner_steps=2 if algo == "reptile" else 1, meta_lr=meta_lr)
     learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.125)), config)
-    before = evaluate_bank(learner, family, limit=12)[0].summary()["soft_iou"]
+    scorer = EpisodeScorer(learner)  # traced once for both evaluations
+    before = evaluate_bank(scorer, family, limit=12)[0].summary()["soft_iou"]
     batches = iter(meta_batches(training_tasks(family, 1, 2, seed=0), 2))
     for _ in range(STEPS):
         learner.meta_train_step(next(batches))
-    after = evaluate_bank(learner, family, limit=12)[0].summary()["soft_iou"]
+    after = evaluate_bank(scorer, family, limit=12)[0].summary()["soft_iou"]
     assert after > before + 0.05, (before, after)
     assert np.isfinite(after)
 
