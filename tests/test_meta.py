@@ -234,6 +234,13 @@ def test_stock_and_cpu_kernel_policies_give_the_same_meta_gradients(algorithm, m
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+def _graph_config(algorithm: str, **settings) -> MetaConfig:
+    """A config for graph walks: Reptile with 2 inner steps instead of its 5 (each step adds the same
+    ops again, and tracing them cost the most of these tests)."""
+    steps = {"inner_steps": 2} if algorithm == "reptile" else {}
+    return MetaConfig(algorithm, **steps, **settings)
+
+
 def _op_list(learner, epoch: int = 0) -> list[str]:
     from meta_drn_tf.meta.graphs import meta_step_graph, operations
 
@@ -248,7 +255,7 @@ def _op_types(learner, epoch: int = 0) -> set[str]:
 def test_stock_meta_steps_hold_tensorflows_own_ops_only(algorithm):
     """What a GPU gets (auto on an accelerator): no Winograd gathers and products, no per-tap kernel
     gradients, no fused-norm layout transposes; dilated convolutions' gradients in one op each."""
-    learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)), MetaConfig(algorithm), device="gpu")
+    learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)), _graph_config(algorithm), device="gpu")
     assert learner.kernel_policy(second_order=True).dilated_gradients_in_one_op
     types = _op_types(learner)
     assert "Conv2DBackpropFilter" in types and "Conv2DBackpropInput" in types
@@ -292,7 +299,7 @@ def test_only_first_order_meta_steps_use_fused_norms(algorithm, first_order_epoc
     from meta_drn_tf.meta.graphs import meta_step_graph, operations
 
     learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)),
-                          MetaConfig(algorithm, first_order_epochs=first_order_epochs, kernels="cpu"))
+                          _graph_config(algorithm, first_order_epochs=first_order_epochs, kernels="cpu"))
     types = {op.type for op in operations(meta_step_graph(learner, 1, 1, 1, 32))}
     assert ("FusedBatchNormGradV3" in types) == fused
 
