@@ -77,8 +77,8 @@ def test_tiny_run_per_algorithm_writes_checkpoints_and_events(tmp_path, algo, re
 
 @pytest.mark.slow
 def test_full_lslr_per_step_norm_run_evaluates_on_test_classes_and_exports(tmp_path):
-    final = train(_cfg(tmp_path, test_at_end=True, export_at_end=True, lslr=True,
-                             per_step_norm=True, inner_steps=2, lr_schedule="cosine"))
+    final = train(_cfg(tmp_path, test_at_end=True, export_at_end=True, lslr=True, per_step_norm=True,
+                       inner_steps=2, lr_schedule="cosine"))
     # LSLR's rates in TensorBoard: one curve per weight tensor and inner step.
     rates = {t for t in _events(str(tmp_path / "logs" / "train")) if t.startswith("inner_lr/")}
     assert {"inner_lr/upsample/conv/kernel/step1", "inner_lr/upsample/conv/kernel/step2"} <= rates
