@@ -205,7 +205,8 @@ def _captured_specs(concrete, adapter: Adapter, first_index: int) -> list[dict]:
 def _reference(spec: ProgramSpec, flags_dir: str, adapter: Adapter, args: list) -> list[np.ndarray]:
     """TensorFlow's outputs for the program's inputs, op by op (eagerly: no XLA, no graph rewrites) on
     this machine, with the space-to-batch form its CPU kernels run: the same function, computed another
-    way. (Eagerly it takes a fifth of the time a traced function's first call does.)"""
+    way. Eagerly, not traced: one call does not repay a trace (docs/performance.md, "XLA programs for a
+    GPU machine without TensorFlow")."""
     reference, _, _ = _adapter(spec, flags_dir, "any")
     for target, source in zip(_variables(reference), _variables(adapter), strict=True):
         target.assign(source)
