@@ -174,7 +174,8 @@ def main(argv):
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry: nothing leaves this machine
     from meta_drn_tf.serving.segmenter import Segmenter
 
-    segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels)
+    segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels,
+                               trust=FLAGS.trust_model)
     from meta_drn_tf.serving.labelling import MAX_UPLOAD
 
     if not port_is_free(FLAGS.port):

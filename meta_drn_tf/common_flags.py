@@ -20,9 +20,11 @@ CHECKPOINTS = ("best", "latest")
 
 
 def define_model() -> None:
-    """`--model`: a training run or an exported SavedModel (required; it must exist)."""
+    """`--model`: a training run or an exported SavedModel (required; it must exist), and `--trust_model`."""
     flags.DEFINE_string("model", None, "A training run's directory or an exported SavedModel (a version folder, or "
                         "the model_base_path: its newest version).", required=True)
+    flags.DEFINE_bool("trust_model", False, "Load a SavedModel even if it holds ops no export of meta_drn_tf holds "
+                      "(file, network, process or Python ops): only for a model from someone you trust.")
     cli.check_paths(model="path")
 
 

@@ -78,7 +78,7 @@ def main(argv):
     if skipped:
         print(f"Skipping {len(skipped)} unreadable image(s) (--skip_bad_files):\n  " + "\n  ".join(skipped))
     if todo or FLAGS.save_tflite:
-        segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels)
+        segmenter = Segmenter.load(FLAGS.model, FLAGS.checkpoint, kernels=FLAGS.kernels, trust=FLAGS.trust_model)
         print(f"Adapting {segmenter.description} to {len(support_images)} example(s); "
               f"segmenting {len(todo)} image(s)")
         segmenter.adapt(support_images, support_masks)

@@ -84,12 +84,20 @@ class Segmenter:
                            f"{config.network.image_size}px)")
 
     @classmethod
-    def from_saved_model(cls, path: str) -> Segmenter:
-        """An exported SavedModel: a version folder, or a model_base_path (its newest version)."""
+    def from_saved_model(cls, path: str, trust: bool = False) -> Segmenter:
+        """An exported SavedModel: a version folder, or a model_base_path (its newest version).
+
+        A SavedModel is a program: unless `trust`, its graphs are read first, without running anything,
+        and one holding an op no export of this project holds is refused (`trust.UntrustedModel`).
+        """
         import tensorflow as tf
         from absl import logging
 
+        from meta_drn_tf.serving import trust as trusted
+
         version = saved_model_version(path)
+        if not trust:
+            trusted.check_saved_model(version, flag="--trust_model (trust=True from Python)")
         # Exports leave out their custom gradients' own gradient functions on purpose (a server never
         # differentiates the adaptation): TensorFlow's warning about each signature is noise here.
         verbosity = logging.get_verbosity()
@@ -108,14 +116,15 @@ class Segmenter:
         return cls(module, f"SavedModel {version}{kernels}")
 
     @classmethod
-    def load(cls, path: str, checkpoint: str = "best", kernels: str = "auto") -> Segmenter:
+    def load(cls, path: str, checkpoint: str = "best", kernels: str = "auto", trust: bool = False) -> Segmenter:
         """A training run if `path` holds one (in the kernel forms `kernels` chooses), else a SavedModel
-        (whose forms were chosen at export)."""
+        (whose forms were chosen at export; refused when it holds ops no export of this project holds,
+        unless `trust`: see `from_saved_model`)."""
         if os.path.isfile(os.path.join(path, FLAGS_FILE)):
             return cls.from_run(path, checkpoint, kernels=kernels)
         if not os.path.exists(path):
             raise ConfigError(f"--model {path}: no such file or directory")
-        return cls.from_saved_model(path)
+        return cls.from_saved_model(path, trust=trust)
 
     def copy(self) -> Segmenter:
         """A segmenter on the same graph functions with no adaptation (one per user of a shared model)."""

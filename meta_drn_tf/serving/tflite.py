@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from meta_drn_tf.data import augment
 from meta_drn_tf.network.kernels import LITE
+from meta_drn_tf.serving.trust import check_tflite
 
 QUANTIZATIONS = ("none", "float16", "int8", "int16x8")
 # Calibration: copies of the examples by the training augmentation, and of the examples and the first
@@ -143,9 +144,21 @@ def make_converter(model, weights: list[np.ndarray]) -> tf.lite.TFLiteConverter:
     return tf.lite.TFLiteConverter.from_concrete_functions([segment.get_concrete_function()], holder)
 
 
-def make_interpreter(**kwargs):
+def make_interpreter(trust: bool = False, **kwargs):
     """LiteRT's interpreter (`ai_edge_litert`, TFLite's own runtime) where it is installed, else
-    TensorFlow's `tf.lite.Interpreter` (deprecated in its favour); `kwargs` as for either."""
+    TensorFlow's `tf.lite.Interpreter` (deprecated in its favour); `kwargs` as for either.
+
+    A file (`model_path`) or flatbuffer (`model_content`) asking for custom ops, which no file this
+    project writes holds, is refused unless `trust` (`trust.check_tflite`).
+    """
+    if not trust:
+        name = kwargs.get("model_path", "the TensorFlow Lite model")
+        content = kwargs.get("model_content")
+        if content is None and "model_path" in kwargs:
+            with open(kwargs["model_path"], "rb") as f:
+                content = f.read()
+        if content is not None:
+            check_tflite(bytes(content), name)
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -153,11 +166,12 @@ def make_interpreter(**kwargs):
     return Interpreter(**kwargs)
 
 
-def run(flatbuffer: bytes | str, images: np.ndarray) -> np.ndarray:
+def run(flatbuffer: bytes | str, images: np.ndarray, trust: bool = False) -> np.ndarray:
     """Probabilities float32 `[n, S, S]` of uint8 images `[n, S, S, 3]` through TFLite's interpreter
-    (a file's path or its bytes), one image at a time as a device would."""
+    (a file's path or its bytes), one image at a time as a device would; custom ops refused unless
+    `trust` (`make_interpreter`)."""
     source = {"model_path": flatbuffer} if isinstance(flatbuffer, str) else {"model_content": flatbuffer}
-    interpreter = make_interpreter(**source)
+    interpreter = make_interpreter(trust, **source)
     interpreter.allocate_tensors()
     image_in, probabilities_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     out = []
