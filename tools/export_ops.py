@@ -26,7 +26,8 @@ NETWORK = NetworkConfig(32, 0.0625)
 KERNELS = tuple(saved_model.EXPORT_KERNELS)
 PRECISIONS = ("float32", "bfloat16", "float16")
 # (algorithm, MetaConfig options): taken in turn over the exports, so each appears with several forms.
-ALGORITHMS = (("maml", {}), ("metasgd", {}), ("maml", {"lslr": True, "per_step_norm": True}), ("maml", {"adapt_layers": "upsample"}))
+ALGORITHMS = (("maml", {}), ("metasgd", {}), ("maml", {"lslr": True, "per_step_norm": True}),
+              ("maml", {"adapt_layers": "upsample"}))
 OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "meta_drn_tf", "serving",
                       "export_ops.json")
 
