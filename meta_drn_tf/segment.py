@@ -19,7 +19,8 @@ Every input is checked before the network loads: all unreadable images are
 listed at once (exit 5), or left out and named with --skip_bad_files. Each PNG
 is written atomically (never half-written), so an interrupted folder is
 continued with --skip_existing, which leaves out the images whose files are
-already there. Outputs that would overwrite an input are refused.
+already there. Nothing already in --out is replaced unless --overwrite is given; outputs
+that would overwrite an input (a photo, an example, the masks beside photos) are always refused.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("skip_bad_files", False, "Segment the readable images when some cannot be decoded (they are "
                       "listed and counted); default: stop and list them.")
     flags.DEFINE_bool("skip_existing", False, "Leave out the images whose mask (and overlay, with --overlay) is "
-                      "already in --out: continues an interrupted run.")
+                      "already in --out: continues an interrupted run (files of an image left half-done are replaced).")
+    flags.DEFINE_bool("overwrite", False, "Replace files already in --out (by default they are kept and the command "
+                      "stops, naming one). Input photos and the masks beside them are never replaced.")
     common_flags.define_checkpoint()
     common_flags.define_kernels(default="auto")
     flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
@@ -71,9 +74,10 @@ def main(argv):
 
     # Everything the user gave is checked before the model loads.
     support_images, support_masks = files.read_support(FLAGS.support, FLAGS.support_mask)
-    paths = files.image_paths(FLAGS.images)
+    paths, masks_beside = files.image_and_mask_paths(FLAGS.images)
     outputs = files.output_files(files.output_names(paths, FLAGS.overlay), FLAGS.out, FLAGS.overlay)
-    files.refuse_overwriting_inputs(paths + FLAGS.support + FLAGS.support_mask, outputs, FLAGS.out)
+    files.refuse_overwriting(paths + masks_beside + FLAGS.support + FLAGS.support_mask, outputs, FLAGS.out,
+                             FLAGS.overwrite, FLAGS.skip_existing)
     todo, existing, skipped = files.usable_images(paths, outputs, FLAGS.skip_existing, FLAGS.skip_bad_files)
     if skipped:
         print(f"Skipping {len(skipped)} unreadable image(s) (--skip_bad_files):\n  " + "\n  ".join(skipped))

@@ -30,8 +30,13 @@ def define_flags() -> None:
 
 
 def check_data(run) -> None:
-    """Prints each split's classes and images, as training would read them; a DataError names bad files."""
+    """Prints each split's classes and images, as training would read them; a DataError names bad files,
+    a ConfigError flags that the run in --model_dir would refuse (what `train` would say first)."""
     from meta_drn_tf.data import load_splits
+    from meta_drn_tf.runs.directory import RunDirectory
+
+    if not run.trainer.fresh:
+        RunDirectory(run.model_dir).differences(run)
 
     banks = load_splits(run.data, ("train", "val", "test"), run.network.image_size, seed=run.seed)
     where = run.data.data_dir or "the embedded synthetic dataset"

@@ -322,7 +322,7 @@ def test_uploads_too_large_to_decode_are_named_not_decoded(tmp_path, monkeypatch
                                          "program decodes; downscale it first"]
     monkeypatch.setattr(labelling, "MAX_UNZIPPED_BYTES", 1000)
     photos, problems = read_photos([str(bomb)])
-    assert photos == [] and problems[0].startswith("bomb.zip: unpacks to 0 MiB, more than the page's 0 MiB")
+    assert photos == [] and problems[0].startswith("bomb.zip: unpacks to more than the page's 0 MiB")
 
 
 def test_a_second_page_on_a_port_in_use_is_refused():
@@ -336,3 +336,59 @@ def test_a_second_page_on_a_port_in_use_is_refused():
         port = taken.getsockname()[1]
         assert not port_is_free(port)
     assert port_is_free(port)
+
+
+def test_zip_names_that_climb_out_give_masks_inside_the_folder(segmenter, files, tmp_path):
+    image = cv2.imencode(".png", cv2.imread(files["img1"]))[1].tobytes()
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("x/../../../../tmp/escaped/1.jpg", "/abs/1.jpg", "..\\win\\2.png", "C:/drive/3.png"):
+            z.writestr(zipfile.ZipInfo(name), image)  # ZipInfo keeps the name as written
+    session = LabellingSession(segmenter)
+    example = cv2.cvtColor(cv2.imread(files["img0"]), cv2.COLOR_BGR2RGB)
+    session.adapt([example], [cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED) // 255])
+    assert session.segment([str(archive)]) == []
+    names = zipfile.ZipFile(io.BytesIO(session.masks_zip(0.5))).namelist()
+    assert len(names) == 4
+    for name in names:
+        assert not name.startswith(("/", "\\")) and ".." not in name.replace("\\", "/").split("/") and ":" not in name
+        unpacked = os.path.normpath(os.path.join(str(tmp_path / "unpack"), name))
+        assert unpacked.startswith(str(tmp_path / "unpack") + os.sep)
+
+
+def test_a_zip_is_read_by_what_it_really_unpacks_to_not_its_headers(tmp_path):
+    """A member whose header declares 1,000 bytes but which inflates to 8 MiB: read a chunk at a time."""
+    archive = tmp_path / "liar.zip"
+    payload = b"\0" * (8 * 2**20)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.png", payload)
+    data = bytearray(archive.read_bytes())
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # the local header and the central directory's entry
+        at = data.index(header)
+        size_at = at + (22 if header == b"PK\x03\x04" else 24)
+        data[size_at : size_at + 4] = (1000).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        photos, problems = read_photos([str(archive)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert photos == [] and problems == ["liar.zip: not a readable zip file (damaged, encrypted or of an unknown kind)"]
+    assert peak < 4 * 2**20  # inflated a chunk at a time, never the whole 8 MiB
+
+
+def test_the_photos_of_one_segmentation_are_bounded_in_pixels_before_decoding(tmp_path, monkeypatch):
+    from meta_drn_tf.serving import labelling
+
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(4):
+            z.writestr(f"{i}.png", cv2.imencode(".png", np.zeros((300, 400), np.uint8))[1].tobytes())
+    decoded = []
+    monkeypatch.setattr(labelling, "_decode", lambda name, data: decoded.append(name) or np.zeros((300, 400, 3)))
+    photos, problems = read_photos([str(archive)], max_pixels=250_000)
+    assert [name for name, _ in photos] == ["0.png", "1.png"] and decoded == ["0.png", "1.png"]
+    assert len(problems) == 2 and problems[0].startswith("2.png: left out: the photos of one segmentation")

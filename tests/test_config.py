@@ -125,6 +125,53 @@ def test_run_directory_refuses_another_network(tmp_path):
     assert run.logs("train") == str(tmp_path / "logs" / "train")
 
 
+def test_a_folder_is_a_run_by_its_marker_not_by_the_names_of_its_subfolders(tmp_path):
+    """Photos in test/ and a log in logs/: the names a run writes, but no run wrote them."""
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "1.jpg").write_bytes(b"a photo")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "labelling.log").write_text("mine")
+    folder = RunDirectory(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"already holds files and no training run .*: logs, test; give a new"):
+        folder.claim(RunConfig.from_flags(model_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="--fresh: .* holds files but no training run"):
+        folder.clear()
+    assert sorted(os.listdir(tmp_path)) == ["logs", "test"] and os.listdir(tmp_path / "test") == ["1.jpg"]
+    # A run's folder: --fresh deletes what its marker lists, keeps the marker and the user's own file.
+    run = RunDirectory(str(tmp_path / "run"))
+    run.claim(RunConfig.from_flags(model_dir=run.root))
+    os.makedirs(run.checkpoints)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    run.clear()
+    assert sorted(os.listdir(run.root)) == [".meta_drn_tf_run.json", "notes.txt"]
+    run.claim(RunConfig.from_flags(model_dir=run.root))  # the same folder, a fresh run
+    assert os.path.isfile(run.config)
+
+
+def test_a_resumed_run_never_rewrites_the_flags_it_was_trained_with(tmp_path):
+    run = RunDirectory(str(tmp_path))
+    run.claim(RunConfig.from_flags(model_dir=str(tmp_path), epochs=8, inner_lr=0.3, queries=3, data_dir="/data"))
+    trained_with = (tmp_path / "flags.json").read_text(), (tmp_path / "flags.txt").read_text()
+    for changed in [{"inner_lr": 0.001}, {"queries": 1}, {"seed": 5}]:
+        with pytest.raises(ConfigError, match=rf"--{next(iter(changed))}=.* \(it would train otherwise than "
+                                              r"flags.json records\)\. Use the run's flags \(--flagfile="):
+            flags_given = {"model_dir": str(tmp_path), "epochs": 8, "inner_lr": 0.3, "queries": 3, "data_dir": "/data"}
+            run.claim(RunConfig.from_flags(**{**flags_given, **changed}))
+    run.claim(RunConfig.from_flags(model_dir=str(tmp_path), epochs=12, inner_lr=0.3, queries=3, data_dir="/moved"))
+    assert ((tmp_path / "flags.json").read_text(), (tmp_path / "flags.txt").read_text()) == trained_with
+    records = [json.loads(line) for line in (tmp_path / "resumptions.jsonl").read_text().splitlines()]
+    assert [r["changed"] for r in records] == [{"data_dir": ["/data", "/moved"], "epochs": [8, 12]}]
+    assert RunConfig.load(str(tmp_path)).trainer.epochs == 8
+
+
+def test_check_data_refuses_what_training_would_refuse(tmp_path):
+    from meta_drn_tf.train import check_data
+
+    RunDirectory(str(tmp_path)).claim(RunConfig.from_flags(model_dir=str(tmp_path), width=0.125))
+    with pytest.raises(ConfigError, match="--width=0.125 but this command has --width=0.25"):
+        check_data(RunConfig.from_flags(model_dir=str(tmp_path), width=0.25))
+
+
 def test_schedules_follow_their_formulas():
     lr = tf.Variable(1.0)
     linear, cosine = Linear(1.0, 0.1, 100), Cosine(1.0, 0.1, 100)

@@ -142,8 +142,8 @@ def test_a_new_run_refuses_a_folder_of_other_files_and_fresh_deletes_only_the_ru
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "cat.jpg").write_bytes(b"a photo")
-    with pytest.raises(ConfigError, match=rf"--model_dir {photos} already holds files that are not a training "
-                                          r"run's \(cat.jpg\)"):
+    with pytest.raises(ConfigError, match=rf"--model_dir {photos} already holds files and no training run "
+                                          r"\(.meta_drn_tf_run.json is missing\): cat.jpg;"):
         train(_config(photos))
     assert os.listdir(photos) == ["cat.jpg"]
     # A run's folder where the user also put a file: --fresh deletes the run's files only.

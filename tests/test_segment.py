@@ -241,3 +241,85 @@ def test_images_too_small_or_too_large_are_refused_in_one_line(tmp_path):
     cv2.imwrite(str(tmp_path / "huge.png"), np.zeros((10008, 10008), np.uint8))
     with pytest.raises(DataError, match="huge.png: about 10008x10008 pixels, more than the 100 megapixels"):
         decode_image(str(tmp_path / "huge.png"))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and IHDR chunk declaring `width` x `height` (8-bit grey), then a truncated body."""
+    import struct
+    import zlib
+
+    body = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(body)) + b"IHDR" + body + struct.pack(">I", zlib.crc32(b"IHDR" + body))
+    data = zlib.compress(b"\0" * 1000)  # the first rows only: the file ends there
+    idat = struct.pack(">I", len(data)) + b"IDAT" + data + struct.pack(">I", zlib.crc32(b"IDAT" + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk + idat
+
+
+def test_a_huge_image_or_mask_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
+    """A 995 KB PNG can declare 32000x32000 pixels (2.8 GB decoded): nothing of it is decoded."""
+    from meta_drn_tf.data import fss1000
+    from meta_drn_tf.errors import DataError
+    from meta_drn_tf.serving.segment_files import read_support
+
+    (tmp_path / "huge.png").write_bytes(_png_header(32000, 32000))
+    cv2.imwrite(str(tmp_path / "photo.png"), np.zeros((16, 16, 3), np.uint8))
+    monkeypatch.setattr(fss1000.cv2, "imdecode", lambda *a: pytest.fail("decoded"))
+    with pytest.raises(DataError, match="huge.png: about 32000x32000 pixels, more than the 100 megapixels"):
+        fss1000.read_binary_mask(str(tmp_path / "huge.png"), (32000, 32000))
+    with pytest.raises(DataError, match="huge.png: about 32000x32000 pixels"):
+        read_support([str(tmp_path / "huge.png")], [str(tmp_path / "huge.png")])
+    with pytest.raises(DataError, match="empty.png: cannot be decoded"):
+        fss1000.decode_image(str(tmp_path / "empty.png"))
+
+
+def test_an_empty_photo_in_a_folder_is_named_with_the_damaged_ones(tmp_path):
+    from meta_drn_tf.serving.segment_files import image_paths, usable_images
+
+    cv2.imwrite(str(tmp_path / "1.png"), np.zeros((16, 16, 3), np.uint8))
+    (tmp_path / "2.jpg").write_bytes(b"")
+    (tmp_path / "3.png").write_bytes(cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))[1].tobytes()[:40])
+    paths = image_paths([str(tmp_path)])
+    assert [os.path.basename(p) for p in paths] == ["1.png", "2.jpg", "3.png"]
+    todo, _, skipped = usable_images(paths, [[str(tmp_path / "out" / os.path.basename(p))] for p in paths],
+                                     skip_bad_files=True)
+    assert todo == [0] and len(skipped) == 2 and "2.jpg" in skipped[0] and "3.png" in skipped[1]
+
+
+def test_masks_already_there_are_kept_unless_asked_and_empty_ones_are_not_done(tmp_path):
+    from meta_drn_tf.errors import ConfigError
+    from meta_drn_tf.serving.segment_files import image_and_mask_paths, is_written, refuse_overwriting, usable_images
+
+    for name in ("1.jpg", "2.jpg"):  # FSS-1000's layout: each photo beside its hand-drawn mask
+        cv2.imwrite(str(tmp_path / name), np.full((16, 16, 3), 80, np.uint8))
+        cv2.imwrite(str(tmp_path / name.replace("jpg", "png")), np.full((16, 16), 255, np.uint8))
+    photos, beside = image_and_mask_paths([str(tmp_path)])
+    same_folder = [[str(tmp_path / f"{n}.png")] for n in (1, 2)]
+    for replace, skip in [(False, False), (True, False), (False, True)]:  # the masks beside photos: never
+        with pytest.raises(ConfigError, match="would overwrite the input .*1.png"):
+            refuse_overwriting(photos + beside, same_folder, str(tmp_path), replace, skip)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "1.png").write_bytes(b"")  # left by a killed run, or the user's own file
+    outputs = [[str(out / f"{n}.png")] for n in (1, 2)]
+    with pytest.raises(ConfigError, match=r"1 file\(s\) to write are there already .*--overwrite"):
+        refuse_overwriting(photos + beside, outputs, str(out))
+    refuse_overwriting(photos + beside, outputs, str(out), replace=True)
+    refuse_overwriting(photos + beside, outputs, str(out), skip_existing=True)
+    assert not is_written(str(out / "1.png"))  # an empty file is not a finished mask
+    assert usable_images(photos, outputs, skip_existing=True)[0] == [0, 1]
+    cv2.imwrite(str(out / "1.png"), np.zeros((16, 16), np.uint8))
+    assert usable_images(photos, outputs, skip_existing=True)[0] == [1]
+
+
+def test_a_killed_runs_half_written_files_are_removed(tmp_path):
+    import subprocess
+
+    from meta_drn_tf.serving.segment_files import remove_stale_partials
+
+    gone = subprocess.run(["true"]).args and subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / f".1.png.{gone.pid}.partial").write_bytes(b"half")
+    (tmp_path / f".2.png.{os.getpid()}.partial").write_bytes(b"being written")  # a live writer's
+    (tmp_path / f".notes.txt.{gone.pid}.partial").write_bytes(b"not ours")
+    remove_stale_partials([[str(tmp_path / "1.png")], [str(tmp_path / "2.png")]])
+    assert sorted(os.listdir(tmp_path)) == [f".2.png.{os.getpid()}.partial", f".notes.txt.{gone.pid}.partial"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import struct
 from collections.abc import Callable
 from importlib import resources
 
@@ -53,23 +54,49 @@ MAX_IMAGE_PIXELS = 100_000_000
 MIN_IMAGE_SIDE = 8
 
 
-def decode_bytes(name: str, data: np.ndarray | None, mode: int = cv2.IMREAD_COLOR) -> np.ndarray:
+def header_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
+    """(width, height) an encoded image's header declares, read without decoding any pixel (Pillow's
+    format plugins read the headers of PNG, JPEG, BMP, GIF, TIFF, WebP and PNM files); None when no
+    header is recognised."""
+    import io
+
+    from PIL import Image
+
+    # Each plugin's own opener, as `Image.open` tries them, but without Pillow's size limit, which
+    # raises without saying the size: sizes are judged by the caller.
+    Image.init()
+    buffer = memoryview(data).tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        try:
+            if accept is None or accept(buffer[:16]):
+                with factory(io.BytesIO(buffer), "") as image:
+                    return image.size
+        except (OSError, ValueError, SyntaxError, IndexError, TypeError, struct.error):  # not this format
+            continue
+    return None
+
+
+def decode_bytes(name: str, data: np.ndarray | None, mode: int = cv2.IMREAD_COLOR,
+                 min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
     """Decodes an encoded image (uint8 bytes) with OpenCV's `mode`; DataError names `name` when it cannot
-    be decoded or has more than MAX_IMAGE_PIXELS."""
-    # Decoding at 1/8 scale first costs little memory (JPEGs scale in the DCT) and tells the size.
-    try:
-        small = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) if data is not None and data.size else None
-    except cv2.error:  # OpenCV cannot scale an image under 8 pixels a side by 1/8
-        tiny = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
-        size = "" if tiny is None else f" ({tiny.shape[1]}x{tiny.shape[0]} pixels)"
-        raise DataError(f"{name}: too small to segment{size}; images need at least {MIN_IMAGE_SIDE} pixels a "
-                        "side") from None
-    if small is None:
-        raise DataError(f"{name}: cannot be decoded as an image (missing, corrupt or not an image file)")
-    if small.shape[0] * small.shape[1] * 64 > MAX_IMAGE_PIXELS:
-        raise DataError(f"{name}: about {8 * small.shape[1]}x{8 * small.shape[0]} pixels, more than the "
-                        f"{MAX_IMAGE_PIXELS // 10**6} megapixels this program decodes; downscale it first")
-    image = small if mode == cv2.IMREAD_REDUCED_GRAYSCALE_8 else cv2.imdecode(data, mode)
+    be decoded, has a side under `min_side` or more than MAX_IMAGE_PIXELS pixels.
+
+    The size comes from the file's header before any pixel is decoded: a small file can declare an
+    image that takes gigabytes to decode.
+    """
+    size = header_size(data) if data is not None and data.size else None
+    if size is None:
+        raise DataError(f"{name}: cannot be decoded as an image (missing, empty, corrupt or not a PNG, JPEG, BMP, "
+                        "TIFF or WebP file)")
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"{name}: about {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS // 10**6} "
+                        "megapixels this program decodes; downscale it first")
+    if min(width, height) < min_side:
+        raise DataError(f"{name}: too small to segment ({width}x{height} pixels); images need at least "
+                        f"{min_side} pixels a side")
+    image = cv2.imdecode(data, mode)
     if image is None:
         raise DataError(f"{name}: cannot be decoded as an image (missing, corrupt or not an image file)")
     return image
@@ -113,12 +140,9 @@ def decode_mask(raw: np.ndarray) -> np.ndarray:
 
 def read_binary_mask(path: str, expected_shape: tuple[int, int]) -> np.ndarray:
     """Decodes a mask in any encoding `decode_mask` knows, at its own size, checking it matches its image."""
-    data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
-    if data is None:
+    if not os.path.isfile(path):
         raise DataError(f"{path}: mask is missing (each <n>.jpg needs a <n>.png mask beside it)")
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if raw is None:
-        raise DataError(f"{path}: cannot be decoded as a mask image (corrupt or not an image file)")
+    raw = decode_bytes(path, np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED, min_side=1)  # its image's size
     if raw.shape[:2] != tuple(expected_shape):
         raise DataError(
             f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "

@@ -30,6 +30,10 @@ def saved_checkpoints(*folders: str) -> list[str]:
     return sorted(found, key=lambda path: (found[path], "best" not in os.path.basename(path)), reverse=True)
 
 
+# How TensorFlow words a checkpoint written for a network of another shape (an edited flags.json).
+SHAPE_MISMATCH = "incompatible tensor with shape"
+
+
 def read_problem(checkpoint: tf.train.Checkpoint, path: str) -> str | None:
     """Restores `path` into `checkpoint`; None when it is intact, else what is wrong with it (one line).
 
@@ -40,7 +44,9 @@ def read_problem(checkpoint: tf.train.Checkpoint, path: str) -> str | None:
         reader = tf.train.load_checkpoint(path)
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
-        checkpoint.restore(path).assert_existing_objects_matched()
+        # Every object asked for must be there; the file may hold more (a segmenter reads the learner
+        # of a checkpoint that also holds the training state): expect_partial keeps that quiet.
+        checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
     except READ_ERRORS as e:
         message = getattr(e, "message", None) or str(e) or type(e).__name__
         return message.splitlines()[0][:200]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from meta_drn_tf.errors import ConfigError
-from meta_drn_tf.runs.checkpoint_files import read_problem, saved_checkpoints
+from meta_drn_tf.runs.checkpoint_files import SHAPE_MISMATCH, read_problem, saved_checkpoints
 from meta_drn_tf.runs.config import RunConfig
 
 RESTORE_ATTEMPTS = 3
@@ -56,7 +56,7 @@ def restore_learner(model_dir: str, which: str = "best", **overrides):
         problem = read_problem(checkpoint, found[0])
         if problem is None:
             return learner, config
-        if "incompatible tensor with shape" in problem:  # the network flags.json describes is another one
+        if SHAPE_MISMATCH in problem:  # the network flags.json describes is another one
             raise ConfigError(f"checkpoint {found[0]} does not fit the network {model_dir}/flags.json describes "
                               f"({problem}); was flags.json edited? Restore its --width and --image_size")
         if saved_checkpoints(folders[which])[:1] == found[:1]:  # still there: damaged, not replaced

@@ -15,22 +15,27 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
+import zlib
 from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from meta_drn_tf import visualize
-from meta_drn_tf.data.fss1000 import decode_bytes, decode_image, decode_mask, read_rgb
+from meta_drn_tf.data.fss1000 import MAX_IMAGE_PIXELS, decode_bytes, decode_image, decode_mask, header_size, read_rgb
 from meta_drn_tf.errors import DataError
 from meta_drn_tf.paths import unique_stems
+from meta_drn_tf.serving.segment_files import IMAGE_SUFFIXES
 from meta_drn_tf.serving.segmenter import Segmenter, stack_examples
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # What the page accepts: each uploaded file (gradio refuses larger ones) and what one zip unpacks to.
 MAX_UPLOAD = "500mb"
 MAX_UNZIPPED_BYTES = 2**30
+# The photos of one segmentation, in all: each is decoded, kept with its probabilities (7 bytes a pixel)
+# and passes through the network at its own size once.
+MAX_PAGE_PIXELS = 50_000_000
 
 
 def mask_from_painting(layers: list[np.ndarray]) -> np.ndarray:
@@ -61,24 +66,51 @@ def _decode(name: str, data: bytes) -> np.ndarray:
     return cv2.cvtColor(decode_bytes(name, np.frombuffer(data, np.uint8)), cv2.COLOR_BGR2RGB)
 
 
+def safe_name(name: str) -> str:
+    """A zip member's name as a relative path that stays inside any folder: separators normalised,
+    empty, `.`, `..` and drive parts dropped (`x/../../a.jpg` -> `x/a.jpg`, `/abs/a.jpg` -> `abs/a.jpg`)."""
+    parts = [part.replace(":", "_") for part in re.split(r"[\\/]+", name) if part not in ("", ".", "..")]
+    return "/".join(parts) or "unnamed"
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes | None:
+    """A member's bytes, decompressed a chunk at a time; None once they pass `budget` bytes (a zip's
+    headers can declare any size: only what really comes out is counted)."""
+    data = bytearray()
+    with archive.open(info) as member:
+        while chunk := member.read(2**20):
+            data += chunk
+            if len(data) > budget:
+                return None
+    return bytes(data)
+
+
 def _zip_members(path: str) -> tuple[list[tuple[str, bytes]], str | None]:
-    """The images in a zip, or the problem that stops it being read (not a zip; unpacking too much)."""
+    """The images in a zip (safe names), or the problem that stops it being read (not a zip; too much)."""
+    too_much = (f"{os.path.basename(path)}: unpacks to more than the page's {MAX_UNZIPPED_BYTES // 2**20} MiB; "
+                "upload its photos in several zips")
     try:
         with zipfile.ZipFile(path) as archive:
             infos = [i for i in archive.infolist()
                      if i.filename.lower().endswith(IMAGE_SUFFIXES) and not i.filename.startswith("__MACOSX")]
-            unpacked = sum(i.file_size for i in infos)
-            if unpacked > MAX_UNZIPPED_BYTES:
-                return [], (f"{os.path.basename(path)}: unpacks to {unpacked / 2**20:.0f} MiB, more than the page's "
-                            f"{MAX_UNZIPPED_BYTES // 2**20} MiB; upload its photos in several zips")
-            return [(i.filename, archive.read(i)) for i in sorted(infos, key=lambda i: i.filename)], None
-    except zipfile.BadZipFile:
-        return [], f"{os.path.basename(path)}: not a readable zip file"
+            if sum(i.file_size for i in infos) > MAX_UNZIPPED_BYTES:
+                return [], too_much
+            members, budget = [], MAX_UNZIPPED_BYTES
+            for info in sorted(infos, key=lambda i: i.filename):
+                data = _read_member(archive, info, budget)
+                if data is None:
+                    return [], too_much
+                budget -= len(data)
+                members.append((safe_name(info.filename), data))
+            return members, None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):  # damaged, encrypted
+        return [], f"{os.path.basename(path)}: not a readable zip file (damaged, encrypted or of an unknown kind)"
 
 
-def read_photos(paths: list[str]) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
-    """(name, RGB image) of every image in `paths` (image files, or zips of them), and the problems."""
-    photos, problems = [], []
+def read_photos(paths: list[str], max_pixels: int = MAX_PAGE_PIXELS) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """(name, RGB image) of every image in `paths` (image files, or zips of them), and the problems; the
+    photos past `max_pixels` in all (read off their headers, before decoding) are left out and named."""
+    photos, problems, pixels = [], [], 0
     for path in paths:
         if path.lower().endswith(".zip"):
             members, problem = _zip_members(path)
@@ -87,8 +119,14 @@ def read_photos(paths: list[str]) -> tuple[list[tuple[str, np.ndarray]], list[st
             with open(path, "rb") as f:
                 members = [(os.path.basename(path), f.read())]
         for name, data in members:
+            width, height = header_size(data) or (0, 0)
+            if width * height <= MAX_IMAGE_PIXELS and pixels + width * height > max_pixels:  # else: named below
+                problems.append(f"{name}: left out: the photos of one segmentation may hold {max_pixels // 10**6} "
+                                "megapixels in all; segment the rest in another round")
+                continue
             try:
                 photos.append((name, _decode(name, data)))
+                pixels += width * height
             except DataError as e:
                 problems.append(str(e))
     return photos, problems
@@ -144,7 +182,8 @@ class LabellingSession:
     def masks_zip(self, threshold: float) -> bytes:
         """A zip of `<name>.png` per photo: its mask at its own size, 0 = background, 255 = object."""
         buffer = io.BytesIO()
-        names = unique_stems([name for name, _, _ in self.photos])  # a.jpg twice, or in two folders of a zip
+        # a.jpg twice, or in two folders of a zip; safe names: the zip unpacks inside the folder it is unpacked in
+        names = [safe_name(stem) for stem in unique_stems([safe_name(name) for name, _, _ in self.photos])]
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for stem, (_, _, probabilities) in zip(names, self.photos):
                 ok, png = cv2.imencode(".png", ((probabilities > threshold) * 255).astype(np.uint8))

@@ -25,16 +25,29 @@ from meta_drn_tf.errors import ConfigError, DataError
 from meta_drn_tf.paths import unique_stems
 from meta_drn_tf.serving.segmenter import stack_examples
 
+# Names of image files in a folder (others are found by their content, `cv2.haveImageReader`).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 
 def image_paths(patterns: list[str]) -> list[str]:
     """Image files named by `patterns` (files, folders, globs), sorted within each, duplicates removed;
     a PNG beside a photo of the same name (FSS-1000's layout: 1.jpg and its mask 1.png) is that
-    photo's mask, not a photo."""
+    photo's mask, not a photo (`image_and_mask_paths` returns both)."""
+    return image_and_mask_paths(patterns)[0]
+
+
+def _is_image_file(path: str) -> bool:
+    # By name as well as by content: an empty or damaged photo is listed, then named as unreadable.
+    return os.path.isfile(path) and (path.lower().endswith(IMAGE_SUFFIXES) or cv2.haveImageReader(path))
+
+
+def image_and_mask_paths(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """(photos, masks beside them) among the files `patterns` name (see `image_paths`)."""
     paths = []
     for pattern in patterns:
         if os.path.isdir(pattern):
             found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern))]
-            found = [p for p in found if os.path.isfile(p) and cv2.haveImageReader(p)]
+            found = [p for p in found if _is_image_file(p)]
         else:
             found = sorted(glob.glob(pattern))
         if not found:
@@ -44,7 +57,7 @@ def image_paths(patterns: list[str]) -> list[str]:
     if masks:
         print(f"Left out {len(masks)} mask(s) beside their photos (e.g. {masks[0]}): FSS-1000's layout")
     left_out = set(masks)
-    return [p for p in paths if p not in left_out]
+    return [p for p in paths if p not in left_out], masks
 
 
 def masks_beside_photos(paths: list[str]) -> list[str]:
@@ -78,13 +91,55 @@ def output_files(names: list[str], out: str, overlay: bool) -> list[list[str]]:
             for n in names]
 
 
-def refuse_overwriting_inputs(inputs: list[str], outputs: list[list[str]], out: str) -> None:
-    """ConfigError when an output file (in the folder `out`) would replace one of the input files."""
+def refuse_overwriting(inputs: list[str], outputs: list[list[str]], out: str, replace: bool = False,
+                       skip_existing: bool = False) -> None:
+    """ConfigError when an output file (in the folder `out`) would replace one of the `inputs` (photos,
+    examples, the masks beside photos: never), or a file already there unless `replace` or
+    `skip_existing` (which continues an earlier run: its finished images are left out, and the
+    files of one it left half-done are its own)."""
     taken = {os.path.realpath(p): p for p in inputs}
     for path in (p for files in outputs for p in files):
         if os.path.realpath(path) in taken:
             raise ConfigError(f"--out {out}: writing {path} would overwrite the input "
                               f"{taken[os.path.realpath(path)]}; choose another --out folder")
+    if replace or skip_existing:
+        return
+    there = [p for files in outputs for p in files if os.path.lexists(p)]
+    if there:
+        raise ConfigError(f"--out {out}: {len(there)} file(s) to write are there already (e.g. {there[0]}); not "
+                          "replacing them. Choose another --out folder, pass --skip_existing to keep them and "
+                          "segment the rest, or --overwrite to replace them")
+
+
+def is_written(path: str) -> bool:
+    """Whether `path` is a whole PNG (what `--skip_existing` counts as done): not empty, its header readable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24 and os.path.getsize(path) > 33
+
+
+def remove_stale_partials(outputs: list[list[str]]) -> None:
+    """Deletes the temporary files (`paths.write_atomically`) a killed run left beside `outputs`: those
+    of processes no longer running."""
+    for path in (p for files in outputs for p in files):
+        folder, name = os.path.split(path)
+        for partial in glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.*.partial")):
+            pid = partial.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _running(int(pid)):
+                os.remove(partial)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def unreadable(paths: list[str]) -> dict[int, str]:
@@ -114,7 +169,7 @@ def usable_images(paths: list[str], outputs: list[list[str]], skip_existing: boo
         skip_existing: leave out the images whose files all exist (an interrupted folder).
         skip_bad_files: leave out the images that cannot be decoded; otherwise a DataError lists them.
     """
-    todo = [i for i in range(len(paths)) if not (skip_existing and all(map(os.path.isfile, outputs[i])))]
+    todo = [i for i in range(len(paths)) if not (skip_existing and all(map(is_written, outputs[i])))]
     existing = len(paths) - len(todo)
     if existing:
         print(f"{existing} image(s) already segmented (--skip_existing)")
@@ -146,6 +201,7 @@ def write_masks(segmenter, paths: list[str], todo: list[int], outputs: list[list
     `threshold`) and, where `outputs[i]` names a second file, an overlay beside `support_tile`."""
     for folder in {os.path.dirname(path) for files in outputs for path in files}:
         os.makedirs(folder, exist_ok=True)  # names that keep their subfolder (`paths.unique_stems`)
+    remove_stale_partials([outputs[i] for i in todo])
     bar = progress.bar(len(todo), unit_name="image")
     for indices, images in batches_of_one_size(paths, todo, batch_size):
         masks = segmenter.segment(images) > threshold

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 
@@ -11,7 +12,14 @@ import tensorflow as tf
 from absl import logging
 
 from meta_drn_tf.errors import ConfigError, NonFiniteLoss
-from meta_drn_tf.runs.checkpoint_files import KEEP_LATEST, read_problem, saved_checkpoints, set_aside, write_state
+from meta_drn_tf.runs.checkpoint_files import (
+    KEEP_LATEST,
+    SHAPE_MISMATCH,
+    read_problem,
+    saved_checkpoints,
+    set_aside,
+    write_state,
+)
 
 
 class TrainState(tf.Module):
@@ -81,6 +89,10 @@ class Checkpoints:
                         self._managers(self.latest.directory, self.best.directory)
                 return path
             damaged.append((path, problem))
+        if damaged and all(SHAPE_MISMATCH in why for _, why in damaged):  # intact, for another network
+            raise ConfigError(f"the run's checkpoints do not fit the network {os.path.dirname(self.resume_dir)}/"
+                              f"flags.json describes ({damaged[0][1]}); was flags.json edited? Restore its --width "
+                              "and --image_size. The checkpoints are intact: --fresh would delete them.")
         if damaged:
             raise ConfigError(f"every checkpoint of the run is damaged ({'; '.join(f'{p}: {w}' for p, w in damaged)}); "
                               "nothing to resume from. --fresh deletes the run and starts over.")
