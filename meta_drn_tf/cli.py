@@ -66,8 +66,8 @@ def fail(message: object, code: int) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        fail(f"{e} (see --helpfull for every flag)", EXIT_USAGE)
+    except flags.Error as e:  # a folder that cannot be written is a storage problem, as when writing fails
+        fail(f"{e} (see --helpfull for every flag)", EXIT_STORAGE if paths.unwritable(str(e)) else EXIT_USAGE)
 
 
 def check_paths(**kinds: str) -> None:
@@ -114,6 +114,8 @@ def _native_stderr_captured():
         os.dup2(capture.fileno(), 2)
         try:
             yield
+        except errors.Terminated:  # stopped, not failed: TensorFlow's chatter stays out
+            raise
         except BaseException:
             os.dup2(saved, 2)
             capture.seek(0)
@@ -154,52 +156,80 @@ def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | 
         define_flags: defines the app's flags; called once TensorFlow has started (the
             flags of `train` come from the library's `RunConfig`, which imports it).
     """
-    start_tensorflow(verbosity_in(sys.argv))
-    if define_flags is not None:
-        define_flags()
-    app.run(lambda argv: _guarded(main, argv), flags_parser=_parse_flags)
+    # SIGTERM becomes an exception where the command is, so that what it writes is cleaned up on the way
+    # out (training installs its own handlers, a checkpoint first, while it trains); from the start, so
+    # that a command stopped while TensorFlow starts also ends with EXIT_PREEMPTED.
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        start_tensorflow(verbosity_in(sys.argv))
+        if define_flags is not None:
+            define_flags()
+        app.run(lambda argv: _guarded(main, argv), flags_parser=_parse_flags)
+    except errors.Terminated:
+        _ending()
+        fail(TERMINATED, EXIT_PREEMPTED)
+
+
+TERMINATED = ("stopped by SIGTERM; nothing half-written was left. Run the same command again (segment "
+              "--skip_existing keeps the masks already written).")
+_SIGTERM_RECEIVED = []  # non-empty once SIGTERM came: whatever error the command then ends with is its doing
 
 
 def _guarded(main: Callable[[list[str]], object], argv: list[str]) -> object:
-    if not verbose():
-        logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress bars
-    start_tensorflow(verbose())
-    print(hardware.devices_line(), flush=True)  # where the work runs, before any of it
-    # SIGTERM becomes an exception where the command is, so that what it writes is cleaned up on the way
-    # out; training installs its own handlers (a checkpoint first) while it trains.
-    signal.signal(signal.SIGTERM, _terminated)
     try:
+        if not verbose():
+            logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress bars
+        start_tensorflow(verbose())
+        print(hardware.devices_line(), flush=True)  # where the work runs, before any of it
         return main(argv)
-    except errors.Terminated:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        fail("stopped by SIGTERM; nothing half-written was left. Run the same command again (segment "
-             "--skip_existing keeps the masks already written).", EXIT_PREEMPTED)
-    except errors.NonFiniteLoss as e:
-        fail(e, EXIT_NONFINITE)
-    except errors.WorkerLost as e:
-        fail(e, EXIT_WORKER_LOST)
-    except errors.DataError as e:
-        fail(e, EXIT_DATA)
-    except errors.Stopped as e:
-        fail(e, EXIT_PREEMPTED if e.preempted else EXIT_INTERRUPTED)
-    except (errors.ConfigError, app.UsageError) as e:
-        fail(e, EXIT_USAGE)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        fail(e, EXIT_USAGE)
-    except Exception as e:  # a full disk, as an OSError or as one of TensorFlow's errors
-        problem = errors.storage_problem(e)
-        if problem is None:
-            raise
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # noqa: B036 (each kind is mapped to its exit code, the rest re-raised)
+        _ending()
+        _exit_for(e)
+        raise
+    finally:
+        _ending()
+
+
+def _exit_for(error: BaseException) -> None:
+    """Ends the command with the exit code of `error` (`fail`); returns for a bug, which keeps its traceback."""
+    problem = errors.storage_problem(error) if isinstance(error, Exception) else None
+    codes = [(errors.Terminated, EXIT_PREEMPTED), (errors.NonFiniteLoss, EXIT_NONFINITE),
+             (errors.WorkerLost, EXIT_WORKER_LOST), (errors.DataError, EXIT_DATA),
+             ((errors.ConfigError, app.UsageError), EXIT_USAGE),
+             ((FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError), EXIT_USAGE)]
+    if isinstance(error, errors.Terminated) or (_SIGTERM_RECEIVED and isinstance(error, Exception)):
+        fail(TERMINATED, EXIT_PREEMPTED)  # also what TensorFlow raised when the signal broke into it
+    if isinstance(error, errors.Stopped):
+        fail(error, EXIT_PREEMPTED if error.preempted else EXIT_INTERRUPTED)
+    if problem is not None:
         fail(problem, EXIT_STORAGE)
-    except KeyboardInterrupt:
+    if isinstance(error, errors.Unwritable):
+        fail(error, EXIT_STORAGE)
+    for kinds, code in codes:
+        if isinstance(error, kinds):
+            fail(error, code)
+    if isinstance(error, KeyboardInterrupt):
         fail("interrupted. Run the same command again: training resumes from its last checkpoint, "
              "segment --skip_existing keeps the masks already written.", EXIT_INTERRUPTED)
+
+
+def _ending() -> None:
+    """The command is ending: a later SIGTERM is ignored (its work is done or being cleaned up), and the
+    timer that re-raises a swallowed one stops (handlers of others, a test runner's, are left alone)."""
+    if signal.getsignal(signal.SIGALRM) is _terminated:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGTERM) is _terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _terminated(signum, frame) -> None:
     # Python drops (and prints) an exception raised inside a garbage-collector callback, where a signal
     # handler can run: there the exception waits for the timer, which repeats until the command's own
     # code receives it.
+    _SIGTERM_RECEIVED.append(signum)
     signal.signal(signal.SIGALRM, _terminated)
     signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
     callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}

@@ -20,6 +20,11 @@ class DataError(ValueError):
     """A file of the dataset (or an input image) cannot be used; the message names it."""
 
 
+class Unwritable(ConfigError):
+    """A folder the command must write cannot be written (read-only file system, permissions): found
+    before any work, and a storage problem like a write that fails (the same exit code)."""
+
+
 class NonFiniteLoss(RuntimeError):
     """Training met a non-finite loss or gradient; the message names the last good checkpoint."""
 
@@ -58,6 +63,8 @@ def storage_problem(error: BaseException) -> str | None:
     """One line for a write that failed for lack of space or a read-only folder (an OSError or a
     TensorFlow error), naming the file and the free space there; None for any other error."""
     why = STORAGE_ERRNOS.get(getattr(error, "errno", None)) if isinstance(error, OSError) else None
+    if isinstance(error, PermissionError) and _refused_creation(error.filename):
+        why = "the folder cannot be written (permissions)"
     text = str(getattr(error, "message", None) or error)
     why = why or next((words for needle, words in STORAGE_WORDS.items() if needle in text), None)
     if why is None:
@@ -68,9 +75,26 @@ def storage_problem(error: BaseException) -> str | None:
             "folder) and run the same command again.")
 
 
+def _refused_creation(path: object) -> bool:
+    """Whether a PermissionError on `path` was a file being made in a folder that cannot be written (not
+    a file that cannot be read)."""
+    if not isinstance(path, str) or os.path.exists(path):
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK)
+
+
 def _path_in(text: str) -> str | None:
-    match = re.search(r"(/[^\s:;,'\"]+)", text)
-    return match[1] if match else None
+    """The first file path in an error's text, preferring one below an existing folder other than the
+    root (TensorFlow's device names, /job:localhost/replica:0/..., are not paths)."""
+    found = [m[1] for m in re.finditer(r"(?<![\w:])(/[^\s:;,'\"\]\[]+)", text) if m[1] != "/job"]
+    for path in found:
+        folder = os.path.dirname(path)
+        while folder and folder != "/" and not os.path.isdir(folder):
+            folder = os.path.dirname(folder)
+        if folder and folder != "/":
+            return path
+    return found[0] if found else None
 
 
 def _free_space(path: str | None) -> str:

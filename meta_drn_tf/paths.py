@@ -36,6 +36,18 @@ def existing_folder(path: str) -> str | None:
     return None if os.access(path, os.R_OK | os.X_OK) else "cannot be read (permissions)"
 
 
+# How the problems of `creatable_folder` and `creatable_file` begin when writing is what fails (a storage
+# problem: `unwritable`).
+UNWRITABLE = ("cannot be written", "cannot be made in")
+
+
+def _writable(folder: str) -> str | None:
+    """None when `folder` can be written, else why not (a read-only file system, or permissions)."""
+    if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    return None if os.access(folder, os.W_OK | os.X_OK) else "permissions"
+
+
 def creatable_folder(path: str) -> str | None:
     """A folder that exists or can be made: nothing on the way is a file, and it can be written."""
     if not path:
@@ -43,13 +55,20 @@ def creatable_folder(path: str) -> str | None:
     if os.path.exists(path):
         if not os.path.isdir(path):
             return "is a file, not a folder"
-        return None if os.access(path, os.W_OK | os.X_OK) else "cannot be written (permissions)"
+        why = _writable(path)
+        return f"cannot be written ({why})" if why else None
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         return f"cannot be made: {parent} is a file"
-    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be made in {parent} (permissions)"
+    why = _writable(parent)
+    return f"cannot be made in {parent} ({why})" if why else None
+
+
+def unwritable(problem: str) -> bool:
+    """Whether a problem of `problems` (or a flag's validation error) says a folder cannot be written."""
+    return any(f": {words}" in problem for words in UNWRITABLE)
 
 
 def creatable_file(path: str) -> str | None:

@@ -85,6 +85,18 @@ def test_user_errors_become_one_line_and_their_exit_code(error, code, capsys):
     assert str(error) in err
 
 
+def test_whatever_a_command_ends_with_after_sigterm_is_the_preempted_exit(monkeypatch, capsys):
+    """SIGTERM can break into TensorFlow's own context managers, which then raise errors of their own."""
+    def main(argv):
+        raise RuntimeError("Exiting device scope without proper scope nesting")
+
+    monkeypatch.setattr(cli, "_SIGTERM_RECEIVED", [15])
+    with pytest.raises(SystemExit) as exit_:
+        cli._guarded(main, ["app"])
+    assert exit_.value.code == cli.EXIT_PREEMPTED
+    assert capsys.readouterr().err.startswith("error: stopped by SIGTERM; nothing half-written was left")
+
+
 def test_a_bug_keeps_its_traceback():
     def main(argv):
         raise ZeroDivisionError("a bug")

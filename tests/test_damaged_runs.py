@@ -152,7 +152,8 @@ def test_a_new_run_refuses_a_folder_of_other_files_and_fresh_deletes_only_the_ru
     from meta_drn_tf.runs.directory import RunDirectory
 
     RunDirectory(str(run)).clear()
-    assert sorted(os.listdir(run)) == [".train.lock", "notes.txt"]  # the lock file its writer holds stays
+    # The marker, the lock file its writer holds and the user's file stay.
+    assert sorted(os.listdir(run)) == [".meta_drn_tf_run.json", ".train.lock", "notes.txt"]
 
 
 SAVED_MODEL_DAMAGE = {

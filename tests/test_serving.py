@@ -315,3 +315,18 @@ def test_non_finite_pixels_thresholds_out_of_range_and_empty_queries_are_refused
             floats(**{**args, "threshold": tf.constant([threshold], tf.float32)})
     with pytest.raises(tf.errors.InvalidArgumentError, match="no query images"):
         model.signatures["segment_initial"](query_images=tf.constant(queries[:0]), threshold=tf.constant([0.5]))
+    for name in ("support_images", "query_images"):  # 0-255 floats, or far beyond
+        for scale in (255.0, 1e30):
+            with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{name} must lie in \[0, 1\]"):
+                floats(**{**args, name: args[name] * scale + 0.01})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="send one threshold"):
+        floats(**{**args, "threshold": tf.constant([0.2, 0.9])})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a support mask is empty"):
+        floats(**{**args, "support_masks": tf.zeros_like(args["support_masks"])})
+    fast = model.signatures["adapt"](support_images=tf.constant(support), support_masks=tf.constant(mask))
+    for bad in (np.nan, np.inf):
+        weights = fast["fast_weights"].numpy()
+        weights[3] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match="fast_weights must be finite"):
+            model.signatures["segment_adapted"](fast_weights=tf.constant(weights), query_images=tf.constant(queries),
+                                                threshold=tf.constant([0.5]))

@@ -71,6 +71,13 @@ def test_storage_problems_are_told_apart_from_other_errors(tmp_path):
     assert "the folder is on a read-only file system" in storage_problem(read_only)
     assert storage_problem(OSError(2, "No such file or directory")) is None
     assert storage_problem(ValueError("bad value")) is None
+    # TensorFlow names its device in the same message: the file and its disk are named, not "/job".
+    tf_full = tf.errors.ResourceExhaustedError(None, None, "/job:localhost/replica:0/task:0/device:CPU:0; "
+                                               f"{tmp_path}/ckpt-1_temp/part-00000; No space left on device")
+    assert storage_problem(tf_full).startswith(f"cannot write {tmp_path}/ckpt-1_temp/part-00000: the disk is full")
+    assert f"MiB free in {tmp_path})" in storage_problem(tf_full)
+    assert "cannot write: the disk is full." in storage_problem(tf.errors.ResourceExhaustedError(
+        None, None, "/job:localhost/replica:0/task:0/device:CPU:0; No space left on device"))
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +151,43 @@ def test_sigterm_during_export_stops_in_one_line_with_nothing_half_written(run, 
     assert "stopped by SIGTERM; nothing half-written was left" in _one_error_line(out, PREEMPTED)
     assert os.listdir(tmp_path / "models") == []
     shutil.rmtree(tmp_path / "models")
+
+
+@contextlib.contextmanager
+def read_only_view(tmp_path, folder):
+    """`folder` seen through a read-only bind mount (root only); unmounted after."""
+    view = tmp_path / f"ro-{uuid.uuid4().hex[:6]}"
+    view.mkdir()
+    done = subprocess.run(["mount", "--bind", str(folder), str(view)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs root): {done.stderr.decode().strip()}")
+    try:
+        remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True)
+        if remount.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {remount.stderr.decode().strip()}")
+        yield view
+    finally:
+        subprocess.run(["umount", "-l", str(view)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_read_only_run_folder_is_a_storage_problem_for_every_command(run, tmp_path):
+    with read_only_view(tmp_path, run) as view:
+        for command in (["meta_drn_tf.train", f"--model_dir={view}", "--epochs=2", *TINY],
+                        ["meta_drn_tf.evaluate", f"--model_dir={view}", "--episodes=1"]):
+            line = _one_error_line(_run(*command), STORAGE)
+            assert str(view) in line and "read-only file system" in line, line
+
+
+@pytest.mark.slow
+def test_sigterm_while_tensorflow_starts_ends_with_the_preempted_code(run, tmp_path):
+    """Cold: the signal lands while TensorFlow is imported, before the command's own code."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, "-m", "meta_drn_tf.export", f"--model_dir={run}",
+                                f"--export_dir={tmp_path / 'models'}"], stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    out = subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
+    assert "stopped by SIGTERM" in _one_error_line(out, PREEMPTED)
+    assert not (tmp_path / "models").exists()

@@ -110,11 +110,13 @@ def test_tensorboard_lists_the_runs_figures_under_scalars(finished_run):
     assert all(np.isfinite(p.value) for run in scalars.values() for points in run.values() for p in points)
 
 
-def _copy(run, tmp_path):
+def _copy(run, tmp_path, **saved):
+    """A copy of `run` in tmp_path; `saved`: flags its flags.json says it was trained with instead (a run
+    that diverges: a resumed run cannot change them)."""
     shutil.copytree(run, tmp_path, dirs_exist_ok=True)
     flags_file = tmp_path / "flags.json"
     cfg = json.loads(flags_file.read_text())
-    flags_file.write_text(json.dumps({**cfg, "model_dir": str(tmp_path)}))
+    flags_file.write_text(json.dumps({**cfg, "model_dir": str(tmp_path), **saved}))
     return tmp_path
 
 
@@ -129,7 +131,7 @@ def test_resume_refuses_other_model_shaping_flags(finished_run, tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
-    _copy(finished_run.path, tmp_path)
+    _copy(finished_run.path, tmp_path, inner_lr=1e30)
     good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     with pytest.raises(NonFiniteLoss, match=os.path.basename(good)):
         train(_cfg(tmp_path, epochs=2, inner_lr=1e30))
@@ -141,7 +143,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, 
 
 @pytest.mark.slow
 def test_skip_nonfinite_counts_bad_batches_and_goes_on(finished_run, tmp_path):
-    _copy(finished_run.path, tmp_path)
+    _copy(finished_run.path, tmp_path, inner_lr=1e30)
     final = train(_cfg(tmp_path, epochs=2, inner_lr=1e30, skip_nonfinite=True))
     assert final["epochs"] == 2
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")))

@@ -25,7 +25,7 @@ from typing import Any
 
 from meta_drn_tf import paths
 from meta_drn_tf.data.config import DataConfig
-from meta_drn_tf.errors import ConfigError
+from meta_drn_tf.errors import ConfigError, Unwritable
 from meta_drn_tf.meta.config import MetaConfig
 from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.settings import Settings, leaves, section, setting
@@ -112,7 +112,7 @@ class RunConfig(Settings):
                                 "val_classes_file": ("file", data.val_classes_file),
                                 "test_classes_file": ("file", data.test_classes_file)})
         if found:
-            raise ConfigError("; ".join(found))
+            raise (Unwritable if any(map(paths.unwritable, found)) else ConfigError)("; ".join(found))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:

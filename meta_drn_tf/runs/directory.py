@@ -144,8 +144,12 @@ class RunDirectory:
             return
         if changed:
             record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": {k: list(v) for k, v in changed.items()}}
-            with open(os.path.join(self.root, RESUMPTIONS), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            path = os.path.join(self.root, RESUMPTIONS)
+            earlier = ""
+            if os.path.isfile(path):
+                with open(path) as f:
+                    earlier = f.read()
+            paths.write_atomically(path, earlier + json.dumps(record) + "\n")  # whole lines, or none
             logging.warning("resuming with %s (recorded in %s; flags.json keeps the run's own flags)",
                             ", ".join(f"--{k}={new!r} (the run's: {old!r})" for k, (old, new) in changed.items()),
                             RESUMPTIONS)

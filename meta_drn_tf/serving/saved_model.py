@@ -17,8 +17,9 @@ Layout: `<export_base>/<version>/` with integer versions (TF Serving's
   query_images uint8, threshold) -> the outputs above: adapt once, then
   segment any number of query batches (what `meta_drn_tf.Segmenter` does).
 
-Malformed requests (empty support, sizes that do not match, mask values
-outside [0, 1]) fail with an InvalidArgument error naming the problem; wrong
+Malformed requests (empty support, an empty support mask, sizes that do not
+match, mask values or float pixels outside [0, 1], non-finite fast weights,
+more than one threshold) fail with an InvalidArgument error naming the problem; wrong
 ranks and dtypes are refused by the signature itself. A float16 export adapts
 with the trained loss scale; an adaptation that overflows anyway fails with an
 InvalidArgument error saying so, never silent all-zero masks.
@@ -72,9 +73,11 @@ class ServingModule(tf.Module):
 
     def _outputs(self, logits: tf.Tensor, out_size: tf.Tensor, threshold: tf.Tensor) -> dict:
         # NaN fails both comparisons: a threshold outside (0, 1) would give all or no pixels, silently.
-        check = tf.debugging.Assert(tf.reduce_all((threshold > 0.0) & (threshold < 1.0)),
-                                    ["threshold values must lie strictly between 0 and 1, got", threshold])
-        with tf.control_dependencies([check]):
+        checks = [tf.debugging.Assert(tf.reduce_all((threshold > 0.0) & (threshold < 1.0)),
+                                      ["threshold values must lie strictly between 0 and 1, got", threshold]),
+                  tf.debugging.Assert(tf.size(threshold) <= 1, ["send one threshold (or none for 0.5), got",
+                                                                threshold])]
+        with tf.control_dependencies(checks):
             threshold = tf.cond(tf.size(threshold) > 0, lambda: threshold[0],
                                 lambda: tf.constant(DEFAULT_THRESHOLD))
         probabilities = tf.sigmoid(tf.image.resize(logits, out_size, method="bilinear"))[..., 0]
@@ -95,6 +98,10 @@ class ServingModule(tf.Module):
                                               message="support_masks values must lie in [0, 1]"),
             tf.debugging.assert_less_equal(tf.reduce_max(support_masks), 1.0,
                                            message="support_masks values must lie in [0, 1]"),
+            # An empty mask would adapt the network to find nothing: mark the object in every example.
+            tf.debugging.Assert(tf.reduce_all(tf.reduce_max(support_masks, axis=[1, 2]) > 0.0),
+                                ["a support mask is empty: mark the object in every example"]),
+            *self._pixel_range(support_images, "support_images"),
         ]
         with tf.control_dependencies(checks):
             support = self._resize(support_images)
@@ -112,10 +119,17 @@ class ServingModule(tf.Module):
         """Outputs for float query images under `weights`, at the queries' own size."""
         query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
         checks = [tf.debugging.assert_positive(tf.shape(query_images)[0], message="no query images"),
-                  tf.debugging.assert_all_finite(query_images, "query_images must be finite (no NaN or infinity)")]
+                  tf.debugging.assert_all_finite(query_images, "query_images must be finite (no NaN or infinity)"),
+                  *self._pixel_range(query_images, "query_images")]
         with tf.control_dependencies(checks):
             queries = self._resize(query_images)
         return self._outputs(self.adapter.logits(weights, queries), tf.shape(query_images)[1:3], threshold)
+
+    def _pixel_range(self, images, name: str) -> list:
+        """Checks that float pixels lie in [0, 1] (0-255 values would be taken as glaring white)."""
+        return [tf.debugging.assert_greater_equal(tf.reduce_min(images), 0.0, message=f"{name} must lie in [0, 1]"),
+                tf.debugging.assert_less_equal(tf.reduce_max(images), 1.0, message=f"{name} must lie in [0, 1] "
+                                               "(uint8 pixels divided by 255)")]
 
     def _adapt_and_segment(self, support_images, support_masks, query_images, threshold):
         return self._segment(self._adapt(support_images, support_masks), query_images, threshold)
@@ -126,7 +140,10 @@ class ServingModule(tf.Module):
     def _unflatten(self, flat) -> list[tf.Tensor]:
         variables = self.adapter.model.trainable_variables
         sizes = [int(v.shape.num_elements()) for v in variables]
-        parts = tf.split(tf.ensure_shape(flat, [sum(sizes)], name="fast_weights_size"), sizes)
+        flat = tf.debugging.assert_all_finite(tf.ensure_shape(flat, [sum(sizes)], name="fast_weights_size"),
+                                              "fast_weights must be finite (no NaN or infinity): send what adapt "
+                                              "returned")
+        parts = tf.split(flat, sizes)
         return [tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, variables)]
 
     def _images(self, uint8_images):

@@ -47,8 +47,9 @@ def _read_saved_model(path: str):
         with open(os.path.join(path, "saved_model.pb"), "rb") as f:
             proto.ParseFromString(f.read())
     except Exception as e:  # protobuf's DecodeError, a missing file: the model cannot be what it claims
-        raise ConfigError(f"--model {path}: saved_model.pb cannot be read ({type(e).__name__}); export the model "
-                          "again from its training run or give another version") from None
+        raise ConfigError(f"--model {path}: the SavedModel is damaged (saved_model.pb cannot be read: "
+                          f"{type(e).__name__}); export it again from its training run (python -m "
+                          "meta_drn_tf.export) or give another version") from None
     return proto
 
 
