@@ -187,3 +187,8 @@ def test_a_flags_json_whose_width_disagrees_with_the_checkpoint_says_so(trained,
     flags.write_text(flags.read_text().replace('"width": 0.0625', '"width": 0.125'))
     with pytest.raises(ConfigError, match=r"does not fit the network .*flags.json describes .*was flags.json edited"):
         restore_learner(str(run))
+    # Training on it says the same, and that the checkpoints are intact: --fresh would delete them.
+    with pytest.raises(ConfigError, match=r"do not fit the network .*flags.json describes .*The checkpoints are "
+                                          r"intact: --fresh would delete them"):
+        train(_config(run, width=0.125, epochs=4))
+    assert len(glob.glob(str(run / "checkpoints" / "*.index"))) == 3

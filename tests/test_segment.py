@@ -197,6 +197,21 @@ def test_command_on_real_photos(real_fewshot_dir, run_dir, tmp_path):
         assert set(np.unique(mask)) <= {0, 255}
 
 
+def test_a_run_loads_for_segmenting_without_checkpoint_warnings(run_dir, tmp_path, caplog):
+    """The best checkpoint also holds what training resumes from, which a segmenter does not read."""
+    import gc
+
+    from meta_drn_tf.training.checkpoints import TrainState
+
+    run = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("best"))
+    learner, _ = restore_learner(run_dir)
+    tf.train.CheckpointManager(tf.train.Checkpoint(learner=learner, state=TrainState()), str(run / "best"), 1).save()
+    with caplog.at_level("WARNING"):
+        Segmenter.from_run(str(run))
+        gc.collect()  # TensorFlow warns of unread values when a restore's status object is collected
+    assert "could not be found" not in caplog.text and "Unresolved object" not in caplog.text
+
+
 def test_an_fss1000_layout_folder_lists_its_photos_not_their_masks(tmp_path, capsys):
     """FSS-1000 keeps 1.jpg beside its mask 1.png: the PNG is a mask, not a photo to segment (it used
     to be listed, and then the two 'would both write 1.png')."""
