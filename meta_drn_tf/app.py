@@ -33,6 +33,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("port", 7860, "The page's port on 127.0.0.1.")
     common_flags.define_checkpoint()
     common_flags.define_kernels(default="auto")
+    common_flags.define_tf32()
     flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
     flags.register_validator("port", lambda p: 0 < p < 65536, message="must be a port number (1-65535)")
 

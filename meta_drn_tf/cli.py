@@ -130,11 +130,17 @@ def start_tensorflow(loud: bool) -> None:
     """Imports TensorFlow and Keras; quietly unless `loud` (the user asked for INFO logging).
 
     First limits glibc's malloc to one arena (`hardware.limit_malloc_arenas`: less peak
-    memory for the same speed), which must happen before TensorFlow starts its threads.
+    memory for the same speed), which must happen before TensorFlow starts its threads;
+    then lets GPU memory grow as needed (`hardware.allow_memory_growth`).
     """
     if "tensorflow" in sys.modules:
         return
     hardware.limit_malloc_arenas()  # before TensorFlow's threads exist
+    _import_tensorflow(loud)
+    hardware.allow_memory_growth()  # before any GPU is used: commands can share a card
+
+
+def _import_tensorflow(loud: bool) -> None:
     # A level the user set wins; otherwise the C++ runtime's notes stay out of the progress bars.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if loud else "2")
     if loud:
@@ -180,7 +186,10 @@ def _guarded(main: Callable[[list[str]], object], argv: list[str]) -> object:
         if not verbose():
             logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress bars
         start_tensorflow(verbose())
-        print(hardware.devices_line(), flush=True)  # where the work runs, before any of it
+        tf32 = flags.FLAGS.tf32 if "tf32" in flags.FLAGS else None
+        if tf32 is not None:
+            hardware.use_tf32(tf32)
+        print(hardware.devices_line(tf32), flush=True)  # where the work runs, before any of it
         return main(argv)
     except (SystemExit, GeneratorExit):
         raise

@@ -4,6 +4,7 @@
         common_flags.define_model()
         common_flags.define_checkpoint()
         common_flags.define_kernels(default="auto")
+        common_flags.define_tf32()
         flags.adopt_module_key_flags(common_flags)   # listed by the command's --help
 
 Called from a command's `define_flags`, after `cli.run` has started TensorFlow quietly (the
@@ -52,4 +53,10 @@ def define_export_kernels() -> None:
     flags.DEFINE_enum("kernels", "stock", list(EXPORT_KERNELS), "The graphs' kernel forms: stock (TensorFlow's own "
                       "ops: any server; dilated convolutions through space-to-batch), gpu (the same with dilated "
                       "convolutions and their gradients as single cuDNN ops: GPU servers only) or cpu (CPU-tuned: "
-                      "faster on CPU servers only). See README, Serving.")
+                      "faster on CPU servers only). See docs/serving.md.")
+
+
+def define_tf32() -> None:
+    """`--tf32`: float32 convolutions and products in TF32 on NVIDIA GPUs (Ampere and newer) or not."""
+    flags.DEFINE_bool("tf32", False, "NVIDIA GPUs (Ampere and newer): compute float32 convolutions and products in "
+                      "TF32 (faster, 10-bit mantissas; TensorFlow's default). Default: full float32.")

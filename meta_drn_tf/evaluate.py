@@ -40,6 +40,7 @@ def define_flags() -> None:
     common_flags.define_checkpoint()
     flags.DEFINE_bool("baseline", True, "Also evaluate the same adaptation from a random initialisation.")
     common_flags.define_kernels(default=None)
+    common_flags.define_tf32()
     flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
     flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>, "
                         "and with --data_dir one folder per data folder: ..._<its name>-<hash of its path>).")

@@ -29,6 +29,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("inner_steps", None, "Inner steps inside the graph (default: the run's test-time setting).")
     common_flags.define_checkpoint()
     common_flags.define_export_kernels()
+    common_flags.define_tf32()
     flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
 
     cli.check_paths(model_dir="folder", export_dir="new_folder")

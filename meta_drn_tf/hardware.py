@@ -47,12 +47,33 @@ def cpu_flags() -> set[str] | None:
     return None
 
 
-def bfloat16_support() -> str:
-    """"gpu", "native (<cpu flags>)", "emulated" or "unknown" (no /proc/cpuinfo)."""
+# NVIDIA compute capabilities: bfloat16 tensor cores from Ampere (8.0), float16 ones from Volta (7.0).
+BF16_CAPABILITY, FP16_CAPABILITY = (8, 0), (7, 0)
+
+
+def gpu_cards() -> list[tuple[str, tuple[int, int] | None]]:
+    """(name, compute capability) of each GPU TensorFlow sees (the capability None where it is not said)."""
     import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
-        return "gpu"
+    cards = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        capability = details.get("compute_capability")
+        cards.append((details.get("device_name", gpu.name), tuple(capability) if capability else None))
+    return cards
+
+
+def _capability(capability: tuple[int, int] | None) -> str:
+    return "compute capability " + ("unknown" if capability is None else ".".join(map(str, capability)))
+
+
+def bfloat16_support() -> str:
+    """Per GPU, "<name> (compute capability X.Y): native" or ": emulated" (no bfloat16 tensor cores before
+    8.0); on a CPU-only machine "native (<cpu flags>)", "emulated" or "unknown" (no /proc/cpuinfo)."""
+    cards = gpu_cards()
+    if cards:
+        return "; ".join(f"{name} ({_capability(c)}): {'native' if c and c >= BF16_CAPABILITY else 'emulated'}"
+                         for name, c in cards)
     found = cpu_flags()
     if found is None:
         return "unknown"
@@ -61,8 +82,58 @@ def bfloat16_support() -> str:
 
 
 def bfloat16_is_emulated() -> bool:
-    """True on a CPU-only machine whose CPU lacks AVX512-BF16 and AMX: bfloat16 is then much slower."""
-    return bfloat16_support() == "emulated"
+    """True where bfloat16 runs without hardware for it (a GPU before compute capability 8.0, a CPU without
+    AVX512-BF16 and AMX): much slower than float32 there."""
+    support = bfloat16_support()
+    return support == "emulated" or support.endswith(": emulated") or ": emulated;" in support
+
+
+def auto_precision() -> str:
+    """The precision `--precision=auto` takes here: bfloat16 where every GPU has bfloat16 tensor cores
+    (compute capability 8.0 or newer), float16 (loss-scaled) where they all have float16 ones (7.x),
+    float32 otherwise (older GPUs, and CPUs)."""
+    capabilities = [c for _, c in gpu_cards()]
+    if not capabilities or None in capabilities:
+        return "float32"
+    if min(capabilities) >= BF16_CAPABILITY:
+        return "bfloat16"
+    return "float16" if min(capabilities) >= FP16_CAPABILITY else "float32"
+
+
+def precision_problem(precision: str) -> str | None:
+    """Why `precision` does not suit this machine's GPUs (bfloat16 on a card before compute capability 8.0,
+    which would emulate it), worded to follow the flag; None where it suits them."""
+    if precision != "bfloat16":
+        return None
+    for name, capability in gpu_cards():
+        if capability is not None and capability < BF16_CAPABILITY:
+            half = "float16" if capability >= FP16_CAPABILITY else "float32"
+            return (f"the {name} ({_capability(capability)}) has no bfloat16 tensor cores (TensorFlow would "
+                    f"emulate them, slower than float32): use --precision={half}"
+                    f"{' (loss-scaled half precision)' if half == 'float16' else ''} or --precision=auto")
+    return None
+
+
+def use_tf32(enabled: bool) -> None:
+    """TF32 for float32 convolutions and matrix products on NVIDIA GPUs (Ampere and newer) where
+    `enabled`, else full float32; TensorFlow's own default is TF32."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(enabled)
+
+
+def allow_memory_growth() -> bool:
+    """Makes TensorFlow take GPU memory as it needs it instead of nearly all of each GPU at its first op
+    (so that commands can share a card); True if it did. `TF_FORCE_GPU_ALLOW_GROWTH` (which TensorFlow
+    reads itself), when set, wins: `false` gives TensorFlow's default. Must run before a GPU is used."""
+    import tensorflow as tf
+
+    if os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH") is not None:
+        return False
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return bool(gpus)
 
 
 # CPU flags with which TensorFlow's Linux x86 builds turn their oneDNN kernels on by default.
@@ -105,17 +176,14 @@ def cuda_packages() -> list[str]:
     return sorted(n for n in names if n.startswith("nvidia-") and "-cu1" in n)
 
 
-def devices_line() -> str:
-    """The devices TensorFlow runs on, in one line (every command prints it)."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    names = []
-    for gpu in gpus:
-        details = tf.config.experimental.get_device_details(gpu)
-        names.append(details.get("device_name", gpu.name))
-    if gpus:
-        return f"devices: {len(gpus)} GPU(s) ({', '.join(sorted(set(names)))}) and the CPU"
+def devices_line(tf32: bool | None = None) -> str:
+    """The devices TensorFlow runs on, in one line (every command prints it); with GPUs, whether float32
+    runs as TF32 (`tf32`; None: the command has no such choice)."""
+    cards = gpu_cards()
+    if cards:
+        names = sorted({f"{name}, {_capability(c)}" for name, c in cards})
+        choice = "" if tf32 is None else "; TF32 on" if tf32 else "; full float32"
+        return f"devices: {len(cards)} GPU(s) ({'; '.join(names)}) and the CPU{choice}"
     return f"devices: CPU only ({os.cpu_count()} cores; oneDNN kernels {onednn_kernels()})"
 
 

@@ -55,6 +55,7 @@ def define_flags() -> None:
                       "stops, naming one). Input photos and the masks beside them are never replaced.")
     common_flags.define_checkpoint()
     common_flags.define_kernels(default="auto")
+    common_flags.define_tf32()
     flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
     flags.DEFINE_string("save_tflite", None, "Also write the adapted network as a TensorFlow Lite file: one uint8 "
                         "image at the training size in, probabilities out (for phones and edge devices).")

@@ -148,7 +148,7 @@ def test_cuda_libraries_without_a_usable_gpu_are_named(monkeypatch):
 
 @pytest.mark.slow
 def test_shared_flags_are_listed_by_each_commands_help():
-    """--model, --checkpoint and --kernels are defined once (common_flags) and still listed by each
+    """--model, --checkpoint, --kernels and --tf32 are defined once (common_flags) and still listed by each
     command's own --help, with the defaults each command gives them."""
     expected = {"segment": ("auto", True), "app": ("auto", True), "evaluate": (None, False),
                 "export": ("stock", False)}
@@ -157,6 +157,7 @@ def test_shared_flags_are_listed_by_each_commands_help():
     for command, (kernels, model) in expected.items():
         out = procs[command].communicate(timeout=120)[0]  # (absl's --help exits 1)
         assert "--checkpoint: <best|latest>" in out, command
-        assert ("--model:" in out) == model, command
+        assert "--[no]tf32: NVIDIA GPUs" in out and "Default:\n    full float32" in out, command
+        assert ("--model:" in out) == model and ("--[no]trust_model:" in out) == model, command
         listed = out[out.index("--kernels:"):].split("\n  --")[0]
         assert (f"(default: '{kernels}')" in listed) if kernels else ("the run's setting" in listed), listed

@@ -1,5 +1,6 @@
 """The measuring tools still read what TensorFlow writes (their figures go into docs/performance.md)."""
 
+import json
 import os
 import re
 import sys
@@ -60,8 +61,8 @@ def test_benchmark_alternates_with_the_peer_and_prints_the_ratios(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
-    """`tools/gpu_check.py --smoke` on this CPU: the first benchmark row, the GPU tests within half of the
-    budget (stopped here: it is spent), then rows until the budget, each with its projected FSS-1000 epoch
+    """`tools/gpu_check.py --smoke` on this CPU: the GPU tests within half of the budget (stopped here: it
+    is spent), the first benchmark row, then rows until the budget, each with its projected FSS-1000 epoch
     beside the paper's; the rest are named."""
     report = tmp_path / "gpu_check.md"
     result = warm.run(
@@ -69,7 +70,7 @@ def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
          "--budget_s=5", "--repeats=1"],
         capture_output=True, text=True, timeout=600, check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     text = report.read_text()
-    assert re.search(r"GPU tests \(`pytest -m gpu`\): stopped unfinished after 1 s, at half of --budget_s=5",
+    assert re.search(r"GPU tests \(`pytest -m gpu`\): stopped unfinished after \d s, at half of --budget_s=5",
                      text), text
     rows = re.findall(r"^\| (\w+) float32 parallel=(\w+) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \| (\d+):(\d\d) "
                       r"\| (\d+:\d\d) \| ([\d.]+) \|$", text, re.MULTILINE)
@@ -85,3 +86,48 @@ def test_gpu_check_smoke_runs_end_to_end_and_writes_its_report(tmp_path):
         assert abs(float(tasks_per_s) - 2 / float(seconds)) <= 0.05 * float(tasks_per_s) + 0.1
     assert "Not reached within --budget_s=5: " in text and "XLA" in text.split("Not reached")[1]
     assert result.stdout.count("| maml float32 parallel=1 |") == 1
+
+
+# gpu_check with one mocked GPU (an H100): what it sets and runs, in order, recorded instead of done.
+MOCKED_GPU_CHECK = """
+import json, sys
+sys.path.insert(0, sys.argv.pop(1))
+import gpu_check
+import tensorflow as tf
+from absl import app
+events = []
+gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+tf.config.list_physical_devices = lambda kind=None: [gpu] if kind in (None, "GPU") else []
+tf.config.experimental.get_device_details = lambda device: {"device_name": "NVIDIA H100", "compute_capability": (9, 0)}
+tf.config.experimental.set_memory_growth = lambda device, on: events.append(["memory growth", on])
+tf.config.experimental.enable_tensor_float_32_execution = lambda on: events.append(["tf32", on])
+gpu_check.run_gpu_tests = lambda deadline: events.append(["gpu tests"]) or "1 passed"
+gpu_check.time_row = lambda row, sizes: events.append(["row", row.name]) or {"seconds": 1.0, "first_s": 1.0}
+try:
+    app.run(gpu_check.main)
+except SystemExit:
+    pass
+print(json.dumps(events))
+"""
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_the_gpu_tests_before_it_touches_the_gpu_and_lets_memory_grow(tmp_path):
+    result = warm.run([sys.executable, "-c", MOCKED_GPU_CHECK, os.path.join(ROOT, "tools"), "--smoke",
+                       f"--report={tmp_path / 'r.md'}", "--budget_s=0", "--repeats=1"],
+                      capture_output=True, text=True, timeout=300, check=True)
+    events = json.loads(result.stdout.strip().splitlines()[-1])
+    assert events[:3] == [["memory growth", True], ["tf32", False], ["gpu tests"]]
+    assert [e[0] for e in events[3:]] == ["row"]  # the first row only: no budget left
+    report = (tmp_path / "r.md").read_text()
+    assert "GPU tests (`pytest -m gpu`): 1 passed" in report and "float32 in full float32" in report
+    assert "NVIDIA H100 (compute capability 9.0): native" in report  # bfloat16, per card
+
+
+@pytest.mark.slow
+def test_gpu_check_refuses_a_flag_as_its_hlo_folder(tmp_path):
+    result = warm.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--hlo", "--smoke"],
+                      capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert result.returncode != 0 and "looks like a flag, not a folder: give the folder as --hlo=FOLDER" in (
+        result.stderr)
+    assert os.listdir(tmp_path) == []

@@ -240,9 +240,9 @@ def main(argv):
 
     print(describe())
     support = bfloat16_support()
-    meaning = {"emulated": "this CPU has neither AVX512-BF16 nor AMX: TensorFlow emulates bfloat16, expect it "
-                           "slower than float32",
-               "gpu": "on the GPU"}.get(support, "bfloat16 runs natively: expect it faster than float32")
+    meaning = ("this CPU has neither AVX512-BF16 nor AMX: TensorFlow emulates bfloat16, expect it slower than "
+               "float32" if support == "emulated" else "per GPU" if ": " in support
+               else "bfloat16 runs natively: expect it faster than float32")
     print(f"bfloat16: {support} ({meaning})")
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
     print(f"matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s")

@@ -13,13 +13,15 @@ TensorFlow's references and a runner that needs only numpy and JAX (`xla_runner.
 with `--smoke`, only the small programs (CI runs that too). Nothing else runs then.
 
 1. The tests marked `gpu` (tests/test_gpu.py), in a pytest of their own with the GPU visible
-   (tests/conftest.py hides GPUs from every other test), after the first benchmark row and within
-   half of --budget_s: a pytest still running then is stopped, and the report says so.
+   (tests/conftest.py hides GPUs from every other test), before this process touches a GPU (it
+   would hold memory the tests need; it also takes memory only as it needs it) and within half of
+   --budget_s: a pytest still running then is stopped, and the report says so.
 2. The meta-step at 224x224 (1 support, 5 queries, the paper's meta-batch of 5 tasks) for MAML,
    FOMAML, Meta-SGD and Reptile in float32, float16 and bfloat16, with and without XLA, with
    `--parallel_tasks` 1 and auto; with several GPUs, MirroredStrategy over all of them too.
    Each row: seconds per meta-step (median of --repeats after warm-up) and the projected time of
-   one FSS-1000 epoch (7,000 tasks) beside the paper's RTX 2080 figure. Rows run most important
+   one FSS-1000 epoch (7,000 tasks) beside the paper's RTX 2080 figure; float32 in full float32
+   unless --tf32. Rows run most important
    first and stop when --budget_s is spent; the report names the rows it did not reach.
 
 Prints the report and writes it as markdown (--report).
@@ -45,12 +47,16 @@ flags.DEFINE_string("report", "gpu_check.md", "Where the markdown report goes.")
 flags.DEFINE_float("budget_s", 420.0, "Stop starting benchmark rows after this many seconds (tests included; "
                    "the first row always runs).")
 flags.DEFINE_integer("repeats", 3, "Timed meta-steps per row (median), after one warm-up step.")
-flags.DEFINE_bool("tests", True, "Run the GPU tests (after the first benchmark row).")
+flags.DEFINE_bool("tests", True, "Run the GPU tests (first, in a process of their own).")
+flags.DEFINE_bool("tf32", False, "Time float32 rows in TF32 (NVIDIA Ampere and newer) instead of full float32.")
 flags.DEFINE_string("hlo", None, "Write the XLA programs, their references and the JAX runner into this folder "
                     "instead (on a machine with TensorFlow and JAX; no GPU needed).")
 FLAGS = flags.FLAGS
 flags.register_validator("report", lambda path: paths.creatable_file(path) is None,
                          message="must be a file that can be written (not a folder, not inside a file)")
+# `--hlo --smoke` would take "--smoke" as the folder.
+flags.register_validator("hlo", lambda path: path is None or not path.startswith("-"),
+                         message="looks like a flag, not a folder: give the folder as --hlo=FOLDER")
 flags.register_validator("hlo", lambda path: path is None or paths.problems({"hlo": ("new_folder", path)}) == [],
                          message="must be a folder that can be created or written into")
 
@@ -148,9 +154,9 @@ def time_row(row: Row, sizes: Sizes) -> dict:
     return {"seconds": statistics.median(times), "first_s": first}
 
 
-def benchmark(sizes: Sizes, deadline: float, gpus: int, after_first_row=lambda: None) -> list[str]:
-    """The benchmark table's markdown lines, row by row until `deadline`; `after_first_row()` runs
-    between the first row (which runs whatever the budget) and the others."""
+def benchmark(sizes: Sizes, deadline: float, gpus: int) -> list[str]:
+    """The benchmark table's markdown lines, row by row until `deadline` (the first row runs whatever
+    the budget)."""
     lines = ["| row | s/meta-step | tasks/s | first step (trace, compile) s | projected epoch (7,000 tasks) "
              "| paper, RTX 2080 | ratio |", "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
@@ -167,8 +173,6 @@ def benchmark(sizes: Sizes, deadline: float, gpus: int, after_first_row=lambda: 
         else:
             lines.append(_row_line(row, sizes, result))
             print(lines[-1], flush=True)
-        if len(lines) == 3:
-            after_first_row()
     if skipped:
         lines.append(f"\nNot reached within --budget_s={FLAGS.budget_s:.0f}: " + "; ".join(skipped))
     return lines
@@ -201,26 +205,24 @@ def main(argv):
         return write_hlo(FLAGS.hlo)
     import tensorflow as tf
 
-    from meta_drn_tf.hardware import describe
+    from meta_drn_tf import hardware
 
+    hardware.allow_memory_growth()
+    hardware.use_tf32(FLAGS.tf32)
     tf.get_logger().setLevel("ERROR")  # one learner per row: tf.function's retracing notes are expected
-    gpus = len(tf.config.list_physical_devices("GPU"))
+    gpus = len(tf.config.list_physical_devices("GPU"))  # lists the GPUs without using one
     sizes = SMOKE if FLAGS.smoke else FULL
-    tests = ["not run (--notests)"]
-
-    def gpu_tests():
-        if FLAGS.tests:  # within half of the budget, whatever the first row took
-            tests[0] = run_gpu_tests(start + FLAGS.budget_s / 2)
-            print(f"GPU tests: {tests[0]}", flush=True)
-
-    title = [f"# GPU check{' (smoke: tiny sizes)' if FLAGS.smoke else ''}", "", f"Host: {describe()}", ""]
+    # Before this process uses a GPU: the tests' own process then gets the memory they need.
+    tests = run_gpu_tests(start + FLAGS.budget_s / 2) if FLAGS.tests else "not run (--notests)"
+    print(f"GPU tests: {tests}", flush=True)
+    title = [f"# GPU check{' (smoke: tiny sizes)' if FLAGS.smoke else ''}", "", f"Host: {hardware.describe()}", ""]
     setup = [f"Meta-step: {sizes.image}x{sizes.image}, width {sizes.width}, 1 support + {sizes.queries} queries, "
-             f"meta-batch {sizes.meta_batch}; kernels auto ({'stock' if gpus else 'cpu'} here); "
-             f"epoch = s/step x {EPOCH_TASKS} / {sizes.meta_batch}.", ""]
+             f"meta-batch {sizes.meta_batch}; kernels auto ({'stock' if gpus else 'cpu'} here); float32 "
+             f"{'in TF32' if FLAGS.tf32 else 'in full float32'}; epoch = s/step x {EPOCH_TASKS} / "
+             f"{sizes.meta_batch}.", ""]
     print("\n".join(title + setup), flush=True)
-    lines = benchmark(sizes, start + FLAGS.budget_s, gpus, gpu_tests)
-    # The tests' line is known only after the first row: it goes into the report, above the table.
-    report = "\n".join(title + [f"GPU tests (`pytest -m gpu`): {tests[0]}", ""] + setup + lines) + "\n"
+    lines = benchmark(sizes, start + FLAGS.budget_s, gpus)
+    report = "\n".join(title + [f"GPU tests (`pytest -m gpu`): {tests}", ""] + setup + lines) + "\n"
     with open(FLAGS.report, "w") as f:
         f.write(report)
     print(f"\nReport written to {FLAGS.report} ({time.time() - start:.0f} s)")

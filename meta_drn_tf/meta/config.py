@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from meta_drn_tf import hardware
 from meta_drn_tf.meta.algorithm import algorithm_class, registered
 from meta_drn_tf.network.kernels import KERNEL_CHOICES
 from meta_drn_tf.settings import Settings, setting
@@ -35,7 +36,9 @@ class MetaConfig(Settings):
     meta_lr: float = setting(1e-3, "Initial meta learning rate β (AdamW).", minimum="positive")
     weight_decay: float = setting(1e-2, "AdamW weight decay.", minimum=0)
     precision: str = setting("float32", "Compute precision. Losses, fast-weight updates and meta-updates stay "
-                                        "float32; float16 uses dynamic loss scaling.", tuple(PRECISION_POLICIES))
+                                        "float32; float16 uses dynamic loss scaling. auto: bfloat16 on GPUs of "
+                                        "compute capability 8.0 or newer, float16 on 7.x, float32 elsewhere (a "
+                                        "run saves what it chose).", (*PRECISION_POLICIES, "auto"))
     jit_compile: bool = setting(False, "Compile the meta-train step with XLA (each replica's part of it).")
     lslr: bool = setting(False, "MAML++ LSLR: learn an inner rate per weight tensor and inner step "
                                 "(initialised to --inner_lr).")
@@ -63,6 +66,8 @@ class MetaConfig(Settings):
                                          parse=_parallel_tasks, unparse=lambda n: "auto" if n is None else str(n))
 
     def _complete(self) -> None:
+        if self.precision == "auto":  # what this machine's GPUs compute best (hardware.auto_precision)
+            object.__setattr__(self, "precision", hardware.auto_precision())
         if self.inner_steps is None and self.algorithm in registered():
             object.__setattr__(self, "inner_steps", algorithm_class(self.algorithm).default_inner_steps)
 

@@ -82,6 +82,9 @@ class RuntimeConfig(Settings):
     require_gpu: bool = setting(False, "Stop with an error when no GPU is usable (instead of a warning when "
                                        "tensorflow[and-cuda] is installed but finds none).")
     deterministic: bool = setting(False, "Enable TensorFlow op determinism (bit-exact resumes on GPUs).")
+    tf32: bool = setting(False, "NVIDIA GPUs (Ampere and newer): compute float32 convolutions and products in "
+                                "TF32 (faster, 10-bit mantissas; TensorFlow's own default). Default: full float32, "
+                                "as on the paper's RTX 2080.")
 
 
 @dataclasses.dataclass(frozen=True)

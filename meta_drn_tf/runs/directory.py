@@ -19,7 +19,8 @@ MODEL_SETTINGS = ("algo", "image_size", "width", "lslr", "per_step_norm")
 # Settings whose change makes a resumed run differ from an uninterrupted one: refused on resume, so that
 # flags.json keeps saying how the run was trained (the data may move: --data_dir may change, once set).
 RUN_SETTINGS = MODEL_SETTINGS + ("data_dir", "shots", "queries", "meta_batch_size", "seed", "tasks_per_epoch",
-                                 "synthetic_classes", "synthetic_images", "inner_steps", "inner_lr")
+                                 "synthetic_classes", "synthetic_images", "inner_steps", "inner_lr", "precision",
+                                 "tf32")
 MOVABLE_SETTINGS = ("data_dir",)
 
 # The run's own marker: a folder is a run's when it holds this file, which lists the top-level names the

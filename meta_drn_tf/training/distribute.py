@@ -49,7 +49,8 @@ def make_strategy(name: str = "auto", collective_timeout_s: float = 300.0) -> tf
     # TensorFlow's devices, so this comes first.
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable (see README)")
+            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable (see "
+                              "docs/distributed.md)")
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_logical_devices("GPU")

@@ -76,6 +76,10 @@ class Trainer:
         config, runtime = self.config, self.config.runtime
         if runtime.deterministic:
             tf.config.experimental.enable_op_determinism()
+        problem = hardware.precision_problem(config.meta.precision)
+        if problem:  # before the run's folder is touched
+            raise ConfigError(f"--precision={config.meta.precision}: {problem}")
+        hardware.use_tf32(runtime.tf32)
         distribute.split_cpu(runtime.cpu_devices)
         strategy = distribute.make_strategy(runtime.strategy, runtime.collective_timeout_s)
         self.chief = distribute.is_chief(strategy)
@@ -89,7 +93,7 @@ class Trainer:
             self.dirs.claim(config)
         if config.meta.precision == "bfloat16" and hardware.bfloat16_is_emulated():
             logging.warning("--precision=bfloat16 on a CPU without AVX512-BF16/AMX: TensorFlow emulates it, "
-                            "many times slower than float32 (see README, Benchmarks). Use float32.")
+                            "many times slower than float32 (docs/performance.md). Use float32.")
         return strategy
 
     def _check_gpu(self) -> None:
