@@ -204,14 +204,13 @@ def _guarded(main: Callable[[list[str]], object], argv: list[str]) -> object:
 def _exit_for(error: BaseException) -> None:
     """Ends the command with the exit code of `error` (`fail`); returns for a bug, which keeps its traceback."""
     problem = errors.storage_problem(error) if isinstance(error, Exception) else None
-    codes = [(errors.Terminated, EXIT_PREEMPTED), (errors.NonFiniteLoss, EXIT_NONFINITE),
-             (errors.WorkerLost, EXIT_WORKER_LOST), (errors.DataError, EXIT_DATA),
-             ((errors.ConfigError, app.UsageError), EXIT_USAGE),
+    codes = [(errors.NonFiniteLoss, EXIT_NONFINITE), (errors.WorkerLost, EXIT_WORKER_LOST),
+             (errors.DataError, EXIT_DATA), ((errors.ConfigError, app.UsageError), EXIT_USAGE),
              ((FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError), EXIT_USAGE)]
+    if isinstance(error, errors.Stopped):  # training's own handlers: what it saved, and how to resume
+        fail(error, EXIT_PREEMPTED if error.preempted else EXIT_INTERRUPTED)
     if isinstance(error, errors.Terminated) or (_SIGTERM_RECEIVED and isinstance(error, Exception)):
         fail(TERMINATED, EXIT_PREEMPTED)  # also what TensorFlow raised when the signal broke into it
-    if isinstance(error, errors.Stopped):
-        fail(error, EXIT_PREEMPTED if error.preempted else EXIT_INTERRUPTED)
     if problem is not None:
         fail(problem, EXIT_STORAGE)
     if isinstance(error, errors.Unwritable):

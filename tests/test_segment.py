@@ -338,3 +338,20 @@ def test_a_killed_runs_half_written_files_are_removed(tmp_path):
     (tmp_path / f".notes.txt.{gone.pid}.partial").write_bytes(b"not ours")
     remove_stale_partials([[str(tmp_path / "1.png")], [str(tmp_path / "2.png")]])
     assert sorted(os.listdir(tmp_path)) == [f".2.png.{os.getpid()}.partial", f".notes.txt.{gone.pid}.partial"]
+
+
+@pytest.mark.slow
+def test_segmenting_an_fss1000_folder_into_itself_keeps_the_hand_drawn_masks(run_dir, tmp_path):
+    for n in (1, 2, 3):
+        cv2.imwrite(str(tmp_path / f"{n}.jpg"), np.full((24, 24, 3), 40 * n, np.uint8))
+        cv2.imwrite(str(tmp_path / f"{n}.png"), np.eye(24, dtype=np.uint8) * 255)  # drawn by hand
+    before = {n: (tmp_path / f"{n}.png").read_bytes() for n in (1, 2, 3)}
+    example = shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-example")  # not among the inputs
+    for extra in ([], ["--overwrite"], ["--skip_existing"]):
+        out = warm.run([sys.executable, "-m", "meta_drn_tf.segment", f"--model={run_dir}",
+                        f"--support={example / '1.jpg'}", f"--support_mask={example / '1.png'}",
+                        f"--images={tmp_path}", f"--out={tmp_path}", *extra], capture_output=True, text=True,
+                       timeout=300)
+        assert out.returncode == cli.EXIT_USAGE, out.stderr[-2000:]
+        assert out.stderr.startswith("error: --out ") and "would overwrite the input" in out.stderr
+    assert {n: (tmp_path / f"{n}.png").read_bytes() for n in (1, 2, 3)} == before

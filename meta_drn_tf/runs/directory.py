@@ -29,7 +29,8 @@ MARKER = ".meta_drn_tf_run.json"
 RESUMPTIONS = "resumptions.jsonl"  # one line per resumption whose flags differ from flags.json's
 RUN_ENTRIES = (FLAGS_FILE, "flags.txt", "checkpoints", "best", "logs", "test", "export", "best_model.keras",
                RESUMPTIONS, LOCK_FILE)
-RUN_PREFIXES = ("eval_", ".flags.json.", ".flags.txt.", ".best_model.keras.", f".{MARKER}.")  # reports; atomic writes
+# Reports, and the temporary files of atomic writes in flight.
+RUN_PREFIXES = ("eval_", ".flags.json.", ".flags.txt.", ".best_model.keras.", f".{MARKER}.", f".{RESUMPTIONS}.")
 
 
 def written_by_a_run(entry: str, entries: tuple = RUN_ENTRIES, prefixes: tuple = RUN_PREFIXES) -> bool:

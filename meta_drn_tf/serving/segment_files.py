@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Callable
 
 import cv2
@@ -124,12 +125,15 @@ def is_written(path: str) -> bool:
 def remove_stale_partials(outputs: list[list[str]]) -> None:
     """Deletes the temporary files (`paths.write_atomically`) a killed run left beside `outputs`: those
     of processes no longer running."""
+    names: dict[str, set[str]] = {}
     for path in (p for files in outputs for p in files):
         folder, name = os.path.split(path)
-        for partial in glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.*.partial")):
-            pid = partial.rsplit(".", 2)[-2]
-            if pid.isdigit() and not _running(int(pid)):
-                os.remove(partial)
+        names.setdefault(folder or os.curdir, set()).add(name)
+    for folder, owned in names.items():  # each folder listed once: thousands of photos go to one
+        for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+            match = re.fullmatch(r"\.(.+)\.(\d+)\.partial", entry)
+            if match and match[1] in owned and not _running(int(match[2])):
+                os.remove(os.path.join(folder, entry))
 
 
 def _running(pid: int) -> bool:
