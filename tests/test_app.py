@@ -380,8 +380,12 @@ def test_a_zip_is_read_by_what_it_really_unpacks_to_not_its_headers(tmp_path):
     assert peak < 4 * 2**20  # inflated a chunk at a time, never the whole 8 MiB
 
 
-def test_the_photos_of_one_segmentation_are_bounded_in_pixels_before_decoding(tmp_path, monkeypatch):
+def test_the_photos_of_one_segmentation_are_bounded_in_pixels_before_decoding(tmp_path, monkeypatch, segmenter):
     from meta_drn_tf.serving import labelling
+
+    monkeypatch.setattr(labelling, "MAX_PAGE_PIXELS", 250_000)
+    with pytest.raises(ValueError, match="example 1: 600x500 pixels, more than the 0 megapixels the page adapts to"):
+        LabellingSession(segmenter).adapt([np.zeros((500, 600, 3), np.uint8)], [np.ones((500, 600), np.uint8)])
 
     archive = tmp_path / "big.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:

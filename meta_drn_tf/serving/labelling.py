@@ -150,6 +150,9 @@ class LabellingSession:
         images = [np.asarray(image)[..., :3].astype(np.uint8) for image in images]
         masks = [np.asarray(mask).astype(np.uint8) for mask in masks]
         for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            if image.shape[0] * image.shape[1] > MAX_PAGE_PIXELS:  # the page decoded it: the network need not
+                raise ValueError(f"example {i + 1}: {image.shape[1]}x{image.shape[0]} pixels, more than the "
+                                 f"{MAX_PAGE_PIXELS // 10**6} megapixels the page adapts to; downscale it first")
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"example {i + 1}: the mask is {mask.shape[1]}x{mask.shape[0]} but the photo is "
                                  f"{image.shape[1]}x{image.shape[0]}: paint on the photo, or upload its own mask")
