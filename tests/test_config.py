@@ -16,6 +16,7 @@ from meta_drn_tf.meta import MetaConfig, registered
 from meta_drn_tf.runs.config import RunConfig, define_flags, from_flag_values
 from meta_drn_tf.runs.directory import RunDirectory
 from meta_drn_tf.training.schedules import Cosine, Linear, Plateau, make_schedule
+from meta_drn_tf.training.trainer import train
 
 OLD_FLAGS = os.path.join(os.path.dirname(__file__), "data", "flags")
 
@@ -136,6 +137,8 @@ def test_a_folder_is_a_run_by_its_marker_not_by_the_names_of_its_subfolders(tmp_
         folder.claim(RunConfig.from_flags(model_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="--fresh: .* holds files but no training run"):
         folder.clear()
+    with pytest.raises(ConfigError, match="--fresh: .* holds files but no training run"):
+        train(RunConfig.from_flags(model_dir=str(tmp_path), fresh=True, image_size=16, width=0.0625))
     assert sorted(os.listdir(tmp_path)) == ["logs", "test"] and os.listdir(tmp_path / "test") == ["1.jpg"]
     # A run's folder: --fresh deletes what its marker lists, keeps the marker and the user's own file.
     run = RunDirectory(str(tmp_path / "run"))

@@ -89,14 +89,18 @@ class RunDirectory:
                               f"missing): {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}; give a new or "
                               "empty folder for the run")
 
+    def refuse_clearing(self) -> None:
+        """Raises ConfigError when --fresh would clear a folder that holds files but no run."""
+        if not self.is_run() and self.foreign_entries():
+            raise ConfigError(f"--fresh: --model_dir {self.root} holds files but no training run ({MARKER} is "
+                              "missing); not deleting them. Give a run's directory or a new one.")
+
     def clear(self) -> None:
         """Deletes what the run wrote (for --fresh): the names its marker lists, keeping the lock file its
         writer holds, the marker and everything else; a folder with no run is refused."""
         if not os.path.isdir(self.root):
             return
-        if not self.is_run() and self.foreign_entries():
-            raise ConfigError(f"--fresh: --model_dir {self.root} holds files but no training run ({MARKER} is "
-                              "missing); not deleting them. Give a run's directory or a new one.")
+        self.refuse_clearing()
         entries, prefixes = self._owned()
         for entry in os.listdir(self.root):
             if entry not in (LOCK_FILE, MARKER) and written_by_a_run(entry, entries, prefixes):

@@ -85,8 +85,8 @@ class Trainer:
         self.chief = distribute.is_chief(strategy)
         self._check_gpu()
         if self.chief:  # the one writer; other workers write nothing into the run
-            if not config.trainer.fresh:
-                self.dirs.refuse_foreign()  # before the lock file lands among someone's photos
+            # Before the lock file lands among someone's photos.
+            self.dirs.refuse_clearing() if config.trainer.fresh else self.dirs.refuse_foreign()
             resources.enter_context(RunLock(self.dirs.root))
             if config.trainer.fresh:
                 self.dirs.clear()
