@@ -396,3 +396,18 @@ def test_the_photos_of_one_segmentation_are_bounded_in_pixels_before_decoding(tm
     photos, problems = read_photos([str(archive)], max_pixels=250_000)
     assert [name for name, _ in photos] == ["0.png", "1.png"] and decoded == ["0.png", "1.png"]
     assert len(problems) == 2 and problems[0].startswith("2.png: left out: the photos of one segmentation")
+
+
+def test_a_zip_member_larger_than_any_photo_is_named_and_the_others_read(tmp_path, monkeypatch):
+    """A valid PNG header followed by megabytes of zeros: refused as it unpacks, the next photo read."""
+    from meta_drn_tf.serving import labelling
+
+    monkeypatch.setattr(labelling, "MAX_MEMBER_BYTES", 2**20)
+    small = cv2.imencode(".png", np.full((16, 16, 3), 70, np.uint8))[1].tobytes()
+    archive = tmp_path / "padded.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.png", small + b"\0" * (8 * 2**20))
+        z.writestr("b.png", small)
+    photos, problems = read_photos([str(archive)])
+    assert [name for name, _ in photos] == ["b.png"]
+    assert problems == ["a.png: more than 1 MiB, larger than any photo the page reads"]

@@ -18,7 +18,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -33,6 +33,9 @@ from meta_drn_tf.serving.segmenter import Segmenter, stack_examples
 # What the page accepts: each uploaded file (gradio refuses larger ones) and what one zip unpacks to.
 MAX_UPLOAD = "500mb"
 MAX_UNZIPPED_BYTES = 2**30
+# One image file in a zip (camera photos are tens of MB): each is unpacked and decoded before the next, so
+# the page's memory holds about two of these at a time, whatever a zip declares or holds.
+MAX_MEMBER_BYTES = 2**28
 # The photos of one segmentation, in all: each is decoded, kept with its probabilities (7 bytes a pixel)
 # and passes through the network at its own size once.
 MAX_PAGE_PIXELS = 50_000_000
@@ -76,35 +79,44 @@ def safe_name(name: str) -> str:
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes | None:
     """A member's bytes, decompressed a chunk at a time; None once they pass `budget` bytes (a zip's
     headers can declare any size: only what really comes out is counted)."""
-    data = bytearray()
+    chunks, size = [], 0
     with archive.open(info) as member:
         while chunk := member.read(2**20):
-            data += chunk
-            if len(data) > budget:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > budget:
                 return None
-    return bytes(data)
+    return b"".join(chunks)
 
 
-def _zip_members(path: str) -> tuple[list[tuple[str, bytes]], str | None]:
-    """The images in a zip (safe names), or the problem that stops it being read (not a zip; too much)."""
-    too_much = (f"{os.path.basename(path)}: unpacks to more than the page's {MAX_UNZIPPED_BYTES // 2**20} MiB; "
-                "upload its photos in several zips")
+class ZipProblem(ValueError):
+    """A zip that cannot be read on: not a zip, damaged, or unpacking to more than the page takes."""
+
+
+def _zip_members(path: str) -> Iterator[tuple[str, bytes | None]]:
+    """(safe name, bytes) of each image in a zip, one at a time (the caller decodes each before the next
+    is unpacked); bytes None for a member larger than any photo (MAX_MEMBER_BYTES). ZipProblem stops it."""
+    zip_name = os.path.basename(path)
     try:
         with zipfile.ZipFile(path) as archive:
             infos = [i for i in archive.infolist()
                      if i.filename.lower().endswith(IMAGE_SUFFIXES) and not i.filename.startswith("__MACOSX")]
-            if sum(i.file_size for i in infos) > MAX_UNZIPPED_BYTES:
-                return [], too_much
-            members, budget = [], MAX_UNZIPPED_BYTES
+            budget = MAX_UNZIPPED_BYTES - sum(i.file_size for i in infos)  # what the headers declare, first
+            budget = MAX_UNZIPPED_BYTES if budget >= 0 else -1
             for info in sorted(infos, key=lambda i: i.filename):
-                data = _read_member(archive, info, budget)
-                if data is None:
-                    return [], too_much
-                budget -= len(data)
-                members.append((safe_name(info.filename), data))
-            return members, None
+                data = _read_member(archive, info, min(budget, MAX_MEMBER_BYTES)) if budget >= 0 else None
+                if data is None and budget <= MAX_MEMBER_BYTES:
+                    raise ZipProblem(f"{zip_name}: unpacks to more than the page's {MAX_UNZIPPED_BYTES // 2**20} "
+                                     "MiB; upload its photos in several zips")
+                budget -= len(data or b"")
+                yield safe_name(info.filename), data
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):  # damaged, encrypted
-        return [], f"{os.path.basename(path)}: not a readable zip file (damaged, encrypted or of an unknown kind)"
+        raise ZipProblem(f"{zip_name}: not a readable zip file (damaged, encrypted or of an unknown kind)") from None
+
+
+def _file_members(path: str) -> Iterator[tuple[str, bytes]]:
+    with open(path, "rb") as f:
+        yield os.path.basename(path), f.read()
 
 
 def read_photos(paths: list[str], max_pixels: int = MAX_PAGE_PIXELS) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
@@ -112,23 +124,24 @@ def read_photos(paths: list[str], max_pixels: int = MAX_PAGE_PIXELS) -> tuple[li
     photos past `max_pixels` in all (read off their headers, before decoding) are left out and named."""
     photos, problems, pixels = [], [], 0
     for path in paths:
-        if path.lower().endswith(".zip"):
-            members, problem = _zip_members(path)
-            problems += [problem] if problem else []
-        else:
-            with open(path, "rb") as f:
-                members = [(os.path.basename(path), f.read())]
-        for name, data in members:
-            width, height = header_size(data) or (0, 0)
-            if width * height <= MAX_IMAGE_PIXELS and pixels + width * height > max_pixels:  # else: named below
-                problems.append(f"{name}: left out: the photos of one segmentation may hold {max_pixels // 10**6} "
-                                "megapixels in all; segment the rest in another round")
-                continue
-            try:
-                photos.append((name, _decode(name, data)))
-                pixels += width * height
-            except DataError as e:
-                problems.append(str(e))
+        try:
+            for name, data in (_zip_members if path.lower().endswith(".zip") else _file_members)(path):
+                if data is None:
+                    problems.append(f"{name}: more than {MAX_MEMBER_BYTES // 2**20} MiB, larger than any photo "
+                                    "the page reads")
+                    continue
+                width, height = header_size(data) or (0, 0)
+                if width * height <= MAX_IMAGE_PIXELS and pixels + width * height > max_pixels:  # else: below
+                    problems.append(f"{name}: left out: the photos of one segmentation may hold "
+                                    f"{max_pixels // 10**6} megapixels in all; segment the rest in another round")
+                    continue
+                try:
+                    photos.append((name, _decode(name, data)))
+                    pixels += width * height
+                except DataError as e:
+                    problems.append(str(e))
+        except ZipProblem as e:
+            problems.append(str(e))
     return photos, problems
 
 
