@@ -73,7 +73,7 @@ def bfloat16_support() -> str:
     cards = gpu_cards()
     if cards:
         return "; ".join(f"{name} ({_capability(c)}): {'native' if c and c >= BF16_CAPABILITY else 'emulated'}"
-                         for name, c in cards)
+                         for name, c in cards)  # `bfloat16_is_emulated` decides from the same cards
     found = cpu_flags()
     if found is None:
         return "unknown"
@@ -84,8 +84,10 @@ def bfloat16_support() -> str:
 def bfloat16_is_emulated() -> bool:
     """True where bfloat16 runs without hardware for it (a GPU before compute capability 8.0, a CPU without
     AVX512-BF16 and AMX): much slower than float32 there."""
-    support = bfloat16_support()
-    return support == "emulated" or support.endswith(": emulated") or ": emulated;" in support
+    cards = gpu_cards()
+    if cards:
+        return any(c is None or c < BF16_CAPABILITY for _, c in cards)
+    return bfloat16_support() == "emulated"
 
 
 def auto_precision() -> str:

@@ -93,6 +93,22 @@ def test_ops_only_the_saver_may_hold_are_refused_elsewhere(tmp_path):
     assert trust.ops_by_scope(str(tmp_path / "m"))[trust.SAVER]  # the saver's own SaveV2 is there, allowed
 
 
+def test_the_savers_own_nodes_are_checked_too(tmp_path):
+    """A node the saver names (only TF Serving's loader runs it) may hold the saver's file ops, no others."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    tf.saved_model.save(module, str(tmp_path / "m"))
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((tmp_path / "m" / "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0]
+    graph.graph_def.node.add(name="planted", op="WriteFile")
+    graph.saver_def.restore_op_name = "planted"
+    (tmp_path / "m" / "saved_model.pb").write_bytes(proto.SerializeToString())
+    assert ("WriteFile", "the top-level graph") in trust.foreign_ops(str(tmp_path / "m"))
+
+
 def test_a_damaged_saved_model_file_is_one_error(tmp_path):
     os.makedirs(tmp_path / "m")
     (tmp_path / "m" / "saved_model.pb").write_bytes(b"\x0a\xff\xff\xff\xff garbage")

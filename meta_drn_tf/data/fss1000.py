@@ -54,7 +54,7 @@ MAX_IMAGE_PIXELS = 100_000_000
 MIN_IMAGE_SIDE = 8
 
 
-def header_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
+def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) an encoded image's header declares, read without decoding any pixel (Pillow's
     format plugins read the headers of PNG, JPEG, BMP, GIF, TIFF, WebP and PNM files); None when no
     header is recognised."""
@@ -65,27 +65,26 @@ def header_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
     # Each plugin's own opener, as `Image.open` tries them, but without Pillow's size limit, which
     # raises without saying the size: sizes are judged by the caller.
     Image.init()
-    buffer = memoryview(data).tobytes() if isinstance(data, np.ndarray) else bytes(data)
     for name in Image.ID:
         factory, accept = Image.OPEN[name]
         try:
-            if accept is None or accept(buffer[:16]):
-                with factory(io.BytesIO(buffer), "") as image:
+            if accept is None or accept(data[:16]):
+                with factory(io.BytesIO(data), "") as image:  # BytesIO shares a bytes object: no copy
                     return image.size
         except (OSError, ValueError, SyntaxError, IndexError, TypeError, struct.error):  # not this format
             continue
     return None
 
 
-def decode_bytes(name: str, data: np.ndarray | None, mode: int = cv2.IMREAD_COLOR,
+def decode_bytes(name: str, data: bytes | None, mode: int = cv2.IMREAD_COLOR,
                  min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
-    """Decodes an encoded image (uint8 bytes) with OpenCV's `mode`; DataError names `name` when it cannot
+    """Decodes an encoded image (a file's bytes) with OpenCV's `mode`; DataError names `name` when it cannot
     be decoded, has a side under `min_side` or more than MAX_IMAGE_PIXELS pixels.
 
     The size comes from the file's header before any pixel is decoded: a small file can declare an
     image that takes gigabytes to decode.
     """
-    size = header_size(data) if data is not None and data.size else None
+    size = header_size(data) if data else None
     if size is None:
         raise DataError(f"{name}: cannot be decoded as an image (missing, empty, corrupt or not a PNG, JPEG, BMP, "
                         "TIFF or WebP file)")
@@ -96,7 +95,7 @@ def decode_bytes(name: str, data: np.ndarray | None, mode: int = cv2.IMREAD_COLO
     if min(width, height) < min_side:
         raise DataError(f"{name}: too small to segment ({width}x{height} pixels); images need at least "
                         f"{min_side} pixels a side")
-    image = cv2.imdecode(data, mode)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), mode)
     if image is None:
         raise DataError(f"{name}: cannot be decoded as an image (missing, corrupt or not an image file)")
     return image
@@ -104,7 +103,12 @@ def decode_bytes(name: str, data: np.ndarray | None, mode: int = cv2.IMREAD_COLO
 
 def decode_image(path: str, mode: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """Decodes an image file (any format OpenCV reads) with OpenCV's `mode`; DataError names the file."""
-    return decode_bytes(path, np.fromfile(path, np.uint8) if os.path.isfile(path) else None, mode)
+    return decode_bytes(path, _read_bytes(path) if os.path.isfile(path) else None, mode)
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -142,7 +146,7 @@ def read_binary_mask(path: str, expected_shape: tuple[int, int]) -> np.ndarray:
     """Decodes a mask in any encoding `decode_mask` knows, at its own size, checking it matches its image."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: mask is missing (each <n>.jpg needs a <n>.png mask beside it)")
-    raw = decode_bytes(path, np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED, min_side=1)  # its image's size
+    raw = decode_bytes(path, _read_bytes(path), cv2.IMREAD_UNCHANGED, min_side=1)  # its image's size
     if raw.shape[:2] != tuple(expected_shape):
         raise DataError(
             f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "

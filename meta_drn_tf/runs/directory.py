@@ -80,27 +80,24 @@ class RunDirectory:
         entries, prefixes = self._owned()
         return sorted(e for e in os.listdir(self.root) if not written_by_a_run(e, entries, prefixes))
 
-    def refuse_foreign(self) -> None:
-        """Raises ConfigError when this is no run's folder yet holds files (a new run's place must be
-        new or empty: --fresh would later delete its own files among the user's)."""
+    def refuse_foreign(self, fresh: bool = False) -> None:
+        """Raises ConfigError when this is no run's folder yet holds files: a new run's place must be new
+        or empty (--fresh would later delete its own files among the user's), and `fresh` clears a run only."""
         found = [] if self.is_run() else self.foreign_entries()
+        if found and fresh:
+            raise ConfigError(f"--fresh: --model_dir {self.root} holds files but no training run ({MARKER} is "
+                              "missing); not deleting them. Give a run's directory or a new one.")
         if found:
             raise ConfigError(f"--model_dir {self.root} already holds files and no training run ({MARKER} is "
                               f"missing): {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}; give a new or "
                               "empty folder for the run")
-
-    def refuse_clearing(self) -> None:
-        """Raises ConfigError when --fresh would clear a folder that holds files but no run."""
-        if not self.is_run() and self.foreign_entries():
-            raise ConfigError(f"--fresh: --model_dir {self.root} holds files but no training run ({MARKER} is "
-                              "missing); not deleting them. Give a run's directory or a new one.")
 
     def clear(self) -> None:
         """Deletes what the run wrote (for --fresh): the names its marker lists, keeping the lock file its
         writer holds, the marker and everything else; a folder with no run is refused."""
         if not os.path.isdir(self.root):
             return
-        self.refuse_clearing()
+        self.refuse_foreign(fresh=True)
         entries, prefixes = self._owned()
         for entry in os.listdir(self.root):
             if entry not in (LOCK_FILE, MARKER) and written_by_a_run(entry, entries, prefixes):

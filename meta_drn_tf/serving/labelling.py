@@ -66,7 +66,7 @@ def read_examples(photo_paths: list[str], mask_paths: list[str]) -> tuple[list[n
 
 def _decode(name: str, data: bytes) -> np.ndarray:
     """RGB uint8 of an uploaded image; DataError names it when it cannot be read or is too large."""
-    return cv2.cvtColor(decode_bytes(name, np.frombuffer(data, np.uint8)), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(decode_bytes(name, data), cv2.COLOR_BGR2RGB)
 
 
 def safe_name(name: str) -> str:

@@ -101,7 +101,6 @@ class ServingModule(tf.Module):
             # An empty mask would adapt the network to find nothing: mark the object in every example.
             tf.debugging.Assert(tf.reduce_all(tf.reduce_max(support_masks, axis=[1, 2]) > 0.0),
                                 ["a support mask is empty: mark the object in every example"]),
-            *self._pixel_range(support_images, "support_images"),
         ]
         with tf.control_dependencies(checks):
             support = self._resize(support_images)
@@ -119,14 +118,15 @@ class ServingModule(tf.Module):
         """Outputs for float query images under `weights`, at the queries' own size."""
         query_images = tf.ensure_shape(query_images, [None, None, None, 3], name="query_images_rank")
         checks = [tf.debugging.assert_positive(tf.shape(query_images)[0], message="no query images"),
-                  tf.debugging.assert_all_finite(query_images, "query_images must be finite (no NaN or infinity)"),
-                  *self._pixel_range(query_images, "query_images")]
+                  tf.debugging.assert_all_finite(query_images, "query_images must be finite (no NaN or infinity)")]
         with tf.control_dependencies(checks):
             queries = self._resize(query_images)
         return self._outputs(self.adapter.logits(weights, queries), tf.shape(query_images)[1:3], threshold)
 
     def _pixel_range(self, images, name: str) -> list:
-        """Checks that float pixels lie in [0, 1] (0-255 values would be taken as glaring white)."""
+        """Checks that float pixels are finite, then that they lie in [0, 1] (0-255 values would be taken
+        as glaring white)."""
+        images = tf.debugging.assert_all_finite(images, f"{name} must be finite (no NaN or infinity)")
         return [tf.debugging.assert_greater_equal(tf.reduce_min(images), 0.0, message=f"{name} must lie in [0, 1]"),
                 tf.debugging.assert_less_equal(tf.reduce_max(images), 1.0, message=f"{name} must lie in [0, 1] "
                                                "(uint8 pixels divided by 255)")]
@@ -166,7 +166,10 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None], tf.float32, name="threshold"),
     ], autograph=False)
     def adapt_and_segment_float(self, support_images, support_masks, query_images, threshold):
-        return self._adapt_and_segment(support_images, support_masks, query_images, threshold)
+        # Only here can pixels leave [0, 1] (the uint8 signatures divide by 255 themselves).
+        with tf.control_dependencies(self._pixel_range(support_images, "support_images")
+                                     + self._pixel_range(query_images, "query_images")):
+            return self._adapt_and_segment(support_images, support_masks, query_images, threshold)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="query_images"),

@@ -151,14 +151,13 @@ def make_interpreter(trust: bool = False, **kwargs):
     A file (`model_path`) or flatbuffer (`model_content`) asking for custom ops, which no file this
     project writes holds, is refused unless `trust` (`trust.check_tflite`).
     """
-    if not trust:
-        name = kwargs.get("model_path", "the TensorFlow Lite model")
-        content = kwargs.get("model_content")
-        if content is None and "model_path" in kwargs:
-            with open(kwargs["model_path"], "rb") as f:
-                content = f.read()
-        if content is not None:
-            check_tflite(bytes(content), name)
+    if not trust and "model_path" in kwargs:  # read once: checked, then given to the interpreter as it is
+        with open(kwargs["model_path"], "rb") as f:
+            content = f.read()
+        check_tflite(content, kwargs.pop("model_path"))
+        kwargs["model_content"] = content
+    elif not trust and kwargs.get("model_content") is not None:
+        check_tflite(bytes(kwargs["model_content"]), "the TensorFlow Lite model")
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:

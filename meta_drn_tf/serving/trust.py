@@ -91,8 +91,9 @@ def ops_by_scope(path: str) -> dict[str, dict[str, str]]:
         other_nodes = [n for n in graph.node if n.name not in saver_names]
         saver_only = _closure(_called(saver_nodes, functions), functions)
         strict = _closure(_called(other_nodes, functions) | (set(functions) - saver_only), functions)
-        for node in other_nodes:
-            found[GRAPH].setdefault(node.op, "the top-level graph")
+        for scope, nodes in ((GRAPH, other_nodes), (SAVER, saver_nodes)):
+            for node in nodes:
+                found[scope].setdefault(node.op, "the top-level graph")
         for name, function in functions.items():
             for node in function.node_def:
                 if node.op not in functions:

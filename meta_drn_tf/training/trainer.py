@@ -86,7 +86,7 @@ class Trainer:
         self._check_gpu()
         if self.chief:  # the one writer; other workers write nothing into the run
             # Before the lock file lands among someone's photos.
-            self.dirs.refuse_clearing() if config.trainer.fresh else self.dirs.refuse_foreign()
+            self.dirs.refuse_foreign(fresh=config.trainer.fresh)
             resources.enter_context(RunLock(self.dirs.root))
             if config.trainer.fresh:
                 self.dirs.clear()
