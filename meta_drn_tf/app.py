@@ -20,7 +20,8 @@ import tempfile
 
 from absl import flags
 
-from meta_drn_tf import cli, common_flags
+from meta_drn_tf import cli
+from meta_drn_tf.cli import shared_flags
 from meta_drn_tf.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -29,12 +30,12 @@ THRESHOLD = 0.5
 
 def define_flags() -> None:
     """The flags of `python -m meta_drn_tf.app`."""
-    common_flags.define_model()
+    shared_flags.define_model()
     flags.DEFINE_integer("port", 7860, "The page's port on 127.0.0.1.")
-    common_flags.define_checkpoint()
-    common_flags.define_kernels(default="auto")
-    common_flags.define_tf32()
-    flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
+    shared_flags.define_checkpoint()
+    shared_flags.define_kernels(default="auto")
+    shared_flags.define_tf32()
+    flags.adopt_module_key_flags(shared_flags)  # listed by --help as this command's own
     flags.register_validator("port", lambda p: 0 < p < 65536, message="must be a port number (1-65535)")
 
 
@@ -114,7 +115,7 @@ class _Handlers:
 
 def _fit_picture(image, mask, fit, threshold):
     """The example with the mask given (green) beside the adapted network's (red)."""
-    from meta_drn_tf import visualize
+    from meta_drn_tf.results import visualize
 
     return visualize.side_by_side([visualize.overlay(image, mask, visualize.GREEN),
                                    visualize.overlay(image, fit > threshold, visualize.RED)])

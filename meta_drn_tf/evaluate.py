@@ -18,7 +18,8 @@ import os
 
 from absl import flags
 
-from meta_drn_tf import cli, common_flags
+from meta_drn_tf import cli
+from meta_drn_tf.cli import shared_flags
 
 FLAGS = flags.FLAGS
 
@@ -37,11 +38,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("inner_steps", None, "Test-time inner steps (default: the run's).")
     flags.DEFINE_float("inner_lr", None, "Test-time inner rate (default: the run's; Meta-SGD uses its learned rates).")
     flags.DEFINE_integer("episodes", 0, "Evaluate at most this many episodes per row, evenly spread (0: all).")
-    common_flags.define_checkpoint()
+    shared_flags.define_checkpoint()
     flags.DEFINE_bool("baseline", True, "Also evaluate the same adaptation from a random initialisation.")
-    common_flags.define_kernels(default=None)
-    common_flags.define_tf32()
-    flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
+    shared_flags.define_kernels(default=None)
+    shared_flags.define_tf32()
+    flags.adopt_module_key_flags(shared_flags)  # listed by --help as this command's own
     flags.DEFINE_string("out_dir", None, "Where the reports go (default: MODEL_DIR/eval_<split or classes file name>, "
                         "and with --data_dir one folder per data folder: ..._<its name>-<hash of its path>).")
 
@@ -68,10 +69,10 @@ def default_out_dir(model_dir: str, which: str, data_dir: str | None) -> str:
 def main(argv):
     del argv
     from meta_drn_tf.data import load_split
-    from meta_drn_tf.runs import pieces
+    from meta_drn_tf.runs import learners
     from meta_drn_tf.training.evaluation import evaluate_settings, write_reports
 
-    learner, config = pieces.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir,
+    learner, config = learners.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=FLAGS.data_dir,
                                            kernels=FLAGS.kernels)
     shots = [int(k) for k in FLAGS.shots] if FLAGS.shots else [config.data.shots]
     bank = load_split(config.data, FLAGS.split, config.network.image_size, seed=config.seed,
@@ -79,7 +80,7 @@ def main(argv):
     which = os.path.splitext(os.path.basename(FLAGS.classes_file))[0] if FLAGS.classes_file else FLAGS.split
     print(f"Evaluating {config.meta.algorithm} on {bank.num_classes} classes ({which}), "
           + ", ".join(f"{k}-shot" for k in shots))
-    baseline = pieces.random_init_learner(config) if FLAGS.baseline else None
+    baseline = learners.random_init_learner(config) if FLAGS.baseline else None
     results = evaluate_settings(learner, baseline, bank, shots, progress=True, limit=FLAGS.episodes or None,
                                 inner_steps=FLAGS.inner_steps or config.trainer.eval_inner_steps,
                                 inner_lr=FLAGS.inner_lr)

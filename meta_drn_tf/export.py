@@ -14,7 +14,8 @@ import os
 
 from absl import flags
 
-from meta_drn_tf import cli, common_flags
+from meta_drn_tf import cli
+from meta_drn_tf.cli import shared_flags
 
 FLAGS = flags.FLAGS
 
@@ -27,10 +28,10 @@ def define_flags() -> None:
     flags.DEFINE_string("export_dir", None, "TF Serving model_base_path (default: saved_models/<run name>).")
     flags.DEFINE_enum("precision", None, PRECISION_POLICIES, "Compute precision (default: the run's).")
     flags.DEFINE_integer("inner_steps", None, "Inner steps inside the graph (default: the run's test-time setting).")
-    common_flags.define_checkpoint()
-    common_flags.define_export_kernels()
-    common_flags.define_tf32()
-    flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
+    shared_flags.define_checkpoint()
+    shared_flags.define_export_kernels()
+    shared_flags.define_tf32()
+    flags.adopt_module_key_flags(shared_flags)  # listed by --help as this command's own
 
     cli.check_paths(model_dir="folder", export_dir="new_folder")
     flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
@@ -38,10 +39,10 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from meta_drn_tf.runs import pieces
+    from meta_drn_tf.runs import learners
     from meta_drn_tf.serving import saved_model
 
-    learner, config = pieces.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
+    learner, config = learners.restore_learner(FLAGS.model_dir, FLAGS.checkpoint)
     name = os.path.basename(os.path.normpath(FLAGS.model_dir))
     export_dir = FLAGS.export_dir or os.path.join("saved_models", name)
     path = saved_model.export(learner, export_dir, config.network,

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from meta_drn_tf import cli, common_flags
+from meta_drn_tf import cli
+from meta_drn_tf.cli import shared_flags
 
 FLAGS = flags.FLAGS
 
@@ -36,7 +37,7 @@ def define_flags() -> None:
     """The flags of `python -m meta_drn_tf.segment`."""
     from meta_drn_tf.serving.tflite import QUANTIZATIONS
 
-    common_flags.define_model()
+    shared_flags.define_model()
     flags.DEFINE_multi_string("support", None, "A labelled example image (repeat for k-shot).", required=True)
     flags.DEFINE_multi_string("support_mask", None, "Its mask, in the same order as --support: any image whose "
                               "object pixels are brighter than half its brightest value (0/255, 0/1, palette...).",
@@ -53,10 +54,10 @@ def define_flags() -> None:
                       "already in --out: continues an interrupted run (files of an image left half-done are replaced).")
     flags.DEFINE_bool("overwrite", False, "Replace files already in --out (by default they are kept and the command "
                       "stops, naming one). Input photos and the masks beside them are never replaced.")
-    common_flags.define_checkpoint()
-    common_flags.define_kernels(default="auto")
-    common_flags.define_tf32()
-    flags.adopt_module_key_flags(common_flags)  # listed by --help as this command's own
+    shared_flags.define_checkpoint()
+    shared_flags.define_kernels(default="auto")
+    shared_flags.define_tf32()
+    flags.adopt_module_key_flags(shared_flags)  # listed by --help as this command's own
     flags.DEFINE_string("save_tflite", None, "Also write the adapted network as a TensorFlow Lite file: one uint8 "
                         "image at the training size in, probabilities out (for phones and edge devices).")
     flags.DEFINE_enum("tflite_quantize", "none", QUANTIZATIONS, "The TensorFlow Lite file's numbers: none "
@@ -69,7 +70,7 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from meta_drn_tf import visualize
+    from meta_drn_tf.results import visualize
     from meta_drn_tf.serving import segment_files as files
     from meta_drn_tf.serving.segmenter import Segmenter
 

@@ -108,12 +108,12 @@ def test_a_bug_keeps_its_traceback():
 @pytest.mark.slow
 def test_tensorflow_start_up_chatter_only_with_verbosity():
     raw = _run(["-c", "import tensorflow as tf; tf.config.list_physical_devices()"], USER_ENV)
-    quiet = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625"], USER_ENV)
+    quiet = _run(["-m", "meta_drn_tf.summary", "--image_size=16", "--width=0.0625"], USER_ENV)
     assert quiet.returncode == 0 and "receptive field" in quiet.stdout
     assert not any(c in quiet.stderr for c in CHATTER), quiet.stderr
     if not any(c in raw.stderr for c in CHATTER):
         pytest.skip("TensorFlow prints nothing at start-up on this machine")
-    loud = _run(["-m", "meta_drn_tf.model", "--image_size=16", "--width=0.0625", "--verbosity=0"], USER_ENV)
+    loud = _run(["-m", "meta_drn_tf.summary", "--image_size=16", "--width=0.0625", "--verbosity=0"], USER_ENV)
     assert loud.returncode == 0 and any(c in loud.stderr for c in CHATTER)
 
 
@@ -148,7 +148,7 @@ def test_cuda_libraries_without_a_usable_gpu_are_named(monkeypatch):
 
 @pytest.mark.slow
 def test_shared_flags_are_listed_by_each_commands_help():
-    """--model, --checkpoint, --kernels and --tf32 are defined once (common_flags) and still listed by each
+    """--model, --checkpoint, --kernels and --tf32 are defined once (shared_flags) and still listed by each
     command's own --help, with the defaults each command gives them."""
     expected = {"segment": ("auto", True), "app": ("auto", True), "evaluate": (None, False),
                 "export": ("stock", False)}

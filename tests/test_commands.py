@@ -14,7 +14,7 @@ import warm
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
-from meta_drn_tf.runs.pieces import build_learner
+from meta_drn_tf.runs.learners import build_learner
 
 HERE = os.path.dirname(__file__)
 TOOLS = os.path.join(HERE, "..", "tools")
@@ -242,7 +242,7 @@ def _study_cases(w):
 
 COMMANDS = {
     "meta_drn_tf.train": _train_cases, "meta_drn_tf.evaluate": _evaluate_cases,
-    "meta_drn_tf.export": _export_cases, "meta_drn_tf.segment": _segment_cases, "meta_drn_tf.model": _model_cases,
+    "meta_drn_tf.export": _export_cases, "meta_drn_tf.segment": _segment_cases, "meta_drn_tf.summary": _model_cases,
     "meta_drn_tf.app": _app_cases,
     os.path.join(TOOLS, "make_synthetic.py"): _make_synthetic_cases,
     os.path.join(TOOLS, "draw_fig4.py"): _visualize_cases, os.path.join(TOOLS, "study.py"): _study_cases,

@@ -70,7 +70,7 @@ class StandInTask:
 
 @pytest.fixture(autouse=True)
 def _no_pictures(monkeypatch):
-    monkeypatch.setattr("meta_drn_tf.visualize.episode_grid", lambda kept: np.zeros((4, 4, 3), np.uint8))
+    monkeypatch.setattr("meta_drn_tf.results.visualize.episode_grid", lambda kept: np.zeros((4, 4, 3), np.uint8))
 
 
 def _controller(tmp_path, task, stops, step_actions=(), epoch_actions=(), schedule=None, **cadence):

@@ -11,7 +11,7 @@ import pytest
 from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.runs.config import RunConfig
-from meta_drn_tf.runs.pieces import build_learner, restore_learner
+from meta_drn_tf.runs.learners import build_learner, restore_learner
 from meta_drn_tf.training.checkpoints import Checkpoints, TrainState
 from meta_drn_tf.training.trainer import train
 

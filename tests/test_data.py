@@ -9,7 +9,8 @@ import tensorflow as tf
 from meta_drn_tf.data import fss1000
 from meta_drn_tf.data.augment import augment_task
 from meta_drn_tf.data.episodes import evaluation_episodes, evaluation_tasks, meta_batches, training_tasks
-from meta_drn_tf.data.fss1000 import DataError, decode_mask, load_bank, split_classes
+from meta_drn_tf.data.fss1000 import DataError, load_bank, split_classes
+from meta_drn_tf.data.images import binary_mask
 from meta_drn_tf.data.synthetic import synthetic_bank, write_fss_layout
 
 
@@ -29,16 +30,16 @@ def _disc(size=20):
 ])
 def test_every_mask_encoding_decodes_to_zero_one(encode):
     m = _disc()
-    np.testing.assert_array_equal(decode_mask(encode(m)), m)
+    np.testing.assert_array_equal(binary_mask(encode(m)), m)
 
 
 def test_antialiased_edges_are_split_at_half_intensity():
     grey = np.array([[0, 100, 127, 128, 200, 255]], np.uint8)
-    np.testing.assert_array_equal(decode_mask(grey), [[0, 0, 0, 1, 1, 1]])
+    np.testing.assert_array_equal(binary_mask(grey), [[0, 0, 0, 1, 1, 1]])
 
 
 def test_empty_mask_decodes_to_zeros():
-    assert decode_mask(np.zeros((4, 4), np.uint8)).sum() == 0
+    assert binary_mask(np.zeros((4, 4), np.uint8)).sum() == 0
 
 
 # ----- folder reader ---------------------------------------------------------
@@ -273,13 +274,13 @@ def test_all_split_and_class_lists_of_a_folder(tmp_path):
 
 
 def test_a_label_map_is_refused_as_a_mask_naming_its_values(tmp_path):
-    from meta_drn_tf.data.fss1000 import read_binary_mask
+    from meta_drn_tf.data.images import read_mask
 
     labels = np.zeros((6, 6), np.uint8)
     labels[:2], labels[2:4] = 1, 2  # two objects: label 1 would silently become background
     cv2.imwrite(str(tmp_path / "labels.png"), labels)
     with pytest.raises(DataError, match=r"labels.png: holds the values 0, 1, 2, a label map rather than a mask"):
-        read_binary_mask(str(tmp_path / "labels.png"), (6, 6))
+        read_mask(str(tmp_path / "labels.png"), (6, 6))
     soft = np.linspace(0, 255, 36).reshape(6, 6).astype(np.uint8)  # antialiased edges: many values, bright peak
     cv2.imwrite(str(tmp_path / "soft.png"), soft)
-    assert read_binary_mask(str(tmp_path / "soft.png"), (6, 6)).sum() == (soft > 127.5).sum()
+    assert read_mask(str(tmp_path / "soft.png"), (6, 6)).sum() == (soft > 127.5).sum()

@@ -15,7 +15,7 @@ import yaml
 
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
-from meta_drn_tf.runs.pieces import build_learner
+from meta_drn_tf.runs.learners import build_learner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()

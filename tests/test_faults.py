@@ -50,13 +50,13 @@ def test_a_checkpoint_deleted_while_it_is_read_is_followed_by_the_newest(tmp_pat
     import numpy as np
     import tensorflow as tf
 
-    from meta_drn_tf.runs import pieces
+    from meta_drn_tf.runs import learners
     from meta_drn_tf.runs.config import RunConfig
     from meta_drn_tf.runs.directory import RunDirectory
 
     config = RunConfig.from_flags(model_dir=str(tmp_path), image_size=16, width=0.0625)
     RunDirectory(str(tmp_path)).claim(config)
-    learner = pieces.build_learner(config)
+    learner = learners.build_learner(config)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(learner=learner), str(tmp_path / "best"), 2)
     manager.save()
     learner.model.trainable_variables[0].assign_add(tf.ones_like(learner.model.trainable_variables[0]))
@@ -65,19 +65,19 @@ def test_a_checkpoint_deleted_while_it_is_read_is_followed_by_the_newest(tmp_pat
     # The trainer replaced ckpt-0 between our listing it and reading its files.
     gone = str(tmp_path / "best" / "ckpt-0")
     listings = iter([[gone], [newest], [newest]])
-    monkeypatch.setattr(pieces, "saved_checkpoints", lambda folder: next(listings))
-    restored, _ = pieces.restore_learner(str(tmp_path))
+    monkeypatch.setattr(learners, "saved_checkpoints", lambda folder: next(listings))
+    restored, _ = learners.restore_learner(str(tmp_path))
     np.testing.assert_array_equal(restored.model.trainable_variables[0].numpy(), expected)
 
     # Replaced again at every look: the run saves faster than it can be read.
     names = iter(str(tmp_path / "best" / f"ckpt-{n}") for n in range(10, 100))
-    monkeypatch.setattr(pieces, "saved_checkpoints", lambda folder: [next(names)])
+    monkeypatch.setattr(learners, "saved_checkpoints", lambda folder: [next(names)])
     with pytest.raises(ConfigError, match="replaced faster than they could be read"):
-        pieces.restore_learner(str(tmp_path))
+        learners.restore_learner(str(tmp_path))
     # Still listed but unreadable: damaged, named, with what to use instead.
-    monkeypatch.setattr(pieces, "saved_checkpoints", lambda folder: [gone])
+    monkeypatch.setattr(learners, "saved_checkpoints", lambda folder: [gone])
     with pytest.raises(ConfigError, match="ckpt-0 is damaged"):
-        pieces.restore_learner(str(tmp_path))
+        learners.restore_learner(str(tmp_path))
 
 
 def test_two_exports_at_once_take_two_versions(tmp_path, monkeypatch):

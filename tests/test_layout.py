@@ -15,16 +15,17 @@ PACKAGE = os.path.dirname(meta_drn_tf.__file__)
 # From the bottom up; a unit is a top-level module or a subpackage. A unit imports only units of
 # lower levels and itself: units of one level know nothing of each other.
 LEVELS = (
-    ("errors", "hardware", "metrics", "progress"),  # the leaves
+    ("errors", "hardware", "progress"),  # the leaves
     ("paths", "settings"),
-    ("visualize", "cli"),
+    ("results",),  # scores and pictures of masks
     ("network",),
     ("meta", "data"),
     ("runs",),
     ("serving",),
     ("training",),
-    ("common_flags",),  # flags several commands share
-    ("train", "evaluate", "export", "segment", "model", "app", "__init__"),
+    ("cli",),  # start-up, exit codes and the flags several commands share
+    ("train", "evaluate", "export", "segment", "summary", "app", "__init__"),
+    ("bench",),  # measurement and diagnosis: the product imports none of it
 )
 LEVEL = {unit: i for i, units in enumerate(LEVELS) for unit in units}
 MAX_FILE_LINES = 400

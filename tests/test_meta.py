@@ -242,7 +242,7 @@ def _graph_config(algorithm: str, **settings) -> MetaConfig:
 
 
 def _op_list(learner, epoch: int = 0) -> list[str]:
-    from meta_drn_tf.meta.graphs import meta_step_graph, operations
+    from meta_drn_tf.bench.graphs import meta_step_graph, operations
 
     return [op.type for op in operations(meta_step_graph(learner, 1, 1, 1, 32, epoch))]
 
@@ -296,7 +296,7 @@ def test_winograds_convolutions_except_in_the_memory_mode_and_bfloat16_second_or
 def test_only_first_order_meta_steps_use_fused_norms(algorithm, first_order_epochs, fused):
     """Fused batch-norm kernels have no second-order gradient: MAML's and Meta-SGD's second-order steps
     keep the closed form; first-order ones (MAML++'s first-order epochs too) take the fused kernels."""
-    from meta_drn_tf.meta.graphs import meta_step_graph, operations
+    from meta_drn_tf.bench.graphs import meta_step_graph, operations
 
     learner = MetaLearner(build_meta_drn(NetworkConfig(32, 0.0625)),
                           _graph_config(algorithm, first_order_epochs=first_order_epochs, kernels="cpu"))

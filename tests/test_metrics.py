@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import tiny_segmenter
 
 from meta_drn_tf.meta import MetaConfig, MetaLearner
-from meta_drn_tf.metrics import binary_iou, soft_iou
+from meta_drn_tf.results.metrics import binary_iou, soft_iou
 from meta_drn_tf.training.actions import BestMetric
 from meta_drn_tf.training.evaluation import evaluate_bank, write_reports
 

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 import warm
 
+from meta_drn_tf.bench.graphs import meta_step_graph, operations
 from meta_drn_tf.meta import MetaConfig, MetaLearner
-from meta_drn_tf.meta.graphs import meta_step_graph, operations
 from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
 

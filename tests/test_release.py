@@ -30,7 +30,7 @@ def test_the_wheel_installs_in_a_fresh_environment_and_runs(tmp_path):
     assert wheel.name.startswith(f"meta_drn_tf-{meta_drn_tf.__version__}-py3-none-any")
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("meta_drn_tf/data/splits/fss1000_test.txt", "meta_drn_tf/runs/__init__.py",
-                   "meta_drn_tf/training/xla_runner.py"):
+                   "meta_drn_tf/bench/xla_runner.py"):
         assert needed in names, needed
     assert not [n for n in names if n.startswith(("tests/", "tools/", "docs/"))]
 
@@ -51,7 +51,7 @@ def test_the_wheel_installs_in_a_fresh_environment_and_runs(tmp_path):
     out = subprocess.run([python, "-c", "import meta_drn_tf; print(meta_drn_tf.__file__, meta_drn_tf.__version__)"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert out.stdout.startswith(fresh_site) and out.stdout.split()[1] == meta_drn_tf.__version__, out
-    model = subprocess.run([python, "-m", "meta_drn_tf.model"], cwd=tmp_path, capture_output=True, text=True,
+    model = subprocess.run([python, "-m", "meta_drn_tf.summary"], cwd=tmp_path, capture_output=True, text=True,
                            timeout=300, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert model.returncode == 0, model.stderr[-3000:]
     assert re.search(r"total\s+9,626,464", model.stdout), model.stdout

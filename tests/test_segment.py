@@ -16,7 +16,7 @@ from meta_drn_tf import Segmenter, cli
 from meta_drn_tf.data.synthetic import synthetic_bank
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
-from meta_drn_tf.runs.pieces import build_learner, restore_learner
+from meta_drn_tf.runs.learners import build_learner, restore_learner
 from meta_drn_tf.serving import saved_model as serving
 from meta_drn_tf.serving import tflite
 from meta_drn_tf.training.evaluation import EpisodeScorer
@@ -244,18 +244,18 @@ def test_outputs_never_collide_and_keep_their_subfolder(tmp_path):
 
 
 def test_images_too_small_or_too_large_are_refused_in_one_line(tmp_path):
-    from meta_drn_tf.data.fss1000 import decode_image
+    from meta_drn_tf.data.images import read
     from meta_drn_tf.errors import DataError
 
     for h, w in [(1, 1), (2, 2), (7, 30)]:
         cv2.imwrite(str(tmp_path / "tiny.png"), np.zeros((h, w, 3), np.uint8))
         with pytest.raises(DataError, match=rf"tiny.png: too small to segment \({w}x{h} pixels\)"):
-            decode_image(str(tmp_path / "tiny.png"))
+            read(str(tmp_path / "tiny.png"))
     cv2.imwrite(str(tmp_path / "small.png"), np.zeros((8, 9, 3), np.uint8))
-    assert decode_image(str(tmp_path / "small.png")).shape == (8, 9, 3)
+    assert read(str(tmp_path / "small.png")).shape == (8, 9, 3)
     cv2.imwrite(str(tmp_path / "huge.png"), np.zeros((10008, 10008), np.uint8))
     with pytest.raises(DataError, match="huge.png: about 10008x10008 pixels, more than the 100 megapixels"):
-        decode_image(str(tmp_path / "huge.png"))
+        read(str(tmp_path / "huge.png"))
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -272,19 +272,19 @@ def _png_header(width: int, height: int) -> bytes:
 
 def test_a_huge_image_or_mask_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
     """A 995 KB PNG can declare 32000x32000 pixels (2.8 GB decoded): nothing of it is decoded."""
-    from meta_drn_tf.data import fss1000
+    from meta_drn_tf.data import images
     from meta_drn_tf.errors import DataError
     from meta_drn_tf.serving.segment_files import read_support
 
     (tmp_path / "huge.png").write_bytes(_png_header(32000, 32000))
     cv2.imwrite(str(tmp_path / "photo.png"), np.zeros((16, 16, 3), np.uint8))
-    monkeypatch.setattr(fss1000.cv2, "imdecode", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *a: pytest.fail("decoded"))
     with pytest.raises(DataError, match="huge.png: about 32000x32000 pixels, more than the 100 megapixels"):
-        fss1000.read_binary_mask(str(tmp_path / "huge.png"), (32000, 32000))
+        images.read_mask(str(tmp_path / "huge.png"), (32000, 32000))
     with pytest.raises(DataError, match="huge.png: about 32000x32000 pixels"):
         read_support([str(tmp_path / "huge.png")], [str(tmp_path / "huge.png")])
     with pytest.raises(DataError, match="empty.png: cannot be decoded"):
-        fss1000.decode_image(str(tmp_path / "empty.png"))
+        images.read(str(tmp_path / "empty.png"))
 
 
 def test_an_empty_photo_in_a_folder_is_named_with_the_damaged_ones(tmp_path):

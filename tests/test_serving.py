@@ -213,7 +213,7 @@ def test_readme_rest_request_body_runs_against_the_saved_model(exported):
 
 
 def _signature_op_types(model) -> dict[str, set[str]]:
-    from meta_drn_tf.meta.graphs import operations
+    from meta_drn_tf.bench.graphs import operations
 
     return {name: {op.type for op in operations(fn.graph)} for name, fn in model.signatures.items()}
 
@@ -263,7 +263,7 @@ def test_a_gpu_export_keeps_dilated_convolutions_whole_where_the_stock_one_rewri
                "gpu": tf.saved_model.load(serving.export(learner, str(tmp_path / "gpu"), NetworkConfig(SIZE, WIDTH),
                                                          kernels="gpu"))}
     assert exports["gpu"].kernels.numpy().decode() == "gpu"
-    from meta_drn_tf.meta.graphs import operations
+    from meta_drn_tf.bench.graphs import operations
 
     def dilated(fn, op_type):
         return [op for op in operations(fn.graph) if op.type == op_type and max(op.get_attr("dilations")) > 1]

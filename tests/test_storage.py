@@ -21,7 +21,7 @@ import warm
 from meta_drn_tf.errors import storage_problem
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
-from meta_drn_tf.runs.pieces import build_learner, restore_learner
+from meta_drn_tf.runs.learners import build_learner, restore_learner
 
 STORAGE, PREEMPTED = 6, 75
 # First-order MAML: what is tested is the run's files, not the meta-gradient (a cheaper step to trace).

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from meta_drn_tf.data.fss1000 import read_binary_mask, read_rgb
+from meta_drn_tf.data.images import read_mask, read_photo
 from meta_drn_tf.data.synthetic import synthetic_bank
 from meta_drn_tf.errors import ConfigError
 from meta_drn_tf.meta import MetaConfig, MetaLearner
@@ -31,9 +31,9 @@ def _photos(real_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
         bank = synthetic_bank(num_classes=3, images_per_class=6, image_size=SIZE, seed=4)
         return bank.images[0], bank.masks[0, 0].astype(np.float32)
     jpgs = sorted(glob.glob(os.path.join(real_dir, "british_shorthair", "*.jpg")))
-    images = np.stack([cv2.resize(read_rgb(p), (SIZE, SIZE), interpolation=cv2.INTER_AREA) for p in jpgs])
-    first = read_rgb(jpgs[0])
-    mask = read_binary_mask(jpgs[0][:-4] + ".png", first.shape[:2]).astype(np.uint8)
+    images = np.stack([cv2.resize(read_photo(p), (SIZE, SIZE), interpolation=cv2.INTER_AREA) for p in jpgs])
+    first = read_photo(jpgs[0])
+    mask = read_mask(jpgs[0][:-4] + ".png", first.shape[:2]).astype(np.uint8)
     return images, cv2.resize(mask, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST).astype(np.float32)
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from meta_drn_tf import visualize
+from meta_drn_tf.results import visualize
 
 
 def test_task_row_draws_support_green_and_prediction_red_with_iou_labels():

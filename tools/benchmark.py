@@ -125,8 +125,8 @@ def run_one(spec: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from meta_drn_tf.bench.graphs import meta_step_graph, operations
     from meta_drn_tf.meta import MetaConfig, MetaLearner
-    from meta_drn_tf.meta.graphs import meta_step_graph, operations
     from meta_drn_tf.network.config import NetworkConfig
     from meta_drn_tf.network.model import build_meta_drn
 

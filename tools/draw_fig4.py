@@ -28,12 +28,12 @@ flags.register_validator("threshold", lambda t: 0 < t < 1, message="must lie str
 
 def main(argv):
     del argv
-    from meta_drn_tf import visualize
     from meta_drn_tf.data import load_split
-    from meta_drn_tf.runs import pieces
+    from meta_drn_tf.results import visualize
+    from meta_drn_tf.runs import learners
     from meta_drn_tf.training.evaluation import evaluate_bank
 
-    learner, config = pieces.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
+    learner, config = learners.restore_learner(FLAGS.model_dir, data_dir=FLAGS.data_dir)
     bank = load_split(config.data, FLAGS.split, config.network.image_size, seed=config.seed, progress=False,
                       classes_file=FLAGS.classes_file)
     bank = bank.subset(bank.class_names[: FLAGS.classes])

@@ -8,7 +8,7 @@ Or, for a GPU machine without TensorFlow (JAX is enough):
     pip install -e '.[hlo]' && python tools/gpu_check.py --hlo=hlo/   # here: the XLA programs, ~6 minutes
     python hlo/run.py                                                 # there: checks, timings, hlo/report.md
 
-`--hlo` writes the project's XLA programs (`meta_drn_tf/training/xla_programs.py`) with
+`--hlo` writes the project's XLA programs (`meta_drn_tf/bench/xla_programs.py`) with
 TensorFlow's references and a runner that needs only numpy and JAX (`xla_runner.py`, as run.py);
 with `--smoke`, only the small programs (CI runs that too). Nothing else runs then.
 
@@ -40,7 +40,7 @@ from absl import app, flags
 from timing import timed  # tools/timing.py
 
 from meta_drn_tf import paths
-from meta_drn_tf.training.xla_runner import EPOCH_TASKS, PAPER_EPOCH, minutes, paper_seconds
+from meta_drn_tf.bench.xla_runner import EPOCH_TASKS, PAPER_EPOCH, minutes, paper_seconds
 
 flags.DEFINE_bool("smoke", False, "Tiny sizes on whatever device is there (a CPU in CI): checks the tool itself.")
 flags.DEFINE_string("report", "gpu_check.md", "Where the markdown report goes.")
@@ -187,7 +187,7 @@ def _row_line(row: Row, sizes: Sizes, result: dict) -> str:
 
 def write_hlo(folder: str) -> None:
     """--hlo: the XLA programs, their references and the runner, into `folder`."""
-    from meta_drn_tf.training import xla_programs
+    from meta_drn_tf.bench import xla_programs
 
     start = time.time()
     plan = xla_programs.programs_plan(smoke=FLAGS.smoke)

@@ -170,8 +170,8 @@ def overlapping(outcomes: list[Outcome], metric: str = "iou@0.5") -> tuple[str, 
 
 def main(argv):
     del argv
-    from meta_drn_tf import visualize
     from meta_drn_tf.hardware import describe
+    from meta_drn_tf.results import visualize
 
     unknown = [c for c in FLAGS.configs if c not in CONFIGS]
     if unknown:

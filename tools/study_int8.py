@@ -37,11 +37,11 @@ def _photos(folder: str, size: int):
     import cv2
     import numpy as np
 
-    from meta_drn_tf.data.fss1000 import read_binary_mask, read_rgb
+    from meta_drn_tf.data.images import read_mask, read_photo
 
     jpgs = sorted(glob.glob(os.path.join(folder, "*.jpg")))
-    images = np.stack([cv2.resize(read_rgb(p), (size, size), interpolation=cv2.INTER_AREA) for p in jpgs])
-    mask = read_binary_mask(jpgs[0][:-4] + ".png", read_rgb(jpgs[0]).shape[:2]).astype(np.uint8)
+    images = np.stack([cv2.resize(read_photo(p), (size, size), interpolation=cv2.INTER_AREA) for p in jpgs])
+    mask = read_mask(jpgs[0][:-4] + ".png", read_photo(jpgs[0]).shape[:2]).astype(np.uint8)
     return images, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float32)
 
 

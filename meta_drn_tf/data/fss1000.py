@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import struct
 from collections.abc import Callable
 from importlib import resources
 
-import cv2
 import numpy as np
 from absl import logging
 
+from meta_drn_tf.data import images
 from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.errors import DataError
 
@@ -46,134 +45,6 @@ def read_class_list(path: str) -> list[str]:
             return [line.strip() for line in f if line.strip()]
     except OSError as e:
         raise DataError(f"{path}: cannot read the class list ({e.strerror})") from e
-
-
-# Larger images are refused before they are decoded (a small file can hold a huge image: a 724-byte
-# zip held a 12000x12000 PNG that took 4.4 GB to decode). 100 megapixels: the largest camera photos.
-MAX_IMAGE_PIXELS = 100_000_000
-MIN_IMAGE_SIDE = 8
-
-
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) an encoded image's header declares, read without decoding any pixel (Pillow's
-    format plugins read the headers of PNG, JPEG, BMP, GIF, TIFF, WebP and PNM files); None when no
-    header is recognised."""
-    import io
-
-    from PIL import Image
-
-    # Each plugin's own opener, as `Image.open` tries them, but without Pillow's size limit, which
-    # raises without saying the size: sizes are judged by the caller.
-    Image.init()
-    for name in Image.ID:
-        factory, accept = Image.OPEN[name]
-        try:
-            if accept is None or accept(data[:16]):
-                with factory(io.BytesIO(data), "") as image:  # BytesIO shares a bytes object: no copy
-                    return image.size
-        except (OSError, ValueError, SyntaxError, IndexError, TypeError, struct.error):  # not this format
-            continue
-    return None
-
-
-def decode_bytes(name: str, data: bytes | None, mode: int = cv2.IMREAD_COLOR,
-                 min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
-    """Decodes an encoded image (a file's bytes) with OpenCV's `mode`; DataError names `name` when it cannot
-    be decoded, has a side under `min_side` or more than MAX_IMAGE_PIXELS pixels.
-
-    The size comes from the file's header before any pixel is decoded: a small file can declare an
-    image that takes gigabytes to decode.
-    """
-    size = header_size(data) if data else None
-    if size is None:
-        raise DataError(f"{name}: cannot be decoded as an image (missing, empty, corrupt or not a PNG, JPEG, BMP, "
-                        "TIFF or WebP file)")
-    width, height = size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise DataError(f"{name}: about {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS // 10**6} "
-                        "megapixels this program decodes; downscale it first")
-    if min(width, height) < min_side:
-        raise DataError(f"{name}: too small to segment ({width}x{height} pixels); images need at least "
-                        f"{min_side} pixels a side")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), mode)
-    if image is None:
-        raise DataError(f"{name}: cannot be decoded as an image (missing, corrupt or not an image file)")
-    return image
-
-
-def decode_image(path: str, mode: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """Decodes an image file (any format OpenCV reads) with OpenCV's `mode`; DataError names the file."""
-    return decode_bytes(path, _read_bytes(path) if os.path.isfile(path) else None, mode)
-
-
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """Decodes an image file (any format OpenCV reads) as RGB uint8 `(H, W, 3)` at its own size."""
-    return cv2.cvtColor(decode_image(path), cv2.COLOR_BGR2RGB)
-
-
-def read_image(path: str, image_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decodes an image as RGB uint8 resized to `image_size`; returns it and its original (H, W)."""
-    image = read_rgb(path)
-    return _resize(image, image_size, cv2.INTER_AREA), image.shape[:2]
-
-
-def decode_mask(raw: np.ndarray) -> np.ndarray:
-    """Binary {0,1} mask from any encoding found in the wild.
-
-    Handles grey (L) 0/255 and 0/1, RGB 0/1, palette PNGs (which OpenCV expands
-    to colours), RGBA with antialiased edges. The intensity is the brightest
-    colour channel (the alpha channel only when the colours are all zero), and
-    a pixel is foreground above half the mask's maximum intensity - so 0/1,
-    0/128 and 0/255 encodings all work and antialiased edges are split at half.
-    """
-    if raw.ndim == 3:
-        colour = raw[..., :3].max(axis=-1)
-        if raw.shape[-1] == 4 and colour.max() == 0:
-            colour = raw[..., 3]
-        raw = colour
-    peak = float(raw.max())
-    if peak == 0:
-        return np.zeros(raw.shape, np.uint8)
-    return (raw.astype(np.float32) > peak / 2).astype(np.uint8)
-
-
-def read_binary_mask(path: str, expected_shape: tuple[int, int]) -> np.ndarray:
-    """Decodes a mask in any encoding `decode_mask` knows, at its own size, checking it matches its image."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: mask is missing (each <n>.jpg needs a <n>.png mask beside it)")
-    raw = decode_bytes(path, _read_bytes(path), cv2.IMREAD_UNCHANGED, min_side=1)  # its image's size
-    if raw.shape[:2] != tuple(expected_shape):
-        raise DataError(
-            f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
-            f"{expected_shape[1]}x{expected_shape[0]}; a mask must have its image's size"
-        )
-    if raw.ndim == 2 and raw.max() < 128 and len(values := np.unique(raw)) > 2:
-        # Not antialiasing (whose peak is bright): labels of several objects, of which only the highest
-        # would count as the object.
-        raise DataError(f"{path}: holds the values {', '.join(map(str, values[:5]))}"
-                        f"{', ...' if len(values) > 5 else ''}, a label map rather than a mask; give a binary "
-                        "mask of one object (0/255 or 0/1)")
-    return decode_mask(raw)
-
-
-def read_mask(path: str, expected_shape: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
-    """Decodes a mask, checks it matches its image's size, resizes to `image_size`."""
-    mask = read_binary_mask(path, expected_shape).astype(np.float32)
-    return (_resize(mask, image_size, cv2.INTER_LINEAR) >= 0.5).astype(np.uint8)
-
-
-def _resize(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
-    h, w = size
-    if array.shape[:2] == (h, w):
-        return array
-    if array.shape[0] < h or array.shape[1] < w:
-        interpolation = cv2.INTER_LINEAR  # INTER_AREA is for shrinking
-    return cv2.resize(array, (w, h), interpolation=interpolation)
 
 
 def discover_classes(root: str) -> dict[str, list[str]]:
@@ -274,8 +145,9 @@ def load_bank(
 
     def decode(path):
         try:
-            image, shape = read_image(path, image_size)
-            return image, read_mask(mask_path(path), shape, image_size)
+            photo = images.read_photo(path)
+            mask = images.read_mask(mask_path(path), photo.shape[:2])
+            return images.resize_photo(photo, image_size), images.resize_mask(mask, image_size)
         except DataError as e:
             return e
 
@@ -286,7 +158,7 @@ def load_bank(
         raise DataError(bad_files_message(root, bad, "fix or remove them, or pass --skip_bad_files to use the rest"))
     if bad:
         logging.warning("%s", bad_files_message(root, bad, "skipped, --skip_bad_files"))
-    names, images, masks = [], [], []
+    names, photos, masks = [], [], []
     for c in classes:
         usable = [p for p in found[c] if not isinstance(decoded[p], DataError)]
         pairs = [decoded[p] for p in usable]
@@ -298,11 +170,11 @@ def load_bank(
                             c, len(pairs), len(pairs) - len(empty), min_images)
             continue
         names.append(c)
-        images.append(np.stack([x for x, _ in pairs]))
+        photos.append(np.stack([x for x, _ in pairs]))
         masks.append(np.stack([y for _, y in pairs]))
     if not names:
         raise DataError(f"--data_dir {root}: no class has at least {min_images} usable images")
-    return ImageBank.from_lists(names, images, masks)
+    return ImageBank.from_lists(names, photos, masks)
 
 
 def decode_all(decode: Callable[[str], object], paths: list[str], title: str, progress: bool = True,

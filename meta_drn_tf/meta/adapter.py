@@ -35,9 +35,9 @@ import tensorflow as tf
 from meta_drn_tf import hardware
 from meta_drn_tf.meta.algorithm import algorithm_class
 from meta_drn_tf.meta.config import MetaConfig
-from meta_drn_tf.metrics import bce_loss, full_precision
 from meta_drn_tf.network import kernels
 from meta_drn_tf.network.model import group_of
+from meta_drn_tf.results.metrics import bce_loss, full_precision
 
 TASK_KEYS = ("support_images", "support_masks", "query_images", "query_masks")
 

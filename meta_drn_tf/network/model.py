@@ -1,6 +1,6 @@
 """The Meta-DRN network: `build_meta_drn()`, its layer groups, parameter counts and receptive field.
 
-`python -m meta_drn_tf.model` prints them (`meta_drn_tf/model.py`).
+`python -m meta_drn_tf.summary` prints them (`meta_drn_tf/model.py`).
 """
 
 from __future__ import annotations

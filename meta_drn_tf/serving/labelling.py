@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
-from meta_drn_tf import visualize
-from meta_drn_tf.data.fss1000 import MAX_IMAGE_PIXELS, decode_bytes, decode_image, decode_mask, header_size, read_rgb
+from meta_drn_tf.data.images import MAX_IMAGE_PIXELS, binary_mask, decode, header_size, read, read_photo
 from meta_drn_tf.errors import DataError
 from meta_drn_tf.paths import unique_stems
+from meta_drn_tf.results import visualize
 from meta_drn_tf.serving.segment_files import IMAGE_SUFFIXES
 from meta_drn_tf.serving.segmenter import Segmenter, stack_examples
 
@@ -51,7 +51,7 @@ def mask_from_painting(layers: list[np.ndarray]) -> np.ndarray:
 
 def mask_from_upload(image: np.ndarray) -> np.ndarray:
     """{0, 1} mask of an uploaded mask picture, in any encoding `segment` reads (0/255, 0/1, palette...)."""
-    return decode_mask(np.asarray(image))
+    return binary_mask(np.asarray(image))
 
 
 def read_examples(photo_paths: list[str], mask_paths: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -60,13 +60,13 @@ def read_examples(photo_paths: list[str], mask_paths: list[str]) -> tuple[list[n
         raise ValueError(f"{len(photo_paths)} more example photo(s) but {len(mask_paths)} mask(s): give one mask "
                          "for each photo, in the same order")
     # DataError (a ValueError) names a file that cannot be decoded.
-    return ([read_rgb(photo) for photo in photo_paths],
-            [mask_from_upload(decode_image(mask, cv2.IMREAD_UNCHANGED)) for mask in mask_paths])
+    return ([read_photo(photo) for photo in photo_paths],
+            [mask_from_upload(read(mask, cv2.IMREAD_UNCHANGED)) for mask in mask_paths])
 
 
 def _decode(name: str, data: bytes) -> np.ndarray:
     """RGB uint8 of an uploaded image; DataError names it when it cannot be read or is too large."""
-    return cv2.cvtColor(decode_bytes(name, data), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(decode(name, data), cv2.COLOR_BGR2RGB)
 
 
 def safe_name(name: str) -> str:

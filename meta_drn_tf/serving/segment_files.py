@@ -20,10 +20,12 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from meta_drn_tf import progress, visualize
-from meta_drn_tf.data.fss1000 import decode_all, decode_image, problem_list, read_binary_mask, read_rgb
+from meta_drn_tf import progress
+from meta_drn_tf.data.fss1000 import decode_all, problem_list
+from meta_drn_tf.data.images import read, read_mask, read_photo
 from meta_drn_tf.errors import ConfigError, DataError
 from meta_drn_tf.paths import unique_stems
+from meta_drn_tf.results import visualize
 from meta_drn_tf.serving.segmenter import stack_examples
 
 # Names of image files in a folder (others are found by their content, `cv2.haveImageReader`).
@@ -79,8 +81,8 @@ def read_support(images: list[str], masks: list[str]):
         raise ConfigError(f"{len(images)} --support image(s) but {len(masks)} --support_mask(s): give one mask each")
     pictures, outlines = [], []
     for image_path, mask_path in zip(images, masks):
-        pictures.append(read_rgb(image_path))
-        outlines.append(read_binary_mask(mask_path, pictures[-1].shape[:2]))
+        pictures.append(read_photo(image_path))
+        outlines.append(read_mask(mask_path, pictures[-1].shape[:2]))
         if not outlines[-1].any():
             raise DataError(f"{mask_path}: the mask is empty; mark the object in the example with bright pixels")
     return stack_examples(pictures, outlines)
@@ -154,7 +156,7 @@ def unreadable(paths: list[str]) -> dict[int, str]:
         # A reduced decode reads the whole file (truncation and corruption show) at a fraction of
         # the cost of a full one (JPEGs decode scaled in the DCT): the images are decoded again later.
         try:
-            decode_image(path, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+            read(path, cv2.IMREAD_REDUCED_GRAYSCALE_8)
         except DataError as e:
             return str(e)
         return None
@@ -188,7 +190,7 @@ def batches_of_one_size(paths: list[str], indices: list[int], batch_size: int):
     """(indices, uint8 images) batches of consecutive images of `indices` that share a size, read as needed."""
     batch, images = [], []
     for i in indices:
-        image = read_rgb(paths[i])
+        image = read_photo(paths[i])
         if images and (image.shape != images[0].shape or len(images) == batch_size):
             yield batch, np.stack(images)
             batch, images = [], []
@@ -207,9 +209,9 @@ def write_masks(segmenter, paths: list[str], todo: list[int], outputs: list[list
         os.makedirs(folder, exist_ok=True)  # names that keep their subfolder (`paths.unique_stems`)
     remove_stale_partials([outputs[i] for i in todo])
     bar = progress.bar(len(todo), unit_name="image")
-    for indices, images in batches_of_one_size(paths, todo, batch_size):
-        masks = segmenter.segment(images) > threshold
-        for i, image, mask in zip(indices, images, masks):
+    for indices, batch in batches_of_one_size(paths, todo, batch_size):
+        masks = segmenter.segment(batch) > threshold
+        for i, image, mask in zip(indices, batch, masks):
             if len(outputs[i]) > 1:  # first: the mask, written last, marks an image as done for --skip_existing
                 picture = visualize.side_by_side([visualize.overlay(image, mask, visualize.RED), support_tile])
                 visualize.save_png(outputs[i][1], picture)

@@ -73,10 +73,10 @@ class Segmenter:
                  kernels: str = "auto") -> Segmenter:
         """A training run's network (its best or latest checkpoint) and test-time inner loop, in the
         kernel forms `kernels` chooses for this machine ("auto", "stock" or "cpu")."""
-        from meta_drn_tf.runs import pieces
+        from meta_drn_tf.runs import learners
         from meta_drn_tf.serving import saved_model
 
-        learner, config = pieces.restore_learner(model_dir, checkpoint)
+        learner, config = learners.restore_learner(model_dir, checkpoint)
         module = saved_model.serving_module(learner, config.network,
                                             inner_steps=inner_steps or config.trainer.eval_inner_steps,
                                             kernels=kernels)

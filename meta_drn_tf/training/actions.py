@@ -20,10 +20,10 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from meta_drn_tf import visualize
 from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.meta import MetaLearner
 from meta_drn_tf.network.config import NetworkConfig
+from meta_drn_tf.results import visualize
 from meta_drn_tf.serving import saved_model
 from meta_drn_tf.training.checkpoints import Checkpoints
 from meta_drn_tf.training.evaluation import METRICS, evaluate_settings, write_reports

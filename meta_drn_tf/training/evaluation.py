@@ -15,8 +15,8 @@ from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.data.episodes import count_evaluation_tasks, evaluation_tasks
 from meta_drn_tf.meta import Adapter
 from meta_drn_tf.meta.adapter import TASK_KEYS
-from meta_drn_tf.metrics import THRESHOLDS, bce_loss, binary_iou, mean_with_ci, non_finite, soft_iou
 from meta_drn_tf.progress import bar as progress_bar
+from meta_drn_tf.results.metrics import THRESHOLDS, bce_loss, binary_iou, mean_with_ci, non_finite, soft_iou
 
 METRICS = ("soft_iou",) + tuple(f"iou@{t}" for t in THRESHOLDS)
 

@@ -25,7 +25,7 @@ from meta_drn_tf.data import load_splits
 from meta_drn_tf.errors import ConfigError, Stopped
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
-from meta_drn_tf.runs.pieces import build_learner, random_init_learner
+from meta_drn_tf.runs.learners import build_learner, random_init_learner
 from meta_drn_tf.runs.runlock import RunLock
 from meta_drn_tf.training import distribute
 from meta_drn_tf.training.actions import (

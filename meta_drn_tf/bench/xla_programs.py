@@ -35,11 +35,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from meta_drn_tf.bench import xla_runner
 from meta_drn_tf.meta import PAPER_ALGORITHMS, Adapter, MetaLearner
 from meta_drn_tf.meta.config import PRECISION_POLICIES
 from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.network.model import build_meta_drn
-from meta_drn_tf.training import xla_runner
 
 ALGORITHMS = PAPER_ALGORITHMS
 PRECISIONS = tuple(PRECISION_POLICIES)  # float32 first

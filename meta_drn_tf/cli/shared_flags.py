@@ -1,11 +1,11 @@
 """Flags several commands share, each defined once: which model, which checkpoint, which kernel forms.
 
     def define_flags() -> None:
-        common_flags.define_model()
-        common_flags.define_checkpoint()
-        common_flags.define_kernels(default="auto")
-        common_flags.define_tf32()
-        flags.adopt_module_key_flags(common_flags)   # listed by the command's --help
+        shared_flags.define_model()
+        shared_flags.define_checkpoint()
+        shared_flags.define_kernels(default="auto")
+        shared_flags.define_tf32()
+        flags.adopt_module_key_flags(shared_flags)   # listed by the command's --help
 
 Called from a command's `define_flags`, after `cli.run` has started TensorFlow quietly (the
 choices come from the library).

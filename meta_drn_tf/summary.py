@@ -1,6 +1,6 @@
 """Print the Meta-DRN network's parameter counts per layer group and its receptive field.
 
-    python -m meta_drn_tf.model [--image_size=224] [--width=1.0]
+    python -m meta_drn_tf.summary [--image_size=224] [--width=1.0]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _report(network) -> str:
 
 
 def define_flags() -> None:
-    """The flags of `python -m meta_drn_tf.model`."""
+    """The flags of `python -m meta_drn_tf.summary`."""
     from absl import flags
 
     flags.DEFINE_integer("image_size", 224, "Input height and width (multiple of 4).")
