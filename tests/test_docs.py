@@ -107,3 +107,50 @@ def test_tools_readme_lists_every_script_with_its_command():
         text = open(os.path.join(ROOT, "tools", f)).read()
         imported = set(re.findall(r"^from (\w+) import", text, re.MULTILINE)) & {s[:-3] for s in scripts}
         assert imported <= {h[:-3] for h in helpers}, (f, imported)
+
+
+def _headings(path: str) -> list[str]:
+    with open(path) as f:
+        return [line.lstrip("#").strip() for line in f if re.match(r"#{1,6} ", line)]
+
+
+def _slug(heading: str) -> str:
+    """The anchor mkdocs (Python-Markdown's toc) and GitHub give a heading."""
+    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", heading.lower()).strip())
+
+
+def _texts():
+    """(path, text) of the package, the tools, the tests and the docs, with line breaks, comment
+    marks and string-literal joins folded into single spaces (a section name wraps like any text)."""
+    names = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "tools", "README.md")]
+    for folder in ("meta_drn_tf", "tools", "tests", "docs"):
+        for root, _, files in os.walk(os.path.join(ROOT, folder)):
+            names += [os.path.join(root, f) for f in files if f.endswith((".py", ".md"))]
+    for path in names:
+        if path == os.path.abspath(__file__):  # its own examples
+            continue
+        text = open(path).read()
+        yield path, re.sub(r"[\"']?\s*\n\s*(#\s*)?[f]?[\"']?", " ", text) if path.endswith(".py") else \
+            re.sub(r"\s*\n\s*", " ", text)
+
+
+def test_every_doc_and_section_that_code_and_docs_name_exists():
+    """`docs/X.md`, `docs/X.md, "Section"`, `[...](X.md#anchor)` and "README's Section)" point at a
+    file and a heading that exist: a renamed section fails here, not in a user's terminal."""
+    wrong = []
+    for path, text in _texts():
+        for name in re.findall(r"\bdocs/(\w+)\.md", text):
+            if not os.path.isfile(os.path.join(ROOT, "docs", name + ".md")):
+                wrong.append(f"{path}: docs/{name}.md")
+        for name, section in re.findall(r"\bdocs/(\w+)\.md`?,? \(?[\"“]([^\"”]+)[\"”]", text):
+            target = os.path.join(ROOT, "docs", name + ".md")
+            if os.path.isfile(target) and not any(h.startswith(section) for h in _headings(target)):
+                wrong.append(f"{path}: docs/{name}.md, {section!r}")
+        for target, anchor in re.findall(r"\]\(((?!https?:)[\w./-]*\.md)#([\w-]+)\)", text):
+            target = os.path.normpath(os.path.join(os.path.dirname(path), target))
+            if not os.path.isfile(target) or anchor not in map(_slug, _headings(target)):
+                wrong.append(f"{path}: {target}#{anchor}")
+        for section in re.findall(r"README(?:'s|,) ([A-Z]\w*(?: [A-Z]\w*)*)(?=\)| section|\.[)\"'])", text):
+            if not any(h.startswith(section) for h in _headings(os.path.join(ROOT, "README.md"))):
+                wrong.append(f"{path}: README's {section}")
+    assert not wrong, wrong

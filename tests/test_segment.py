@@ -159,6 +159,7 @@ def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
     with tarfile.open(os.path.join(legacy, "saved_model.tgz")) as archive:
         archive.extractall(tmp_path / "old", filter="data")
     old = Segmenter.from_saved_model(str(tmp_path / "old"))  # no adapt signature: re-adapts per call
+    assert old.description.startswith("SavedModel ") and "kernels" not in old.description  # none recorded
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     mask = np.zeros((16, 16), np.float32)
@@ -176,6 +177,7 @@ def test_api_adapts_once_and_old_exports_give_the_same_probabilities(tmp_path):
     learner = MetaLearner(build_meta_drn(NetworkConfig(16, 0.03125)), MetaConfig("metasgd", inner_lr=0.3))
     tf.train.Checkpoint(learner=learner).read(os.path.join(legacy, "checkpoint", "ckpt")).expect_partial()
     new = Segmenter.from_saved_model(serving.export(learner, str(tmp_path / "new"), NetworkConfig(16, 0.03125)))
+    assert new.description.endswith("(stock kernels)")
     new.adapt(images[0], mask)
     np.testing.assert_allclose(new.segment(images[1:]), expected, atol=1e-5)
     np.testing.assert_allclose(new.segment(images[2:]), expected[1:], atol=1e-5)  # queries are independent

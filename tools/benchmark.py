@@ -28,9 +28,8 @@ keeps these statistics (tools/profile_memory.py shows what is alive at the peak)
 
     python tools/benchmark.py --peer=/path/to/venv-with-torch/bin/python [--algos maml,fomaml] [--rounds 3]
 
-also runs the PyTorch peer (`--peer_script`, default tools/torch_peer.py: a copy
-of ../shared/bench/torch_peer.py, the same network with torch.func, that also
-prints its RSS after building the model and one forward pass) alternately with
+also runs the PyTorch peer (`--peer_script`, default tools/torch_peer.py: the
+same network with torch.func, which also prints its RSS after building the model and one forward pass) alternately with
 each configuration and prints a ratio table (this project / peer; below 1 is
 better), working sets measured alike on both sides. With --rounds N, each row
 runs N rounds of one process of each, back to back, and ends with the median
@@ -66,8 +65,8 @@ flags.DEFINE_bool("memory_saving", False, "The opt-in memory mode (queries backp
 flags.DEFINE_string("parallel_tasks", "auto", "Tasks of the meta-batch at once: N or auto.")
 flags.DEFINE_string("peer", None, "A Python interpreter with torch: also run the PyTorch peer and print ratios.")
 flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(__file__), "torch_peer.py"),
-                    "The PyTorch peer benchmark script (default: tools/torch_peer.py, the copy of "
-                    "../shared/bench/torch_peer.py that also reports its RSS before the first step).")
+                    "The PyTorch peer benchmark script (default: tools/torch_peer.py, which also reports its "
+                    "RSS before the first step).")
 flags.DEFINE_integer("rounds", 1, "With --peer: rounds of (this project, peer) per row; the time ratio's median "
                      "and range close the row.")
 FLAGS = flags.FLAGS

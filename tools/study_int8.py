@@ -1,6 +1,6 @@
 """How far quantized TFLite files of adapted segmenters agree with the Segmenter.
 
-    python tools/study_int8.py --model=runs/quickstart [--data_dir=../shared/data/real_fewshot]
+    python tools/study_int8.py --model=runs/quickstart --data_dir=PHOTOS
 
 For every class of a few-shot folder (FSS-1000 layout): adapts the model to the class's
 first photo, then compares the masks (threshold 0.5) of TFLite files with the Segmenter's on
@@ -24,7 +24,7 @@ from absl import flags
 from meta_drn_tf import cli
 
 flags.DEFINE_string("model", "runs/quickstart", "A training run or SavedModel.")
-flags.DEFINE_string("data_dir", "../shared/data/real_fewshot", "Classes of photos with masks (FSS-1000 layout).")
+flags.DEFINE_string("data_dir", None, "Classes of photos with masks (FSS-1000 layout).", required=True)
 flags.DEFINE_list("calibration_sizes", [], "More int16x8 rows, each calibrated on `tflite.calibration_images` with "
                   "other numbers of copies: COPIES:BEYOND pairs (its `copies` and `beyond`), e.g. 30:10,10:3.")
 FLAGS = flags.FLAGS

@@ -1,8 +1,9 @@
-# PyTorch torch.func peer of Meta-DRN meta-steps (same network, k=q=1).
-# Usage: python torch_peer.py [size=224] [float32|bfloat16] [second,first]
-# Needs a separate venv with torch (pip install torch numpy); prints median step seconds and peak RSS.
-# A copy of ../shared/bench/torch_peer.py that also prints the RSS after building the model and one
-# forward pass ("baseline_rss_gib"), so that tools/benchmark.py measures both sides' working sets alike.
+# The PyTorch peer of tools/benchmark.py --peer: Meta-DRN's meta-steps (the same network, k=q=1) with
+# torch.func, written compactly so that it reads as one page beside the project's TensorFlow step.
+# Usage: python tools/torch_peer.py [size=224] [float32|bfloat16] [second,first]
+# Needs a separate venv with torch (pip install torch numpy); prints the median step seconds, the RSS
+# after building the model and one forward pass ("baseline_rss_gib") and the peak RSS, so that
+# tools/benchmark.py measures both sides' working sets alike.
 import time, sys, torch, torch.nn as nn, torch.nn.functional as F
 from torch.func import functional_call
 torch.manual_seed(0)

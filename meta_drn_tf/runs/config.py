@@ -31,7 +31,8 @@ from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.settings import Settings, leaves, section, setting
 
 FLAGS_FILE = "flags.json"
-# Settings renamed since an older version: flags.json files that use the old name still load.
+# Settings renamed since an older version: flags.json files (and command lines) that use the old name still
+# work. final_meta_lr: renamed in 0.2.0, accepted until 1.0 (tests/test_config.py loads a 0.1.0 flags.json).
 RENAMED = {"final_meta_lr": "min_meta_lr"}
 # What `training.distribute.make_strategy` builds.
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")

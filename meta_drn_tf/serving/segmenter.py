@@ -111,7 +111,8 @@ class Segmenter:
                               "version") from None
         finally:
             logging.set_verbosity(verbosity)
-        # Exports since the kernel policy record which forms their graphs hold.
+        # Exports of 0.1.0 (kept loading until 1.0, with the adapt and network branches below; tested on
+        # tests/data/legacy_0.1.0) record no kernel forms, no adapt signature and no network size.
         kernels = f" ({module.kernels.numpy().decode()} kernels)" if hasattr(module, "kernels") else ""
         return cls(module, f"SavedModel {version}{kernels}")
 
@@ -147,7 +148,7 @@ class Segmenter:
         import tensorflow as tf
 
         self._support = (tf.constant(images), tf.constant(masks))
-        has_adapt = hasattr(self._module, "adapt")
+        has_adapt = hasattr(self._module, "adapt")  # 0.1.0 exports (until 1.0): adapt with every segment
         self._fast_weights = self._module.adapt(*self._support)["fast_weights"] if has_adapt else None
         return self
 
@@ -172,7 +173,7 @@ class Segmenter:
         """The `NetworkConfig` of the network: its training size S (its input is S x S) and width."""
         from meta_drn_tf.network.config import NetworkConfig
 
-        if not hasattr(self._module, "width"):
+        if not hasattr(self._module, "width"):  # 0.1.0 exports (until 1.0)
             raise ConfigError(f"{self.description} does not record its network's size (exported before "
                               "TFLite support): export it again with python -m meta_drn_tf.export")
         return NetworkConfig(int(self._module.image_size.numpy()), float(self._module.width.numpy()))

@@ -6,7 +6,11 @@ confidence interval is the normal approximation over classes.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -15,6 +19,7 @@ from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.data.episodes import count_evaluation_tasks, evaluation_tasks
 from meta_drn_tf.meta import Adapter
 from meta_drn_tf.meta.adapter import TASK_KEYS
+from meta_drn_tf.paths import write_atomically
 from meta_drn_tf.progress import bar as progress_bar
 from meta_drn_tf.results.metrics import THRESHOLDS, bce_loss, binary_iou, mean_with_ci, non_finite, soft_iou
 
@@ -249,12 +254,6 @@ def evaluate_settings(
 
 def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dict]:
     """Writes `table.md`, `per_class.csv` and `summary.json` under `out_dir`; returns the rows' summaries."""
-    import csv
-    import io
-    import json
-    import os
-
-    from meta_drn_tf.paths import write_atomically
 
     os.makedirs(out_dir, exist_ok=True)
     rows = {title: r.summary() for title, r in results.items()}
