@@ -87,7 +87,8 @@ def _folder_splits(config: DataConfig, splits: tuple[str, ...], image_size: int,
         elif split == "all":
             names[split] = sorted(available)
         else:
-            names[split] = split_classes(available, split, seed=seed, split_files=config.split_files)
+            names[split] = split_classes(available, split, seed=seed, split_files=config.split_files,
+                                         validation=config.validation_list)
         if not names[split]:
             raise DataError(f"--data_dir {data_dir}: the {split} split has no classes")
     wanted = sorted(set().union(*names.values()))

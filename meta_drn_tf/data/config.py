@@ -14,6 +14,9 @@ class DataConfig(Settings):
 
     data_dir: str = setting("", "FSS-1000 (or a folder in its layout: ROOT/<class>/<n>.jpg + <n>.png). "
                                 "Empty: the embedded synthetic dataset.")
+    fss_split: str = setting("paper", "FSS-1000's classes: paper (700 train / 60 validation / 240 test, the "
+                             "paper's) or field (520 / 240 / 240, as HSNet and the methods after it train; the "
+                             "same 240 test classes).", choices=("paper", "field"))
     val_classes_file: str = setting("", "Optional class list (one a line) for validation; overrides the split.")
     test_classes_file: str = setting("", "Optional class list (one a line) for testing; overrides the split.")
     skip_bad_files: bool = setting(False, "Train on the usable images when some image/mask files cannot be used "
@@ -35,3 +38,8 @@ class DataConfig(Settings):
         """The class lists that override the split, by split name ("val", "test")."""
         files = {k: getattr(self, f"{k}_classes_file") for k in ("val", "test") if getattr(self, f"{k}_classes_file")}
         return files or None
+
+    @property
+    def validation_list(self) -> str:
+        """The packaged list of FSS-1000's validation classes `fss_split` names."""
+        return {"paper": "fss1000_val", "field": "fss1000_field_val"}[self.fss_split]

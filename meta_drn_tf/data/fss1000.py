@@ -6,7 +6,9 @@ Split: when ROOT holds FSS-1000 classes, the official 240 test classes
 (`splits/fss1000_test.txt`, as published with the dataset), a fixed list of 60
 validation classes chosen once from the other 760 with seed 2020
 (`splits/fss1000_val.txt`) and the remaining 700 for training - the paper's
-700/60/240. Any other folder is split by a seeded shuffle of its classes in
+700/60/240. The field's 520/240/240 (`validation="fss1000_field_val"`) keeps
+those 60 and adds 180 drawn once from the 700 with seed 2021
+(`splits/fss1000_field_val.txt`). Any other folder is split by a seeded shuffle of its classes in
 the same proportions, unless the user passes split files.
 """
 
@@ -33,7 +35,8 @@ SPLIT_FRACTIONS = {"val": 0.06, "test": 0.24}
 
 
 def packaged_split(name: str) -> list[str]:
-    """A class list shipped with the package: "fss1000_classes", "fss1000_test" or "fss1000_val"."""
+    """A class list shipped with the package: "fss1000_classes", "fss1000_test", "fss1000_val" or
+    "fss1000_field_val"."""
     text = resources.files("meta_drn_tf.data").joinpath("splits", f"{name}.txt").read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -88,6 +91,7 @@ def split_classes(
     split: str,
     seed: int = 0,
     split_files: dict[str, str] | None = None,
+    validation: str = "fss1000_val",
 ) -> list[str]:
     """The classes of `split` ("train", "val" or "test") among `names`.
 
@@ -97,6 +101,8 @@ def split_classes(
         seed: shuffles the classes of a folder that is not FSS-1000.
         split_files: optional {"val": path, "test": path} class lists; train is
             everything else. Overrides the packaged and seeded splits.
+        validation: the packaged validation list of FSS-1000 ("fss1000_val": the paper's 60;
+            "fss1000_field_val": the field's 240).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -104,7 +110,7 @@ def split_classes(
     if split_files:
         lists = {k: listed_classes(v, names, "the dataset") for k, v in split_files.items()}
     elif available & set(packaged_split("fss1000_test")):
-        lists = {"val": packaged_split("fss1000_val"), "test": packaged_split("fss1000_test")}
+        lists = {"val": packaged_split(validation), "test": packaged_split("fss1000_test")}
     else:
         order = sorted(names)
         np.random.default_rng(seed).shuffle(order)

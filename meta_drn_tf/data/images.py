@@ -116,25 +116,27 @@ def read_mask(path: str, expected_shape: tuple[int, int], missing: str = "each <
     return binary_mask(raw)
 
 
-def read_label_map(path: str, expected_shape: tuple[int, int], missing: str) -> np.ndarray:
-    """A label map's class ids `(H, W)` uint8 at its own size, checked against its image's shape: a
-    grey PNG's values, or a palette PNG's indices (PASCAL VOC's colours are its classes' indices)."""
+def read_label_map(path: str, expected_shape: tuple[int, int] | None = None,
+                   missing: str = "each photo needs its label map") -> np.ndarray:
+    """A label map's class ids `(H, W)` uint8 at its own size (checked against its photo's
+    `expected_shape` when given): a grey PNG's values, or a palette PNG's indices (PASCAL VOC's
+    colours stand for its classes' indices)."""
     from PIL import Image
 
     raw = _read_annotation(path, cv2.IMREAD_UNCHANGED, expected_shape, missing)
     if raw.ndim == 2:
-        return raw.astype(np.uint8) if raw.dtype != np.uint8 else raw
+        return raw if raw.dtype == np.uint8 else np.minimum(raw, 255).astype(np.uint8)
     with Image.open(path) as image:  # OpenCV expanded a palette to colours; its indices are the labels
         if image.mode != "P":
             raise DataError(f"{path}: a colour image, not a label map (one class id a pixel, grey or palette PNG)")
         return np.asarray(image, np.uint8)
 
 
-def _read_annotation(path: str, mode: int, expected_shape: tuple[int, int], missing: str) -> np.ndarray:
+def _read_annotation(path: str, mode: int, expected_shape: tuple[int, int] | None, missing: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise DataError(f"{path}: mask is missing ({missing})")
     raw = read(path, mode, min_side=1)  # its image's size
-    if raw.shape[:2] != tuple(expected_shape):
+    if expected_shape is not None and raw.shape[:2] != tuple(expected_shape):
         raise DataError(
             f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
             f"{expected_shape[1]}x{expected_shape[0]}; a mask must have its image's size"

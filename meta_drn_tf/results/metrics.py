@@ -1,4 +1,6 @@
-"""Segmentation losses and IoU metrics (paper eq. 9), with confidence intervals."""
+"""Segmentation losses and IoU metrics: the paper's (eq. 9, the mean of per-query IoUs, with
+confidence intervals) and the field's (HSNet's protocol: per class, intersections and unions summed
+over its episodes; FB-IoU)."""
 
 from __future__ import annotations
 
@@ -61,3 +63,63 @@ def mean_with_ci(values, confidence: float = 0.95) -> tuple[float, float]:
         return float(v[0]), float("nan")
     z = {0.95: 1.959964, 0.99: 2.575829, 0.9: 1.644854}[confidence]
     return float(v.mean()), float(z * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def areas(predicted: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
+    """Intersections and unions of the background and the foreground of one prediction, as HSNet's
+    protocol counts them: pixels under `ignore` (a label map's 255) count in neither.
+
+    Args:
+        predicted: the predicted mask `(H, W)`, bool or {0, 1}; None for a prediction that was not
+            finite, counted as wrong at every pixel.
+        truth: the true mask `(H, W)`, bool or {0, 1}.
+        ignore: pixels to leave out `(H, W)` bool, or None.
+
+    Returns:
+        int64 `(2, 2)`: [[background intersection, foreground intersection],
+        [background union, foreground union]].
+    """
+    truth = np.asarray(truth).astype(bool)
+    valid = np.ones(truth.shape, bool) if ignore is None else ~np.asarray(ignore, bool)
+    if predicted is None:
+        n = int(valid.sum())
+        return np.array([[0, 0], [n, n]], np.int64)
+    predicted = np.asarray(predicted).astype(bool)
+    counts = np.empty((2, 2), np.int64)
+    for k, (p, t) in enumerate(((~predicted, ~truth), (predicted, truth))):
+        counts[0, k] = np.count_nonzero(p & t & valid)
+        counts[1, k] = np.count_nonzero((p | t) & valid)
+    return counts
+
+
+class SummedIoU:
+    """The field's scores of a set of episodes: per class, the intersections and unions of all its
+    queries summed, then divided (HSNet's protocol, which HSNet, VAT, DCAMA, Matcher and PATNet report).
+
+        scores = SummedIoU()
+        scores.add("cat", areas(prediction > 0.5, mask, ignore))
+        scores.miou(), scores.fb_iou()
+    """
+
+    def __init__(self):
+        self.counts: dict[str, np.ndarray] = {}
+
+    def add(self, class_name: str, counts: np.ndarray) -> None:
+        """Adds one query's `areas(...)` to its class."""
+        self.counts[class_name] = self.counts.get(class_name, np.zeros((2, 2), np.int64)) + counts
+
+    def per_class(self) -> dict[str, float]:
+        """Each class's foreground IoU: summed intersection / summed union (0 when both are empty, as
+        HSNet divides by at least 1)."""
+        return {name: float(c[0, 1] / max(c[1, 1], 1)) for name, c in self.counts.items()}
+
+    def miou(self) -> float:
+        """mIoU: the mean over classes of each class's summed foreground IoU."""
+        return float(np.mean(list(self.per_class().values()))) if self.counts else float("nan")
+
+    def fb_iou(self) -> float:
+        """FB-IoU: the mean of the background's and the foreground's IoU, each summed over every class."""
+        if not self.counts:
+            return float("nan")
+        total = sum(self.counts.values())
+        return float(np.mean(total[0] / np.maximum(total[1], 1)))

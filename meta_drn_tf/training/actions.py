@@ -24,9 +24,10 @@ from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.meta import MetaLearner
 from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.results import visualize
+from meta_drn_tf.results.metrics import THRESHOLDS
 from meta_drn_tf.serving import saved_model
 from meta_drn_tf.training.checkpoints import Checkpoints
-from meta_drn_tf.training.evaluation import METRICS, evaluate_settings, write_reports
+from meta_drn_tf.training.evaluation import METRICS, SUMMED_METRICS, evaluate_settings, write_reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +125,11 @@ class ValidationReport:
     def __call__(self, output: EpochOutput) -> None:
         summary = output.summary
         bad = summary.get("non_finite_queries", 0)
-        print("  validation: " + "  ".join(f"{tensorboard_tag(m)} {summary[m]:.4f}" for m in ("loss",) + METRICS)
+        shown = ("loss",) + METRICS + (f"fb_iou@{THRESHOLDS[0]}",)
+        print("  validation: " + "  ".join(f"{tensorboard_tag(m)} {summary[m]:.4f}" for m in shown)
               + (f"  ({bad} queries with non-finite predictions, scored 0)" if bad else ""))
         with self.writer.as_default(step=output.global_step):
-            for metric in ("loss",) + METRICS:
+            for metric in ("loss",) + METRICS + SUMMED_METRICS:  # the paper's scores, then the field's
                 tf.summary.scalar(tensorboard_tag(metric), summary[metric])
             tf.summary.scalar("non_finite_queries", bad)
             tf.summary.scalar("epoch", output.epoch)

@@ -1,7 +1,10 @@
-"""The evaluation protocol: adapt on each support, score every query (IoU per query).
+"""The paper's evaluation protocol (Table I): adapt on each support, score every query (IoU per query).
 
 mIoU is the mean over classes of each class's mean query IoU; its 95%
-confidence interval is the normal approximation over classes.
+confidence interval is the normal approximation over classes. The same episodes
+are also scored the field's way (`summed_miou@t`: per class, summed intersection
+over summed union; `fb_iou@t`), so that validation logs and reports carry both;
+the field's own episodes are `training/benchmark_evaluation.py`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,21 @@ from meta_drn_tf.meta import Adapter
 from meta_drn_tf.meta.adapter import TASK_KEYS
 from meta_drn_tf.paths import write_atomically
 from meta_drn_tf.progress import bar as progress_bar
-from meta_drn_tf.results.metrics import THRESHOLDS, bce_loss, binary_iou, mean_with_ci, non_finite, soft_iou
+from meta_drn_tf.results.metrics import (
+    THRESHOLDS,
+    SummedIoU,
+    areas,
+    bce_loss,
+    binary_iou,
+    mean_with_ci,
+    non_finite,
+    soft_iou,
+)
 
 METRICS = ("soft_iou",) + tuple(f"iou@{t}" for t in THRESHOLDS)
+# The field's scores of the same episodes (summed intersection over summed union per class; FB-IoU).
+SUMMED_METRICS = tuple(f"{m}@{t}" for t in THRESHOLDS for m in ("summed_miou", "fb_iou"))
+PROTOCOL = "paper"
 
 
 class EpisodeScorer:
@@ -53,6 +68,10 @@ class EpisodeScorer:
         batch = {k: tf.convert_to_tensor(task_batch[k], tf.float32) for k in TASK_KEYS}
         return self._function(batch, tf.constant(inner_steps or config.inner_steps),
                               tf.constant(inner_lr or config.inner_lr, tf.float32))
+
+    def predict(self, task_batch: dict, inner_steps: int | None = None, inner_lr: float | None = None) -> np.ndarray:
+        """The queries' foreground probabilities `(B, q, H, W)` after adapting to each support."""
+        return self(task_batch, inner_steps, inner_lr)["probabilities"].numpy()[..., 0]
 
     def _score(self, batch, inner_steps, inner_lr):
         adapter = self.adapter
@@ -91,7 +110,7 @@ class EvalResult:
     """Per-query scores of an evaluation run and their summaries."""
 
     class_names: list[str]
-    records: list[dict]  # one per query: class, episode, loss and METRICS
+    records: list[dict]  # one per query: class, episode, loss, METRICS and the areas at each threshold
     inner_steps: int
     inner_lr: float | str
 
@@ -105,12 +124,18 @@ class EvalResult:
 
     def summary(self) -> dict[str, float]:
         per_class = self.per_class()
-        out = {"classes": len(per_class), "queries": len(self.records),
+        out = {"protocol": PROTOCOL, "episodes": len({r["episode"] for r in self.records}), "seed": None,
+               "classes": len(per_class), "queries": len(self.records),
                "inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
                "non_finite_queries": sum(int(r.get("non_finite", 0)) for r in self.records)}
         for m in METRICS + ("loss",):
             mean, ci = mean_with_ci([c[m] for c in per_class.values()])
             out[m], out[m + "_ci95"] = mean, ci
+        for t in THRESHOLDS:
+            summed = SummedIoU()
+            for r in self.records:
+                summed.add(r["class"], r[f"areas@{t}"])
+            out[f"summed_miou@{t}"], out[f"fb_iou@{t}"] = summed.miou(), summed.fb_iou()
         return out
 
 
@@ -159,13 +184,13 @@ def evaluate_bank(
     for chunk in _episode_chunks(evaluation_tasks(bank, shots, limit, episodes_per_class), episodes_per_call):
         batch = {k: np.stack([task[k] for task in chunk]) for k in chunk[0] if k != "class_name"}
         logs = scorer(batch, inner_steps=inner_steps, inner_lr=inner_lr)
-        logs = {k: v.numpy() for k, v in logs.items()
-                if k in METRICS + ("loss", "non_finite") or len(kept) < keep_predictions}
+        logs = {k: v.numpy() for k, v in logs.items()}
         for i, task in enumerate(chunk):
             for q in range(task["query_images"].shape[0]):
                 records.append({"class": task["class_name"], "episode": e, "query": q,
                                 "loss": float(logs["loss"][i]), **{m: float(logs[m][i][q]) for m in METRICS},
-                                "non_finite": bool(logs["non_finite"][i][q])})
+                                "non_finite": bool(logs["non_finite"][i][q]),
+                                **query_areas(logs["probabilities"][i][q], task["query_masks"][q])})
             if e < keep_predictions:
                 kept.append({**task, "probabilities": logs["probabilities"][i]})
             if bar is not None:
@@ -173,6 +198,12 @@ def evaluate_bank(
             e += 1
     used_lr = f"learned ({learner.learned_rates})" if learner.learned_rates else (inner_lr or learner.config.inner_lr)
     return EvalResult(bank.class_names, records, inner_steps or learner.config.inner_steps, used_lr), kept
+
+
+def query_areas(probabilities: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """{"areas@t": `areas(...)`} of one query `(H, W, 1)` at each threshold (None: not finite)."""
+    finite = bool(np.isfinite(probabilities).all())
+    return {f"areas@{t}": areas(probabilities[..., 0] > t if finite else None, mask[..., 0]) for t in THRESHOLDS}
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -225,7 +256,8 @@ def copy_mask_result(bank: ImageBank, shots: int = 1, limit: int | None = None) 
         for q in range(queries.shape[0]):
             loss = float(tf.keras.losses.binary_crossentropy(queries[q].ravel(), guess[q].ravel()))
             records.append({"class": task["class_name"], "episode": e, "query": q, "loss": loss,
-                            **{m: float(scores[m][q]) for m in METRICS}, "non_finite": False})
+                            **{m: float(scores[m][q]) for m in METRICS}, "non_finite": False,
+                            **query_areas(guess[q], queries[q])})
     return EvalResult(bank.class_names, records, 0, "none")
 
 
@@ -261,13 +293,15 @@ def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dic
     text = table(rows)
     note = (non_finite_note(rows) + f"\n\n{summary['classes']} classes, {summary['queries']} queries (first row); "
             f"test-time inner loop: {first.inner_steps} step(s), rate {first.inner_lr}. "
-            "mIoU = mean over classes of the class's mean query IoU; ± is the 95% confidence interval over classes.\n")
+            "mIoU = mean over classes of the class's mean query IoU; ± is the 95% confidence interval over classes. "
+            f"Protocol {PROTOCOL} (Table I): {summary['episodes']} episodes, each labelled image the support once "
+            "(no seed); summary.json also holds these episodes' summed mIoU and FB-IoU.\n")
     per_class = io.StringIO()
     w = csv.writer(per_class)
-    w.writerow(["class", "queries", "loss", *METRICS, "setting"])
+    w.writerow(["class", "queries", "loss", *METRICS, "setting", "protocol"])
     for title, result in results.items():
         for name, s in result.per_class().items():
-            w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS), title])
+            w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS), title, PROTOCOL])
     # Each file whole or absent: the run being trained (or another evaluate) may write here too.
     write_atomically(os.path.join(out_dir, "table.md"), text + note)
     write_atomically(os.path.join(out_dir, "per_class.csv"), per_class.getvalue())

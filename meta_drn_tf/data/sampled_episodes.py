@@ -1,0 +1,130 @@
+"""Seeded random episodes over a Benchmark, as the field draws them (HSNet's protocol), each decoded
+only when it is needed: no data set is ever held in memory.
+
+    episodes = sample_episodes(benchmark, shots=1, seed=0)         # the field's count for the benchmark
+    for task in decoded(episodes, size=224):                        # decoded a few episodes ahead
+        task["query_images"], task["query_ignore"]
+
+Which episodes: the query of episode i is the i-th photo of a seeded order of every (photo, class)
+sample, round again when there are more episodes than samples (FSS-1000: each of its 2,400 test
+photos once; PASCAL-5i: 1,000 over a fold's few hundred); with `balanced_classes` (COCO-20i) a
+class is drawn first, then its query. The supports are drawn from the query's class, never the
+query's own photo. PerSeg's supports are each object's first photos (`fixed_support`).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+from absl import logging
+
+from meta_drn_tf.data import images
+from meta_drn_tf.data.benchmarks import Benchmark, Sample
+from meta_drn_tf.data.label_maps import IGNORE
+from meta_drn_tf.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One episode: its class, its support samples and its query."""
+
+    class_name: str
+    supports: tuple[Sample, ...]
+    query: Sample
+
+
+def _usable(benchmark: Benchmark, shots: int) -> dict[str, list[Sample]]:
+    """The classes with `shots` supports besides a query (photos, not samples: a photo is never its
+    own support); the others are named in a warning and left out."""
+    usable = {name: samples for name, samples in benchmark.samples.items() if len({s.image for s in samples}) > shots}
+    short = [name for name in benchmark.samples if name not in usable]
+    if short:
+        logging.warning("%s: %d class(es) have too few photos for %d-shot episodes and are left out: %s",
+                        benchmark.name, len(short), shots, ", ".join(short[:10]))
+    if not usable:
+        raise DataError(f"{benchmark.name}: no class has {shots + 1} photos, as a {shots}-shot episode needs")
+    return usable
+
+
+def sample_episodes(benchmark: Benchmark, shots: int = 1, episodes: int | None = None, seed: int = 0) -> list[Episode]:
+    """The episodes of `benchmark` drawn with `seed` (the same seed, the same episodes).
+
+    Args:
+        benchmark: the classes and their samples.
+        shots: supports per episode.
+        episodes: how many (default: the benchmark's own count; 0 there: one per sample).
+        seed: the seed of the draw.
+    """
+    classes = _usable(benchmark, shots)
+    if benchmark.fixed_support:
+        return [Episode(c, tuple(s[:shots]), q) for c, s in classes.items() for q in s[shots:]]
+    rng = np.random.default_rng(seed)
+    queries = [(c, s) for c, samples in classes.items() for s in samples]
+    count = episodes or benchmark.episodes or len(queries)
+    order = rng.permutation(len(queries))
+    names = list(classes)
+    drawn = []
+    for i in range(count):
+        if benchmark.balanced_classes:  # COCO-20i: each query's class first, uniformly
+            name = names[rng.integers(len(names))]
+            query = classes[name][rng.integers(len(classes[name]))]
+        else:
+            name, query = queries[order[i % len(queries)]]
+        candidates = [s for s in classes[name] if s.image != query.image]
+        picks = rng.choice(len(candidates), shots, replace=False)
+        drawn.append(Episode(name, tuple(candidates[j] for j in sorted(picks)), query))
+    return drawn
+
+
+def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A sample's RGB photo, its {0,1} mask and its ignored pixels (bool; None without a label map),
+    each at the photo's own size."""
+    photo = images.read_photo(sample.image)
+    if sample.label is None:
+        return photo, images.read_mask(sample.annotation, photo.shape[:2]), None
+    labels = images.read_label_map(sample.annotation, photo.shape[:2])
+    return photo, (labels == sample.label).astype(np.uint8), labels == IGNORE
+
+
+def episode_task(episode: Episode, size: int, original_size: bool = False) -> dict:
+    """An episode decoded as a task dict: `support_images` `(k, S, S, 3)` and `query_images`
+    `(1, S, S, 3)` in [0, 1], `support_masks`, `query_masks` `(., S, S, 1)` {0, 1}, `query_ignore`
+    `(1, S, S)` bool, and `class_name`; with `original_size`, also the query's own mask and ignored
+    pixels at its photo's size (`query_mask_original`, `query_ignore_original`)."""
+    shape = (size, size)
+    supports = [read_sample(s) for s in episode.supports]
+    photo, mask, ignore = read_sample(episode.query)
+    ignore = np.zeros(mask.shape, bool) if ignore is None else ignore
+    task = {
+        "class_name": episode.class_name,
+        "support_images": np.stack([images.resize_photo(p, shape) for p, _, _ in supports]).astype(np.float32) / 255,
+        "support_masks": np.stack([images.resize_mask(m, shape) for _, m, _ in supports])[..., None].astype(np.float32),
+        "query_images": images.resize_photo(photo, shape)[None].astype(np.float32) / 255,
+        "query_masks": images.resize_mask(mask, shape)[None, ..., None].astype(np.float32),
+        "query_ignore": images.resize_mask(ignore, shape)[None].astype(bool),
+    }
+    if original_size:
+        task["query_mask_original"], task["query_ignore_original"] = mask, ignore
+    return task
+
+
+def prefetched(function: Callable, items: Iterable, ahead: int = 16, workers: int = 4) -> Iterator:
+    """`function(item)` of each item in order, computed by `workers` threads at most `ahead` items
+    ahead of the consumer (OpenCV's decoders release the GIL; the memory held stays bounded)."""
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def decoded(episodes: list[Episode], size: int, original_size: bool = False) -> Iterator[dict]:
+    """`episode_task` of each episode in order, decoded a few episodes ahead in threads."""
+    return prefetched(lambda e: episode_task(e, size, original_size), episodes)
