@@ -134,11 +134,12 @@ def validation_curve(model_dir: str, tag: str = "miou@0.5") -> tuple[list[float]
 
 
 def table(outcomes: list[Outcome]) -> str:
-    """The Markdown table: per configuration, mean over seeds (± 95% CI over test classes, mean over seeds)."""
+    """The Markdown table: per configuration, mean over seeds (± 95% CI over test classes, mean over seeds),
+    and the field's summed mIoU and FB-IoU of the same test episodes (± their spread over seeds)."""
     import numpy as np
 
-    lines = ["| configuration | mIoU@0.5 | mIoU@0.35 | soft IoU | wall time | peak RSS | meta-steps |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | mIoU@0.5 | mIoU@0.35 | soft IoU | summed mIoU@0.5 | FB-IoU@0.5 | wall time | peak RSS "
+             "| meta-steps |", "|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(o.name for o in outcomes):
         runs = [o for o in outcomes if o.name == name]
 
@@ -147,7 +148,12 @@ def table(outcomes: list[Outcome]) -> str:
             spread = f", seeds ±{np.std([r.test[metric] for r in runs]):.4f}" if len(runs) > 1 else ""
             return f"{mean:.4f} ± {ci:.4f}{spread}"
 
+        def summed(metric, runs=runs):  # the field's scores of the same episodes: no interval over classes
+            values = [r.test.get(metric, float("nan")) for r in runs]
+            return f"{np.mean(values):.4f}" + (f" ± {np.std(values):.4f}" if len(runs) > 1 else "")
+
         lines.append(f"| {name} | {cell('iou@0.5')} | {cell('iou@0.35')} | {cell('soft_iou')} | "
+                     f"{summed('summed_miou@0.5')} | {summed('fb_iou@0.5')} | "
                      f"{np.mean([r.wall_s for r in runs]):.0f} s | {max(r.peak_rss_gib for r in runs):.2f} GiB | "
                      f"{runs[0].meta_steps} |")
     from meta_drn_tf.training.evaluation import non_finite_note

@@ -21,6 +21,8 @@ from meta_drn_tf.data import fss1000, label_maps
 from meta_drn_tf.errors import DataError
 
 SEE = "see docs/field.md for the layout"
+# The cross-domain benchmark's protocol: 600 episodes, classes in turn, averaged over 5 seeds.
+CROSS_DOMAIN = {"episodes": 600, "seeds": 5, "draw": "class_in_turn"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,9 @@ class Benchmark:
         episodes: the field's number of episodes (0: one per sample, each the query once).
         fixed_support: each class's first samples are the supports of every episode (PerSeg).
         seeds: how many seeds the field averages over (5 for the cross-domain sets).
-        balanced_classes: each episode's class is drawn first, uniformly, then its query (COCO-20i).
+        draw: how a query is drawn: "each" (every sample once per round, in a seeded order: FSS-1000,
+            PASCAL-5i), "random_class" (a class drawn uniformly, then its query: COCO-20i) or
+            "class_in_turn" (episode i's class is the (i mod n)-th, its query drawn: the cross-domain sets).
     """
 
     name: str
@@ -56,7 +60,7 @@ class Benchmark:
     episodes: int = 0
     fixed_support: bool = False
     seeds: int = 1
-    balanced_classes: bool = False
+    draw: str = "each"
 
     @property
     def class_names(self) -> list[str]:
@@ -125,7 +129,7 @@ def read_deepglobe(root: str) -> Benchmark:
         photos = sorted(glob.glob(os.path.join(base, name, "test", "origin", "*.jpg")))
         classes[name] = [(p, os.path.join(base, name, "test", "groundtruth", os.path.basename(p)[:-4] + ".png"))
                          for p in photos]
-    return _binary_classes("Deepglobe", classes, episodes=600, seeds=5)
+    return _binary_classes("Deepglobe", classes, **CROSS_DOMAIN)
 
 
 ISIC_PHOTOS, ISIC_MASKS = "ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"
@@ -144,7 +148,7 @@ def read_isic(root: str) -> Benchmark:
                          for p in photos]
     if not classes:
         raise DataError(f"{photos_dir}: no class folders (1, 2, 3) of photos; {SEE}")
-    return _binary_classes("ISIC2018", classes, episodes=600, seeds=5)
+    return _binary_classes("ISIC2018", classes, **CROSS_DOMAIN)
 
 
 def read_chest_xray(root: str) -> Benchmark:
@@ -156,7 +160,7 @@ def read_chest_xray(root: str) -> Benchmark:
         stem = os.path.basename(mask)[:-4].removesuffix("_mask")
         pairs.append((os.path.join(base, "CXR_png", stem + ".png"), mask))
     _require_files([photo for photo, _ in pairs], "the photo of a mask")
-    return _binary_classes("Chest X-ray", {"lung": pairs}, episodes=600, seeds=5)
+    return _binary_classes("Chest X-ray", {"lung": pairs}, **CROSS_DOMAIN)
 
 
 def read_pascal5i(root: str, fold: int, split: str = "test") -> Benchmark:
@@ -180,7 +184,7 @@ def read_coco20i(root: str, fold: int, split: str = "test") -> Benchmark:
     ids = test if split == "test" else [c for c in range(1, 81) if c not in test]
     index = label_maps.coco_index(base, "val2014" if split == "test" else "train2014")
     return _label_map_benchmark(f"COCO-20i fold {fold} {split}", index, ids, label_maps.COCO_CLASSES,
-                                balanced_classes=True)
+                                draw="random_class")
 
 
 def _label_map_benchmark(name: str, index: label_maps.Index, ids: list[int], names: tuple[str, ...],

@@ -3,7 +3,8 @@ COCO-20i's folds are drawn from, read off the data's own annotations.
 
 Reading every label map takes minutes for COCO (123k files), so the answer is kept in the user's
 cache folder (`$XDG_CACHE_HOME/meta_drn_tf`, else `~/.cache/meta_drn_tf`), never in the data's
-folder, and read again whenever the folder's file count or modification time changes.
+folder, and read again whenever the folder's modification time changes (a file added, removed or
+renamed; a label map rewritten in place is not noticed: delete the cache file then).
 """
 
 from __future__ import annotations
@@ -58,30 +59,30 @@ def _cache_path(folder: str) -> str:
     return os.path.join(cache, "meta_drn_tf", f"label_maps-{digest}.json")
 
 
-def _stamp(folder: str, names: list[str]) -> list:
-    return [len(names), os.stat(folder).st_mtime_ns]
-
-
 def labels_of(folder: str, names: list[str]) -> dict[str, list[int]]:
-    """{name: class ids} of the label maps `folder/<name>.png`, read in parallel with a progress bar,
-    or from the cache when the folder has not changed since."""
-    path, stamp = _cache_path(folder), _stamp(folder, names)
+    """{name: class ids} of the label maps `folder/<name>.png`: those the cache holds for the folder as
+    it is (its modification time changes when a file is added, removed or renamed), the others read in
+    parallel with a progress bar and added to it."""
+    path, stamp = _cache_path(folder), os.stat(folder).st_mtime_ns
+    cached: dict[str, list[int]] = {}
     try:
         with open(path) as f:
-            cached = json.load(f)
-        if cached["stamp"] == stamp and set(names) <= set(cached["labels"]):
-            return {n: cached["labels"][n] for n in names}
-    except (OSError, ValueError, KeyError):  # none yet, or damaged: read again
+            saved = json.load(f)
+        if saved["stamp"] == stamp:
+            cached = saved["labels"]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: read them again
         pass
-    found = decode_all(lambda n: class_ids(os.path.join(folder, n + ".png")), names,
-                       f"Reading the classes of {len(names)} label maps in {folder} (once: kept in {path})")
-    labels = dict(zip(names, found))
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomically(path, json.dumps({"folder": os.path.abspath(folder), "stamp": stamp, "labels": labels}))
-    except OSError:  # a read-only home: read them again next time
-        pass
-    return labels
+    todo = [n for n in names if n not in cached]
+    if todo:
+        found = decode_all(lambda n: class_ids(os.path.join(folder, n + ".png")), todo,
+                           f"Reading the classes of {len(todo)} label maps in {folder} (once: kept in {path})")
+        cached.update(zip(todo, found))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomically(path, json.dumps({"folder": os.path.abspath(folder), "stamp": stamp, "labels": cached}))
+        except OSError:  # a read-only home: read them again next time
+            pass
+    return {n: cached[n] for n in names}
 
 
 def _index(photos: str, annotations: str, names: list[str]) -> Index:

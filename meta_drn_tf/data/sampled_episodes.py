@@ -5,11 +5,13 @@ only when it is needed: no data set is ever held in memory.
     for task in decoded(episodes, size=224):                        # decoded a few episodes ahead
         task["query_images"], task["query_ignore"]
 
-Which episodes: the query of episode i is the i-th photo of a seeded order of every (photo, class)
-sample, round again when there are more episodes than samples (FSS-1000: each of its 2,400 test
-photos once; PASCAL-5i: 1,000 over a fold's few hundred); with `balanced_classes` (COCO-20i) a
-class is drawn first, then its query. The supports are drawn from the query's class, never the
-query's own photo. PerSeg's supports are each object's first photos (`fixed_support`).
+Which episodes (`Benchmark.draw`): "each": the query of episode i is the i-th sample of a seeded
+order of every (photo, class) sample, round again when there are more episodes than samples
+(FSS-1000: each of its 2,400 test photos once; PASCAL-5i: 1,000 over a fold's few hundred);
+"random_class" (COCO-20i): a class drawn uniformly, then its query; "class_in_turn" (Deepglobe,
+ISIC2018, Chest X-ray): episode i's class is the (i mod n)-th, its query drawn. The supports are
+drawn from the query's class, never the query's own photo. PerSeg's supports are each object's
+first photos (`fixed_support`).
 """
 
 from __future__ import annotations
@@ -69,11 +71,11 @@ def sample_episodes(benchmark: Benchmark, shots: int = 1, episodes: int | None =
     names = list(classes)
     drawn = []
     for i in range(count):
-        if benchmark.balanced_classes:  # COCO-20i: each query's class first, uniformly
-            name = names[rng.integers(len(names))]
-            query = classes[name][rng.integers(len(classes[name]))]
-        else:
+        if benchmark.draw == "each":
             name, query = queries[order[i % len(queries)]]
+        else:
+            name = names[rng.integers(len(names)) if benchmark.draw == "random_class" else i % len(names)]
+            query = classes[name][rng.integers(len(classes[name]))]
         candidates = [s for s in classes[name] if s.image != query.image]
         picks = rng.choice(len(candidates), shots, replace=False)
         drawn.append(Episode(name, tuple(candidates[j] for j in sorted(picks)), query))
