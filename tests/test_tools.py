@@ -131,3 +131,37 @@ def test_gpu_check_refuses_a_flag_as_its_hlo_folder(tmp_path):
     assert result.returncode != 0 and "looks like a flag, not a folder: give the folder as --hlo=FOLDER" in (
         result.stderr)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_coco_label_maps_draws_polygons_and_crowds_with_the_80_class_order(tmp_path):
+    """Categories 1 and 90 become 1 and 2 (their order among the ids); a crowd's run-length counts go
+    column by column; a large object is drawn first, a small one over it; a second run keeps the files."""
+    import cv2
+    import numpy as np
+
+    coco = {"images": [{"id": 7, "file_name": "COCO_val2014_7.jpg", "height": 6, "width": 8},
+                       {"id": 8, "file_name": "COCO_val2014_8.jpg", "height": 6, "width": 8}],
+            "categories": [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}],
+            "annotations": [
+                {"image_id": 7, "category_id": 1, "iscrowd": 0, "area": 4.0,
+                 "segmentation": [[2, 1, 3, 1, 3, 2, 2, 2]]},
+                {"image_id": 7, "category_id": 90, "iscrowd": 0, "area": 30.0,
+                 "segmentation": [[0, 0, 5, 0, 5, 4, 0, 4]]},
+                {"image_id": 8, "category_id": 90, "iscrowd": 1, "area": 3.0,
+                 "segmentation": {"size": [6, 8], "counts": [7, 3, 38]}}]}
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    out = tmp_path / "val2014"
+    args = [sys.executable, os.path.join(ROOT, "tools", "coco_label_maps.py"),
+            f"--annotations={tmp_path / 'instances.json'}", f"--out={out}"]
+    assert warm.run(args, capture_output=True, text=True, timeout=120).returncode == 0
+    first = cv2.imread(str(out / "COCO_val2014_7.png"), cv2.IMREAD_UNCHANGED)
+    assert first[0:5, 0:6].min() >= 1 and first[3, 1] == 2 and first[1:3, 2:4].tolist() == [[1, 1], [1, 1]]
+    assert first[5].max() == 0 and first[:, 6:].max() == 0
+    crowd = cv2.imread(str(out / "COCO_val2014_8.png"), cv2.IMREAD_UNCHANGED)
+    expected = np.zeros((6, 8), np.uint8)
+    expected[1:4, 1] = 2                                   # flat positions 7-9: column 1, rows 1-3
+    np.testing.assert_array_equal(crowd, expected)
+    stamp = os.stat(out / "COCO_val2014_8.png").st_mtime_ns
+    assert warm.run(args, capture_output=True, text=True, timeout=120).returncode == 0
+    assert os.stat(out / "COCO_val2014_8.png").st_mtime_ns == stamp
