@@ -1,11 +1,14 @@
 """meta_drn_tf: meta-learned 1-shot image segmentation (Meta-DRN) in TensorFlow / Keras 3.
 
 The commands users type are the modules at this level (`python -m meta_drn_tf.train`,
-`evaluate`, `export`, `segment`, `model`, `app`); the library lives in the subpackages:
+`evaluate`, `export`, `segment`, `summary`, `app`), beside five leaves the library shares
+(`errors`, `hardware`, `paths`, `progress`, `settings`); the library lives in the subpackages:
 `network` (layers, the model, kernel policy), `meta` (adaptation, meta-learning, one module
-per algorithm), `data` (datasets and episodes), `runs` (a run's configuration `RunConfig`,
-its directory and learner), `training` (trainer, controller and actions, evaluation) and
-`serving` (SavedModel export, `Segmenter`, TFLite, mask files). docs/architecture.md draws them.
+per algorithm), `data` (datasets, the field's benchmarks, episodes), `runs` (a run's
+configuration `RunConfig`, its directory and learner), `training` (trainer, controller and
+actions, evaluation), `serving` (SavedModel export, `Segmenter`, TFLite, mask files),
+`results` (metrics and pictures) and `cli` (what every command shares). `bench` holds
+measurement code the product never imports. docs/architecture.md draws them.
 """
 
 from importlib import metadata as _metadata

@@ -65,7 +65,8 @@ class StandInTask:
         return {"loss": tf.constant(loss), "grad_norm": tf.constant(1.0), "finite": tf.constant(float(finite))}
 
     def validate(self):
-        return {"soft_iou": self.soft_ious.pop(0), "loss": 0.1, "iou@0.5": 0.2, "iou@0.35": 0.3}, []
+        return {"soft_iou": self.soft_ious.pop(0), "loss": 0.1, "iou@0.5": 0.2, "iou@0.35": 0.3,
+                "summed_miou@0.5": 0.25, "fb_iou@0.5": 0.6, "summed_miou@0.35": 0.35, "fb_iou@0.35": 0.65}, []
 
 
 @pytest.fixture(autouse=True)

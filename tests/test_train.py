@@ -107,6 +107,9 @@ def test_tensorboard_lists_the_runs_figures_under_scalars(finished_run):
     assert {"soft_iou", "miou@0.5", "miou@0.35", "loss", "non_finite_queries", "epoch"} <= set(scalars["validation"])
     assert [p.value for p in scalars["validation"]["epoch"]] == [1.0]
     assert 0 <= scalars["validation"]["soft_iou"][0].value <= 1
+    # The field's scores of the same episodes, beside the paper's.
+    assert {"summed_miou@0.5", "fb_iou@0.5", "summed_miou@0.35", "fb_iou@0.35"} <= set(scalars["validation"])
+    assert 0 <= scalars["validation"]["fb_iou@0.5"][0].value <= 1
     assert all(np.isfinite(p.value) for run in scalars.values() for points in run.values() for p in points)
 
 

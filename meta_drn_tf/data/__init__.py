@@ -1,4 +1,5 @@
-"""Data: FSS-1000-layout folders, the embedded synthetic dataset, episodic pipelines."""
+"""Data: FSS-1000-layout folders, the embedded synthetic dataset, episodic pipelines; the field's
+benchmarks (`benchmarks.py`) read as file indexes and decoded one episode at a time (`sampled_episodes.py`)."""
 
 from __future__ import annotations
 

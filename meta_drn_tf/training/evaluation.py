@@ -298,10 +298,11 @@ def write_reports(results: dict[str, EvalResult], out_dir: str) -> dict[str, dic
             "(no seed); summary.json also holds these episodes' summed mIoU and FB-IoU.\n")
     per_class = io.StringIO()
     w = csv.writer(per_class)
-    w.writerow(["class", "queries", "loss", *METRICS, "setting", "protocol"])
+    w.writerow(["class", "queries", "loss", *METRICS, "setting", "protocol", "episodes"])
     for title, result in results.items():
         for name, s in result.per_class().items():
-            w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS), title, PROTOCOL])
+            w.writerow([name, s["queries"], f"{s['loss']:.5f}", *(f"{s[m]:.5f}" for m in METRICS), title, PROTOCOL,
+                        rows[title]["episodes"]])
     # Each file whole or absent: the run being trained (or another evaluate) may write here too.
     write_atomically(os.path.join(out_dir, "table.md"), text + note)
     write_atomically(os.path.join(out_dir, "per_class.csv"), per_class.getvalue())
