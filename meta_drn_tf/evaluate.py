@@ -50,9 +50,10 @@ def define_flags() -> None:
                          "hsnet: episodes per seed (0: the field's count for --dataset).")
     flags.DEFINE_list("protocol", None, "paper (Table I, the default for FSS-1000) and/or hsnet (the field's seeded "
                       "episodes, summed-IoU mIoU and FB-IoU; the default for the other data sets).")
-    flags.DEFINE_enum("dataset", "fss1000", list(DATASETS), "Which benchmark --data_dir holds, in its own layout "
-                      "(docs/field.md); all but fss1000 are evaluated with --protocol=hsnet.")
-    flags.DEFINE_integer("fold", 0, "pascal5i, coco20i: the fold (0-3) whose classes are evaluated.")
+    flags.DEFINE_enum("dataset", None, list(DATASETS), "Which benchmark --data_dir holds, in its own layout "
+                      "(docs/field.md; default: the run's); all but fss1000 are evaluated with --protocol=hsnet.")
+    flags.DEFINE_integer("fold", None, "pascal5i, coco20i: the fold (0-3) whose classes are evaluated (default: "
+                         "the run's).")
     flags.DEFINE_integer("seed", 0, "hsnet: the first seed of the episodes.")
     flags.DEFINE_integer("runs", 0, "hsnet: seeds to average over, from --seed (0: the field's: 5 for deepglobe, "
                          "isic and chest_xray, else 1).")
@@ -69,7 +70,7 @@ def define_flags() -> None:
     cli.check_paths(model_dir="folder", data_dir="folder", classes_file="file", out_dir="new_folder")
     flags.register_validator("episodes", lambda n: n >= 0, message="must be 0 (all) or more")
     flags.register_validator("runs", lambda n: n >= 0, message="must be 0 (the field's) or more")
-    flags.register_validator("fold", lambda n: 0 <= n <= 3, message="folds are 0 to 3")
+    flags.register_validator("fold", lambda n: n is None or 0 <= n <= 3, message="folds are 0 to 3")
     flags.register_validator("protocol", lambda v: v is None or (v and set(v) <= {"paper", "hsnet"}),
                              message="give paper, hsnet or paper,hsnet")
     flags.register_validator("inner_steps", lambda n: n is None or n >= 1, message="must be at least 1")
@@ -153,10 +154,22 @@ def _which() -> str:
     return f"{FLAGS.dataset}_fold{FLAGS.fold}" if FLAGS.dataset in ("pascal5i", "coco20i") else FLAGS.dataset
 
 
+def _defaults_from_the_run() -> None:
+    """--dataset and --fold default to the run's, and so does --data_dir for a run's own PASCAL-5i or COCO-20i."""
+    from meta_drn_tf.runs.config import RunConfig
+
+    data = RunConfig.load(FLAGS.model_dir).data
+    FLAGS.dataset = FLAGS.dataset or data.dataset
+    FLAGS.fold = data.fold if FLAGS.fold is None else FLAGS.fold
+    if FLAGS.dataset != "fss1000" and FLAGS.dataset == data.dataset and FLAGS.data_dir is None:
+        FLAGS.data_dir = data.data_dir
+
+
 def main(argv):
     del argv
     from meta_drn_tf.runs import learners
 
+    _defaults_from_the_run()
     protocols = _protocols()
     data_dir = FLAGS.data_dir if FLAGS.dataset == "fss1000" else None  # the run's own data otherwise
     learner, config = learners.restore_learner(FLAGS.model_dir, FLAGS.checkpoint, data_dir=data_dir,

@@ -32,14 +32,21 @@ def define_flags() -> None:
 def check_data(run) -> None:
     """Prints each split's classes and images, as training would read them; a DataError names bad files,
     a ConfigError flags that the run in --model_dir would refuse (what `train` would say first)."""
-    from meta_drn_tf.data import load_splits
+    from meta_drn_tf.data import benchmark_splits, load_splits
     from meta_drn_tf.runs.directory import RunDirectory
 
     if not run.trainer.fresh:
         RunDirectory(run.model_dir).differences(run)
 
-    banks = load_splits(run.data, ("train", "val", "test"), run.network.image_size, seed=run.seed)
     where = run.data.data_dir or "the embedded synthetic dataset"
+    if run.data.dataset != "fss1000":  # every file of the folds indexed, as training will read them
+        print(f"{where}, {run.data.dataset} fold {run.data.fold}:")
+        for split, benchmark in benchmark_splits(run.data, ("train", "val", "test")).items():
+            print(f"  {split:5s} {benchmark.name}: {benchmark.num_classes} classes, {benchmark.num_samples} "
+                  "labelled photos")
+        print("ready: python -m meta_drn_tf.train with the same flags, without --check_data")
+        return
+    banks = load_splits(run.data, ("train", "val", "test"), run.network.image_size, seed=run.seed)
     print(f"{where} at {run.network.image_size}x{run.network.image_size}:")
     for split, bank in banks.items():
         usable = bank.nonempty.sum()

@@ -292,3 +292,50 @@ def test_the_fields_fss1000_split_is_520_240_240_with_the_papers_test_classes():
     assert {s: len(c) for s, c in field.items()} == {"train": 520, "val": 240, "test": 240}
     assert field["test"] == paper["test"] and set(paper["val"]) < set(field["val"])
     assert set(field["train"]) < set(paper["train"]) and not set(field["val"]) & set(field["test"])
+
+
+def test_file_training_tasks_are_a_function_of_the_seed_and_task(tmp_path):
+    from meta_drn_tf.data.episodes import file_training_tasks
+
+    write_pascal(str(tmp_path), per_class=3)
+    train = read_benchmark("pascal5i", str(tmp_path), fold=0, split="train")
+    first = list(file_training_tasks(train, SIZE, shots=1, queries=2, seed=3, num_tasks=4).as_numpy_iterator())
+    again = list(file_training_tasks(train, SIZE, shots=1, queries=2, seed=3, start_task=2, num_tasks=2)
+                 .as_numpy_iterator())
+    for a, b in zip(first[2:], again):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])         # a resumed pipeline reads the same tasks
+    plain = next(file_training_tasks(train, SIZE, 1, 2, seed=3, augment=False, num_tasks=1).as_numpy_iterator())
+    assert plain["support_images"].shape == (1, SIZE, SIZE, 3) and plain["query_masks"].shape == (2, SIZE, SIZE, 1)
+    assert set(np.unique(plain["support_masks"])) <= {0.0, 1.0} and plain["support_masks"].any()
+    other = next(file_training_tasks(train, SIZE, 1, 2, seed=4, augment=False, num_tasks=1).as_numpy_iterator())
+    assert not np.array_equal(plain["query_images"], other["query_images"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_training_on_a_pascal5i_fold_validates_and_tests_on_its_held_out_classes(tmp_path):
+    root = write_pascal(str(tmp_path / "data"), per_class=3)
+    model_dir = tmp_path / "run"
+    flags = ["--dataset=pascal5i", "--fold=2", f"--data_dir={root}", f"--model_dir={model_dir}", "--image_size=16",
+             "--width=0.0625", "--queries=1", "--epochs=1", "--tasks_per_epoch=4", "--meta_batch_size=2",
+             "--val_episodes=6", "--export_at_end=false", "--baseline_at_end=false"]
+    check = warm.run([sys.executable, "-m", "meta_drn_tf.train", *flags, "--check_data"], capture_output=True,
+                     text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "train PASCAL-5i fold 2 train: 15 classes" in check.stdout
+    assert "val   PASCAL-5i fold 2 test: 5 classes" in check.stdout
+    assert not model_dir.exists()                                    # --check_data writes nothing
+    done = warm.run([sys.executable, "-m", "meta_drn_tf.train", *flags], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train: 15 classes, validation: 5 classes" in done.stdout
+    report = json.loads((model_dir / "test" / "summary_hsnet.json").read_text())
+    assert report["benchmark"] == "PASCAL-5i fold 2 test" and next(iter(report["rows"].values()))["episodes"] == 1000
+    evaluated = warm.run([sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={model_dir}", "--episodes=5",
+                          "--nobaseline"], capture_output=True, text=True, timeout=300)   # the run's data set
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "PASCAL-5i fold 2 test" in evaluated.stdout and "protocol hsnet" in evaluated.stdout
+    os.remove(os.path.join(root, "JPEGImages", "2008_01t1.jpg"))
+    broken = warm.run([sys.executable, "-m", "meta_drn_tf.train", *flags, "--check_data", "--fresh"],
+                      capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 5 and "2008_01t1.jpg: the photo of a label map is missing" in broken.stderr

@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 
 from meta_drn_tf.data.bank import ImageBank
+from meta_drn_tf.data.benchmarks import Benchmark, read_benchmark
 from meta_drn_tf.data.config import DataConfig
 from meta_drn_tf.data.fss1000 import discover_classes, listed_classes, load_bank, split_classes
 from meta_drn_tf.data.synthetic import synthetic_splits
 from meta_drn_tf.errors import DataError
 
-__all__ = ["DataError", "ImageBank", "load_split", "load_splits"]
+__all__ = ["DataError", "ImageBank", "benchmark_splits", "load_split", "load_splits"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -28,6 +29,15 @@ def _synthetic_splits(splits: tuple[str, ...], dataset: dict[str, ImageBank],
         listed = listed_classes(classes_file, banks["all"].class_names, "the synthetic dataset")
         return {splits[0]: banks["all"].subset(listed)}
     return {s: banks[s] for s in splits}
+
+
+def benchmark_splits(config: DataConfig, splits: tuple[str, ...]) -> dict[str, Benchmark]:
+    """The splits of a run on PASCAL-5i or COCO-20i (`config.dataset`), as file indexes read one episode at
+    a time: "train", the classes of the folds other than `config.fold`; "val" and "test", that fold's
+    classes, on which the field also chooses its best checkpoint."""
+    held_out = read_benchmark(config.dataset, config.data_dir, config.fold, "test")
+    return {s: read_benchmark(config.dataset, config.data_dir, config.fold, "train") if s == "train" else held_out
+            for s in splits}
 
 
 def load_split(config: DataConfig, split: str, image_size: int, **kwargs) -> ImageBank:

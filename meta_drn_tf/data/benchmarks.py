@@ -66,6 +66,14 @@ class Benchmark:
     def class_names(self) -> list[str]:
         return list(self.samples)
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(s) for s in self.samples.values())
+
 
 def _located(root: str, inside: str, marker: str, flag: str = "--data_dir") -> str:
     """`root`, or its subfolder `inside` (the name the field's code expects under its data path), as

@@ -14,6 +14,11 @@ class DataConfig(Settings):
 
     data_dir: str = setting("", "FSS-1000 (or a folder in its layout: ROOT/<class>/<n>.jpg + <n>.png). "
                                 "Empty: the embedded synthetic dataset.")
+    dataset: str = setting("fss1000", "What --data_dir holds: fss1000 (or a folder in its layout), or pascal5i or "
+                                      "coco20i in their own layouts, trained on the classes of the other folds than "
+                                      "--fold and validated on --fold's, as the field does (docs/field.md).",
+                           choices=("fss1000", "pascal5i", "coco20i"))
+    fold: int = setting(0, "pascal5i, coco20i: the fold (0-3) whose classes are held out.", minimum=0)
     fss_split: str = setting("paper", "FSS-1000's classes: paper (700 train / 60 validation / 240 test, the "
                              "paper's) or field (520 / 240 / 240, as HSNet and the methods after it train; the "
                              "same 240 test classes).", choices=("paper", "field"))
@@ -27,6 +32,10 @@ class DataConfig(Settings):
     queries: int = setting(5, "Query images per training task (q).", minimum=1)
 
     def _rules(self) -> Iterator[tuple[str, str]]:
+        if self.dataset != "fss1000" and not self.data_dir:
+            yield "dataset", f"{self.dataset} is read from --data_dir: give where it is"
+        if self.fold > 3:
+            yield "fold", "folds are 0 to 3"
         for name in ("val_classes_file", "test_classes_file"):
             if getattr(self, name) and not self.data_dir:
                 yield name, "lists classes of a --data_dir dataset; the synthetic dataset's split is fixed"

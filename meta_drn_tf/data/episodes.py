@@ -1,4 +1,4 @@
-"""Episodic tf.data pipelines over an ImageBank.
+"""Episodic tf.data pipelines over an ImageBank, or over a Benchmark's files (`file_training_tasks`).
 
 Training tasks: task number t draws, from stateless random numbers keyed on
 (seed, t), one class and k + q of its images without replacement (the k
@@ -22,6 +22,10 @@ import tensorflow as tf
 
 from meta_drn_tf.data.augment import augment_task
 from meta_drn_tf.data.bank import ImageBank
+from meta_drn_tf.data.benchmarks import Benchmark
+from meta_drn_tf.data.images import resize_mask, resize_photo
+from meta_drn_tf.data.sampled_episodes import read_sample
+from meta_drn_tf.errors import DataError
 
 
 class BankTensors:
@@ -85,27 +89,65 @@ def training_tasks(
     slots = tf.range(n_max)
 
     def make_task(t):
-        key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0x5EED], tf.int64), t)
-        keys = tf.random.experimental.stateless_split(key, 3)
+        keys = _task_keys(seed, t)
         c = tf.gather(eligible, tf.random.stateless_uniform([], keys[0], 0, tf.size(eligible), tf.int32))
         u = tf.random.stateless_uniform([n_max], keys[1])
         index = _task_slots(u, slots >= tensors.counts[c], ~tensors.nonempty[c], shots, queries)
-        images = tf.cast(tf.gather(tensors.images[c], index), tf.float32) / 255.0
-        masks = tf.cast(tf.gather(tensors.masks[c], index), tf.float32)[..., None]
-        if augment:
-            images, masks = augment_task(images, masks, keys[2])
-        return {
-            "support_images": images[:shots],
-            "support_masks": masks[:shots],
-            "query_images": images[shots:],
-            "query_masks": masks[shots:],
-        }
+        return _task(tf.gather(tensors.images[c], index), tf.gather(tensors.masks[c], index), shots,
+                     keys[2] if augment else None)
 
+    return _mapped(make_task, task_ids, start_task, num_tasks)
+
+
+def _task_keys(seed: int, t: tf.Tensor) -> tf.Tensor:
+    """Task t's three stateless random keys: its class, its images, its augmentation."""
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0x5EED], tf.int64), t)
+    return tf.random.experimental.stateless_split(key, 3)
+
+
+def _task(images: tf.Tensor, masks: tf.Tensor, shots: int, augment_key: tf.Tensor | None) -> dict[str, tf.Tensor]:
+    """A task dict of k + q uint8 images `(n, H, W, 3)` and {0,1} masks `(n, H, W)`, augmented with the key."""
+    images = tf.cast(images, tf.float32) / 255.0
+    masks = tf.cast(masks, tf.float32)[..., None]
+    if augment_key is not None:
+        images, masks = augment_task(images, masks, augment_key)
+    return {"support_images": images[:shots], "support_masks": masks[:shots],
+            "query_images": images[shots:], "query_masks": masks[shots:]}
+
+
+def _mapped(make_task, task_ids: tf.data.Dataset | None, start_task: int, num_tasks: int | None) -> tf.data.Dataset:
     if task_ids is None:
         task_ids = tf.data.Dataset.range(start_task, 2**62 if num_tasks is None else start_task + num_tasks)
     # No tensor-valued control flow to convert: AutoGraph would only re-parse the augmentation's source.
     make_task = tf.autograph.experimental.do_not_convert(make_task)
     return task_ids.map(make_task, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def file_training_tasks(benchmark: Benchmark, image_size: int, shots: int = 1, queries: int = 5, seed: int = 0,
+                        augment: bool = True, start_task: int = 0, num_tasks: int | None = None,
+                        task_ids: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """`training_tasks` read from a Benchmark's files (PASCAL-5i, COCO-20i) instead of a bank: task t's
+    class and its k + q photos are drawn from (seed, t) alone, then decoded, resized to `image_size`
+    and augmented, so that a resumed run and each replica read the tasks they would have."""
+    eligible = [name for name, samples in benchmark.samples.items() if len(samples) >= shots + queries]
+    if not eligible:
+        raise DataError(f"{benchmark.name}: no class has {shots + queries} photos (shots + queries)")
+    size = (image_size, image_size)
+
+    def load(t) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([seed, int(t)])
+        samples = benchmark.samples[eligible[rng.integers(len(eligible))]]
+        pairs = [read_sample(samples[j])[:2] for j in rng.choice(len(samples), shots + queries, replace=False)]
+        return (np.stack([resize_photo(p, size) for p, _ in pairs]),
+                np.stack([resize_mask(m, size) for _, m in pairs]))
+
+    def make_task(t):
+        photos, masks = tf.numpy_function(load, [t], (tf.uint8, tf.uint8), stateful=False)
+        photos.set_shape([shots + queries, image_size, image_size, 3])
+        masks.set_shape([shots + queries, image_size, image_size])
+        return _task(photos, masks, shots, _task_keys(seed, t)[2] if augment else None)
+
+    return _mapped(make_task, task_ids, start_task, num_tasks)
 
 
 def meta_batches(tasks: tf.data.Dataset, meta_batch_size: int) -> tf.data.Dataset:

@@ -20,7 +20,7 @@ MODEL_SETTINGS = ("algo", "image_size", "width", "lslr", "per_step_norm")
 # flags.json keeps saying how the run was trained (the data may move: --data_dir may change, once set).
 RUN_SETTINGS = MODEL_SETTINGS + ("data_dir", "shots", "queries", "meta_batch_size", "seed", "tasks_per_epoch",
                                  "synthetic_classes", "synthetic_images", "inner_steps", "inner_lr", "precision",
-                                 "tf32", "fss_split")
+                                 "tf32", "fss_split", "dataset", "fold")
 MOVABLE_SETTINGS = ("data_dir",)
 
 # The run's own marker: a folder is a run's when it holds this file, which lists the top-level names the

@@ -21,11 +21,14 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from meta_drn_tf.data.bank import ImageBank
+from meta_drn_tf.data.benchmarks import Benchmark
 from meta_drn_tf.meta import MetaLearner
 from meta_drn_tf.network.config import NetworkConfig
 from meta_drn_tf.results import visualize
 from meta_drn_tf.results.metrics import THRESHOLDS
 from meta_drn_tf.serving import saved_model
+from meta_drn_tf.training.benchmark_evaluation import evaluate_field_settings
+from meta_drn_tf.training.benchmark_evaluation import write_reports as field_reports
 from meta_drn_tf.training.checkpoints import Checkpoints
 from meta_drn_tf.training.evaluation import METRICS, SUMMED_METRICS, evaluate_settings, write_reports
 
@@ -175,19 +178,25 @@ class FinalTest:
     """End action: the learner on the test classes, beside the same adaptation from a random initialisation.
 
     Args:
-        bank: the test classes.
-        out_dir: where table.md, per_class.csv and summary.json go.
+        bank: the test classes: an ImageBank (the paper's protocol), or a Benchmark (PASCAL-5i, COCO-20i:
+            the field's protocol, its seeded episodes from `seed`).
+        out_dir: where the reports go (table.md, ...; table_hsnet.md, ... for a Benchmark).
         shots: support images per episode.
         inner_steps: test-time inner steps (None: training's).
         baseline: the random-initialisation learner, or None for no baseline row.
+        image_size: the network's input size (a Benchmark's photos are resized to it).
+        seed: the first seed of a Benchmark's episodes.
     """
 
-    def __init__(self, bank: ImageBank, out_dir: str, shots: int, inner_steps: int | None,
-                 baseline: MetaLearner | None = None):
+    def __init__(self, bank: ImageBank | Benchmark, out_dir: str, shots: int, inner_steps: int | None,
+                 baseline: MetaLearner | None = None, image_size: int = 224, seed: int = 0):
         self.bank, self.out_dir, self.shots = bank, out_dir, shots
         self.inner_steps, self.baseline = inner_steps, baseline
+        self.image_size, self.seed = image_size, seed
 
     def __call__(self, learner) -> dict:
+        if isinstance(self.bank, Benchmark):
+            return self._field(learner)
         results = evaluate_settings(learner, self.baseline, self.bank, [self.shots], progress=True,
                                     inner_steps=self.inner_steps)
         rows = list(write_reports(results, self.out_dir).values())
@@ -196,6 +205,19 @@ class FinalTest:
             final["test_random_init"] = rows[1]
         print(f"test: mIoU@0.5 {final['test']['iou@0.5']:.4f}  mIoU@0.35 {final['test']['iou@0.35']:.4f} "
               f"(reports in {self.out_dir})")
+        return final
+
+    def _field(self, learner) -> dict:
+        rows, results = evaluate_field_settings(learner, self.baseline, self.bank, [self.shots], self.image_size,
+                                                list(range(self.seed, self.seed + self.bank.seeds)),
+                                                inner_steps=self.inner_steps, progress=True)
+        field_reports(self.bank.name, rows, results, self.out_dir)
+        summaries = list(rows.values())
+        final = {"test": summaries[0]}
+        if self.baseline is not None:
+            final["test_random_init"] = summaries[1]
+        print(f"test ({self.bank.name}, the field's protocol): mIoU@0.5 {final['test']['miou@0.5']:.4f}  "
+              f"FB-IoU@0.5 {final['test']['fb_iou@0.5']:.4f} (reports in {self.out_dir})")
         return final
 
 

@@ -19,7 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from meta_drn_tf.data.bank import ImageBank
+from meta_drn_tf.data.benchmarks import Benchmark
 from meta_drn_tf.data.episodes import count_evaluation_tasks, evaluation_tasks
+from meta_drn_tf.data.sampled_episodes import decoded, sample_episodes
 from meta_drn_tf.meta import Adapter
 from meta_drn_tf.meta.adapter import TASK_KEYS
 from meta_drn_tf.paths import write_atomically
@@ -176,34 +178,53 @@ def evaluate_bank(
     task with its predictions (for pictures). `learner`: an adapter, or a scorer of one kept
     between calls (its compiled function is reused).
     """
+    total = count_evaluation_tasks(bank, shots, limit, episodes_per_class)
+    tasks = evaluation_tasks(bank, shots, limit, episodes_per_class)
+    return _evaluate_tasks(learner, tasks, total, bank.class_names, inner_steps, inner_lr, progress,
+                           keep_predictions, episodes_per_call)
+
+
+def evaluate_sampled(learner: Adapter | EpisodeScorer, benchmark: Benchmark, image_size: int, shots: int = 1,
+                     episodes: int | None = None, seed: int = 0, inner_steps: int | None = None,
+                     keep_predictions: int = 0) -> tuple[EvalResult, list[dict]]:
+    """`evaluate_bank`'s scores of a Benchmark's seeded episodes (`sample_episodes`), decoded one at a
+    time at `image_size`: a run's validation on PASCAL-5i or COCO-20i, whose folds no bank holds."""
+    drawn = sample_episodes(benchmark, shots, episodes, seed)
+    return _evaluate_tasks(learner, decoded(drawn, image_size), len(drawn), benchmark.class_names, inner_steps,
+                           None, False, keep_predictions, EPISODES_PER_CALL)
+
+
+def _evaluate_tasks(learner, tasks, total: int, class_names: list[str], inner_steps, inner_lr, progress: bool,
+                    keep_predictions: int, episodes_per_call: int) -> tuple[EvalResult, list[dict]]:
     scorer = learner if isinstance(learner, EpisodeScorer) else EpisodeScorer(learner)
     learner = scorer.adapter
-    total = count_evaluation_tasks(bank, shots, limit, episodes_per_class)
     bar = progress_bar(total, unit_name="episode") if progress else None
     records, kept, e = [], [], 0
-    for chunk in _episode_chunks(evaluation_tasks(bank, shots, limit, episodes_per_class), episodes_per_call):
-        batch = {k: np.stack([task[k] for task in chunk]) for k in chunk[0] if k != "class_name"}
-        logs = scorer(batch, inner_steps=inner_steps, inner_lr=inner_lr)
-        logs = {k: v.numpy() for k, v in logs.items()}
+    for chunk in _episode_chunks(tasks, episodes_per_call):
+        batch = {k: np.stack([task[k] for task in chunk]) for k in TASK_KEYS}
+        logs = {k: v.numpy() for k, v in scorer(batch, inner_steps=inner_steps, inner_lr=inner_lr).items()}
         for i, task in enumerate(chunk):
             for q in range(task["query_images"].shape[0]):
+                ignore = task["query_ignore"][q] if "query_ignore" in task else None
                 records.append({"class": task["class_name"], "episode": e, "query": q,
                                 "loss": float(logs["loss"][i]), **{m: float(logs[m][i][q]) for m in METRICS},
                                 "non_finite": bool(logs["non_finite"][i][q]),
-                                **query_areas(logs["probabilities"][i][q], task["query_masks"][q])})
+                                **query_areas(logs["probabilities"][i][q], task["query_masks"][q], ignore)})
             if e < keep_predictions:
                 kept.append({**task, "probabilities": logs["probabilities"][i]})
             if bar is not None:
                 bar.add(1, [("soft_iou", float(np.mean(logs["soft_iou"][i])))])
             e += 1
     used_lr = f"learned ({learner.learned_rates})" if learner.learned_rates else (inner_lr or learner.config.inner_lr)
-    return EvalResult(bank.class_names, records, inner_steps or learner.config.inner_steps, used_lr), kept
+    return EvalResult(class_names, records, inner_steps or learner.config.inner_steps, used_lr), kept
 
 
-def query_areas(probabilities: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """{"areas@t": `areas(...)`} of one query `(H, W, 1)` at each threshold (None: not finite)."""
+def query_areas(probabilities: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """{"areas@t": `areas(...)`} of one query `(H, W, 1)` at each threshold (None: not finite), the
+    pixels under `ignore` `(H, W)` left out."""
     finite = bool(np.isfinite(probabilities).all())
-    return {f"areas@{t}": areas(probabilities[..., 0] > t if finite else None, mask[..., 0]) for t in THRESHOLDS}
+    return {f"areas@{t}": areas(probabilities[..., 0] > t if finite else None, mask[..., 0], ignore)
+            for t in THRESHOLDS}
 
 
 def table(rows: dict[str, dict]) -> str:

@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from meta_drn_tf import hardware
-from meta_drn_tf.data import load_splits
+from meta_drn_tf.data import benchmark_splits, load_splits
 from meta_drn_tf.errors import ConfigError, Stopped
 from meta_drn_tf.runs.config import RunConfig
 from meta_drn_tf.runs.directory import RunDirectory
@@ -108,8 +108,10 @@ class Trainer:
     def _load_data(self) -> dict:
         # Every split the run will read, decoded now: a bad file stops the run before training, not after.
         test = self.config.trainer.test_at_end and self.chief
-        return load_splits(self.config.data, ("train", "val", "test") if test else ("train", "val"),
-                           self.config.network.image_size, seed=self.config.seed)
+        splits = ("train", "val", "test") if test else ("train", "val")
+        if self.config.data.dataset != "fss1000":  # indexed now, read one task at a time while training
+            return benchmark_splits(self.config.data, splits)
+        return load_splits(self.config.data, splits, self.config.network.image_size, seed=self.config.seed)
 
     def _checkpoints(self, resources: contextlib.ExitStack) -> Checkpoints:
         """The run's checkpoints, with the latest one restored (resume)."""
@@ -172,7 +174,7 @@ class Trainer:
         if trainer.test_at_end:
             baseline = random_init_learner(config) if trainer.baseline_at_end else None
             actions.append(FinalTest(self.banks["test"], self.dirs.test, config.data.shots, trainer.eval_inner_steps,
-                                     baseline))
+                                     baseline, image_size=config.network.image_size, seed=config.seed))
         if trainer.export_at_end:
             actions.append(Export(self.dirs.export, config.network, trainer.eval_inner_steps,
                                   "cpu" if config.meta.kernels == "cpu" else "stock"))
