@@ -8,7 +8,8 @@ Measures the synthetic (in-memory) source and an FSS-layout folder on disk
 --coco_images, also a generated COCO-20i layout of that many 640x480 photos
 with label maps (the sizes COCO's are): the time to index it, episodes
 decoded per second by the evaluation's reader against episodes per second of
-the network at --size, and the process's peak memory.
+the network at --size, training tasks per second read from the files, and the
+process's peak memory.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def coco_reader(root: str) -> None:
     import resource
 
     from meta_drn_tf.data.benchmarks import read_benchmark
+    from meta_drn_tf.data.episodes import file_training_tasks
     from meta_drn_tf.data.sampled_episodes import decoded, sample_episodes
     from meta_drn_tf.meta import Adapter, MetaConfig
     from meta_drn_tf.network.config import NetworkConfig
@@ -92,6 +94,13 @@ def coco_reader(root: str) -> None:
     for task in decoded(episodes[:300], FLAGS.size):
         count, first = count + 1, first or task
     read_rate = count / (time.perf_counter() - start)
+    training = file_training_tasks(benchmark, FLAGS.size, FLAGS.shots, FLAGS.queries, seed=0).prefetch(8)
+    tasks = iter(training)
+    next(tasks)
+    start = time.perf_counter()
+    for _ in range(100):
+        next(tasks)
+    training_rate = 100 / (time.perf_counter() - start)
     scorer = EpisodeScorer(Adapter(build_meta_drn(NetworkConfig(FLAGS.size, 1.0)), MetaConfig("maml")))
     batch = {k: first[k][None].repeat(8, 0) for k in ("support_images", "support_masks", "query_images",
                                                          "query_masks")}
@@ -102,8 +111,9 @@ def coco_reader(root: str) -> None:
     network_rate = 16 / (time.perf_counter() - start)
     print(f"COCO-20i fold 0 of {FLAGS.coco_images} generated 640x480 photos: indexed in {index_s:.1f} s "
           f"({len(benchmark.samples)} classes); episodes read and decoded at {read_rate:.1f}/s; the network "
-          f"(width 1.0, {FLAGS.size}x{FLAGS.size}, MAML's 5 inner steps) at {network_rate:.2f} episodes/s; "
-          f"reader / network: {read_rate / network_rate:.0f}x; peak RSS "
+          f"(width 1.0, {FLAGS.size}x{FLAGS.size}, MAML, 1 inner step) at {network_rate:.2f} episodes/s; "
+          f"reader / network: {read_rate / network_rate:.0f}x; training tasks (k={FLAGS.shots}, q={FLAGS.queries}, "
+          f"augmented) read from the files at {training_rate:.1f}/s; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
