@@ -51,7 +51,7 @@ def define_flags() -> None:
     flags.DEFINE_list("protocol", None, "paper (Table I, the default for FSS-1000) and/or hsnet (the field's seeded "
                       "episodes, summed-IoU mIoU and FB-IoU; the default for the other data sets).")
     flags.DEFINE_enum("dataset", None, list(DATASETS), "Which benchmark --data_dir holds, in its own layout "
-                      "(docs/field.md; default: the run's); all but fss1000 are evaluated with --protocol=hsnet.")
+                      "(docs/field.md; default: the run's).")
     flags.DEFINE_integer("fold", None, "pascal5i, coco20i: the fold (0-3) whose classes are evaluated (default: "
                          "the run's).")
     flags.DEFINE_integer("seed", 0, "hsnet: the first seed of the episodes.")
@@ -94,9 +94,6 @@ def default_out_dir(model_dir: str, which: str, data_dir: str | None) -> str:
 def _protocols() -> list[str]:
     """--protocol, or its default for --dataset; the paper's only on FSS-1000 layouts."""
     protocols = FLAGS.protocol or (["paper"] if FLAGS.dataset == "fss1000" else ["hsnet"])
-    if "paper" in protocols and FLAGS.dataset != "fss1000":
-        raise ConfigError(f"--protocol=paper runs on FSS-1000 layouts only (it decodes every image of a split); "
-                          f"evaluate --dataset={FLAGS.dataset} with --protocol=hsnet")
     if FLAGS.dataset != "fss1000" and not FLAGS.data_dir:
         raise ConfigError(f"--dataset={FLAGS.dataset} needs --data_dir: where the data set is (docs/field.md)")
     return protocols
@@ -104,17 +101,22 @@ def _protocols() -> list[str]:
 
 def _paper(learner, config, shots: list[int], out_dir: str) -> None:
     from meta_drn_tf.data import load_split
+    from meta_drn_tf.data.benchmarks import read_benchmark, subset
     from meta_drn_tf.runs import learners
     from meta_drn_tf.training.evaluation import evaluate_settings, write_reports
 
-    bank = load_split(config.data, FLAGS.split, config.network.image_size, seed=config.seed,
-                      classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
+    if FLAGS.dataset == "fss1000":
+        bank = load_split(config.data, FLAGS.split, config.network.image_size, seed=config.seed,
+                          classes_file=FLAGS.classes_file, min_images=max(shots) + 1)
+    else:  # read one episode at a time: its queries are the class's other photos
+        bank = read_benchmark(FLAGS.dataset, FLAGS.data_dir, FLAGS.fold)
+        bank = subset(bank, FLAGS.classes_file) if FLAGS.classes_file else bank
     print(f"Evaluating {config.meta.algorithm} on {bank.num_classes} classes ({_which()}), "
           + ", ".join(f"{k}-shot" for k in shots) + ", the paper's protocol")
     baseline = learners.random_init_learner(config) if FLAGS.baseline else None
     results = evaluate_settings(learner, baseline, bank, shots, progress=True, limit=FLAGS.episodes or None,
                                 inner_steps=FLAGS.inner_steps or config.trainer.eval_inner_steps,
-                                inner_lr=FLAGS.inner_lr)
+                                inner_lr=FLAGS.inner_lr, image_size=config.network.image_size)
     write_reports(results, out_dir)
 
 

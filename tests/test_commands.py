@@ -140,7 +140,6 @@ def _evaluate_cases(w):
         ([run, "--protocol=field"], USAGE, "--protocol"),
         ([run, "--dataset=voc"], USAGE, "--dataset"),
         ([run, "--dataset=pascal5i"], USAGE, "--dataset=pascal5i needs --data_dir"),
-        ([run, "--dataset=pascal5i", "--protocol=paper", f"--data_dir={w['root']}"], USAGE, "--protocol=hsnet"),
         ([run, "--dataset=pascal5i", f"--data_dir={w['root']}"], DATA, "SegmentationClassAug is missing"),
         ([run, "--fold=4"], USAGE, "--fold"),
         ([run, "--runs=-1"], USAGE, "--runs"),

@@ -24,7 +24,7 @@ from PIL import Image
 
 from meta_drn_tf.data import benchmarks, label_maps
 from meta_drn_tf.data.benchmarks import read_benchmark
-from meta_drn_tf.data.sampled_episodes import episode_task, read_sample, sample_episodes
+from meta_drn_tf.data.sampled_episodes import episode_task, exhaustive_episodes, read_sample, sample_episodes
 from meta_drn_tf.errors import DataError
 from meta_drn_tf.results.metrics import SummedIoU, areas
 
@@ -168,16 +168,16 @@ def test_seeded_episodes_repeat_exactly_and_never_use_the_query_as_support(tmp_p
     first = sample_episodes(fold, shots=2, seed=0)
     assert first == sample_episodes(fold, shots=2, seed=0) and first != sample_episodes(fold, shots=2, seed=1)
     assert len(first) == 1000
-    assert all(e.query.image not in {s.image for s in e.supports} and len(set(e.supports)) == 2 for e in first)
-    assert all(e.query in fold.samples[e.class_name] and set(e.supports) <= set(fold.samples[e.class_name])
+    assert all(e.queries[0].image not in {s.image for s in e.supports} and len(set(e.supports)) == 2 for e in first)
+    assert all(e.queries[0] in fold.samples[e.class_name] and set(e.supports) <= set(fold.samples[e.class_name])
                for e in first)
-    queries = [(e.class_name, e.query) for e in first]
+    queries = [(e.class_name, e.queries[0]) for e in first]
     every = {(c, s) for c in fold.samples for s in fold.samples[c]}
     assert set(queries) == every                                   # each sample a query, round after round
     write_fss(str(tmp_path), classes=3, per_class=4)
     fss = benchmarks.read_fss1000(str(tmp_path / "fss"), "all")
     once = sample_episodes(fss, seed=7)
-    assert sorted(e.query.image for e in once) == sorted(s.image for c in fss.samples for s in fss.samples[c])
+    assert sorted(e.queries[0].image for e in once) == sorted(s.image for c in fss.samples for s in fss.samples[c])
     perseg = read_benchmark("perseg", write_perseg(str(tmp_path)))
     fixed = sample_episodes(perseg, seed=3)
     assert len(fixed) == 3 * 3 and all(e.supports[0].image.endswith("00.jpg") for e in fixed)
@@ -210,13 +210,8 @@ def _by_hand(benchmark, episodes: int, seed: int) -> tuple[float, float]:
     """The copied support mask's mIoU and FB-IoU, summed per class with plain numpy from the files."""
     inter, union = {}, {}
     for e in sample_episodes(benchmark, 1, episodes, seed):
-        def mask_of(sample):
-            raw = np.asarray(Image.open(sample.annotation))
-            if sample.label is None:
-                return raw > 127, np.zeros(raw.shape, bool)
-            return raw == sample.label, raw == 255
-        guess, _ = mask_of(e.supports[0])
-        truth, ignore = mask_of(e.query)
+        guess, _ = _mask_of(e.supports[0])
+        truth, ignore = _mask_of(e.queries[0])
         valid = ~ignore
         for k, (p, t) in enumerate(((~guess, ~truth), (guess, truth))):
             inter.setdefault(e.class_name, np.zeros(2))[k] += (p & t & valid).sum()
@@ -226,42 +221,70 @@ def _by_hand(benchmark, episodes: int, seed: int) -> tuple[float, float]:
     return float(miou), float(fb)
 
 
+def _paper_by_hand(benchmark) -> float:
+    """The copied support mask's mIoU@0.5 under the paper's protocol (12 episodes, evenly spread): the
+    mean over classes of the mean per-query IoU, label 255 left out."""
+    ious = {}
+    for episode in exhaustive_episodes(benchmark, 1, 12):
+        guess, _ = _mask_of(episode.supports[0])
+        for query in episode.queries:
+            truth, ignore = _mask_of(query)
+            union = ((guess | truth) & ~ignore).sum()
+            ious.setdefault(episode.class_name, []).append((guess & truth & ~ignore).sum() / union if union else 1.0)
+    return float(np.mean([np.mean(v) for v in ious.values()]))
+
+
+def _mask_of(sample):
+    raw = np.asarray(Image.open(sample.annotation))
+    if sample.label is None:
+        return raw > 127, np.zeros(raw.shape, bool)
+    return raw == sample.label, raw == 255
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return _run_dir(tmp_path_factory.mktemp("field"))
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_evaluate_runs_the_fields_protocol_on_every_data_set(tmp_path):
-    """One `evaluate` per data set; the copied mask's row matches the hand computation to 1e-6, and the
-    same seed gives the same figures twice."""
-    model_dir = _run_dir(tmp_path)
-    for name, write in WRITERS.items():
-        root = write(str(tmp_path / name))
-        out = tmp_path / f"eval_{name}"
-        args = [sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={model_dir}", f"--dataset={name}",
-                f"--data_dir={root}", "--fold=1", "--episodes=12", "--runs=2", f"--out_dir={out}"]
-        done = warm.run(args, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, (name, done.stderr[-3000:])
-        report = json.loads((out / "summary_hsnet.json").read_text())
-        benchmark = read_benchmark(name, root, fold=1)
-        assert report["benchmark"] == benchmark.name
-        copy = next(row for title, row in report["rows"].items() if title.startswith("copy"))
-        assert copy["protocol"] == "hsnet" and copy["seeds"] == [0, 1]
-        episodes = None if benchmark.fixed_support else 12
-        assert copy["episodes"] == len(sample_episodes(benchmark, 1, episodes, 0))
-        by_hand = [_by_hand(benchmark, episodes, seed) for seed in (0, 1)]
-        assert copy["miou@0.5"] == pytest.approx(np.mean([m for m, _ in by_hand]), abs=1e-6), name
-        assert copy["fb_iou@0.5"] == pytest.approx(np.mean([f for _, f in by_hand]), abs=1e-6), name
-        table = (out / "table_hsnet.md").read_text()
-        assert "protocol hsnet" in table and "seeds 0-1" in table and "FB-IoU (0.5)" in table
-        assert "hsnet" in (out / "per_class_hsnet.csv").read_text().splitlines()[1]
-    again = tmp_path / "again"
-    args[-1] = f"--out_dir={again}"
-    assert warm.run(args, capture_output=True, text=True, timeout=300).returncode == 0
-    assert json.loads((again / "summary_hsnet.json").read_text()) == report
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_evaluate_runs_both_protocols_on_every_data_set(run_dir, tmp_path, name):
+    """Both protocols on each data set; the copied mask's rows match the hand computation to 1e-6, and
+    the same seed gives the same figures twice."""
+    root = WRITERS[name](str(tmp_path / name))
+    out = tmp_path / "eval"
+    args = [sys.executable, "-m", "meta_drn_tf.evaluate", f"--model_dir={run_dir}", f"--dataset={name}",
+            f"--data_dir={root}", "--fold=1", "--episodes=12", "--runs=2", f"--out_dir={out}", "--protocol=paper,hsnet"]
+    done = warm.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "summary_hsnet.json").read_text())
+    benchmark = read_benchmark(name, root, fold=1)
+    assert report["benchmark"] == benchmark.name
+    copy = next(row for title, row in report["rows"].items() if title.startswith("copy"))
+    assert copy["protocol"] == "hsnet" and copy["seeds"] == [0, 1]
+    episodes = None if benchmark.fixed_support else 12
+    assert copy["episodes"] == len(sample_episodes(benchmark, 1, episodes, 0))
+    by_hand = [_by_hand(benchmark, episodes, seed) for seed in (0, 1)]
+    assert copy["miou@0.5"] == pytest.approx(np.mean([m for m, _ in by_hand]), abs=1e-6)
+    assert copy["fb_iou@0.5"] == pytest.approx(np.mean([f for _, f in by_hand]), abs=1e-6)
+    table = (out / "table_hsnet.md").read_text()
+    assert "protocol hsnet" in table and "seeds 0-1" in table and "FB-IoU (0.5)" in table
+    assert "hsnet" in (out / "per_class_hsnet.csv").read_text().splitlines()[1]
+    paper = json.loads((out / "summary.json").read_text())
+    copied = next(row for title, row in paper.items() if title.startswith("copy"))
+    assert copied["protocol"] == "paper" and copied["iou@0.5"] == pytest.approx(_paper_by_hand(benchmark), abs=1e-6)
+    if name == "pascal5i":  # seeded: the same figures again
+        again = tmp_path / "again"
+        args[-2] = f"--out_dir={again}"
+        assert warm.run(args, capture_output=True, text=True, timeout=300).returncode == 0
+        assert json.loads((again / "summary_hsnet.json").read_text()) == report
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_evaluate_prints_both_protocols_on_fss1000(tmp_path):
-    model_dir = _run_dir(tmp_path)
+def test_evaluate_prints_both_protocols_on_fss1000(run_dir, tmp_path):
+    model_dir = run_dir
     root = write_fss(str(tmp_path), classes=4, per_class=3)
     classes = tmp_path / "classes.txt"
     classes.write_text("class_1\nclass_3\n")
@@ -339,3 +362,17 @@ def test_training_on_a_pascal5i_fold_validates_and_tests_on_its_held_out_classes
     broken = warm.run([sys.executable, "-m", "meta_drn_tf.train", *flags, "--check_data", "--fresh"],
                       capture_output=True, text=True, timeout=300)
     assert broken.returncode == 5 and "2008_01t1.jpg: the photo of a label map is missing" in broken.stderr
+
+
+def test_the_papers_episodes_of_a_benchmark_split_their_queries_and_keep_their_number(tmp_path):
+    write_fss(str(tmp_path), classes=2, per_class=5)
+    fss = benchmarks.read_fss1000(str(tmp_path / "fss"), "all")
+    episodes = exhaustive_episodes(fss, shots=2, queries_per_episode=2)
+    assert len({e.number for e in episodes}) == 10 and len(episodes) == 20   # 3 queries each: groups of 2 and 1
+    for number in range(10):
+        parts = [e for e in episodes if e.number == number]
+        assert sum(len(p.queries) for p in parts) == 3 and len({p.supports for p in parts}) == 1
+        assert not set(parts[0].supports) & {q for p in parts for q in p.queries}
+    assert len({e.number for e in exhaustive_episodes(fss, 2, limit=4)}) == 4
+    task = episode_task(episodes[0], 8)
+    assert task["query_images"].shape == (2, 8, 8, 3) and task["episode"] == 0

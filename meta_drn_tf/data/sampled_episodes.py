@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -32,11 +33,13 @@ from meta_drn_tf.errors import DataError
 
 @dataclasses.dataclass(frozen=True)
 class Episode:
-    """One episode: its class, its support samples and its query."""
+    """One episode: its class, its support samples and its query samples (the field's: one; the paper's:
+    the class's other photos, `number` naming the episode they belong to when they are split)."""
 
     class_name: str
     supports: tuple[Sample, ...]
-    query: Sample
+    queries: tuple[Sample, ...]
+    number: int = 0
 
 
 def _usable(benchmark: Benchmark, shots: int) -> dict[str, list[Sample]]:
@@ -63,7 +66,7 @@ def sample_episodes(benchmark: Benchmark, shots: int = 1, episodes: int | None =
     """
     classes = _usable(benchmark, shots)
     if benchmark.fixed_support:
-        return [Episode(c, tuple(s[:shots]), q) for c, s in classes.items() for q in s[shots:]]
+        return [Episode(c, tuple(s[:shots]), (q,)) for c, s in classes.items() for q in s[shots:]]
     rng = np.random.default_rng(seed)
     queries = [(c, s) for c, samples in classes.items() for s in samples]
     count = episodes or benchmark.episodes or len(queries)
@@ -78,8 +81,28 @@ def sample_episodes(benchmark: Benchmark, shots: int = 1, episodes: int | None =
             query = classes[name][rng.integers(len(classes[name]))]
         candidates = [s for s in classes[name] if s.image != query.image]
         picks = rng.choice(len(candidates), shots, replace=False)
-        drawn.append(Episode(name, tuple(candidates[j] for j in sorted(picks)), query))
+        drawn.append(Episode(name, tuple(candidates[j] for j in sorted(picks)), (query,), i))
     return drawn
+
+
+def exhaustive_episodes(benchmark: Benchmark, shots: int = 1, limit: int | None = None,
+                        queries_per_episode: int = 16) -> list[Episode]:
+    """The paper's episodes of a Benchmark, as `episodes.evaluation_episodes` makes them of a bank: each
+    sample of a class the support once (with the next k - 1, cyclically), the class's other samples its
+    queries. `limit` keeps that many episodes, evenly spread; an episode's queries come in groups of at
+    most `queries_per_episode` (the same support, adapted to again: one group's images fit in memory
+    whatever the class's size), which share its `number`."""
+    episodes = []
+    for name, samples in _usable(benchmark, shots).items():
+        n = len(samples)
+        for i in range(n):
+            support = [samples[(i + j) % n] for j in range(shots)]
+            episodes.append((name, tuple(support), tuple(s for s in samples if s not in support)))
+    if limit is not None and limit < len(episodes):
+        episodes = [episodes[math.floor(i * len(episodes) / limit)] for i in range(limit)]
+    return [Episode(name, support, queries[j:j + queries_per_episode], number)
+            for number, (name, support, queries) in enumerate(episodes)
+            for j in range(0, len(queries), queries_per_episode)]
 
 
 def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -94,23 +117,25 @@ def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
 
 def episode_task(episode: Episode, size: int, original_size: bool = False) -> dict:
     """An episode decoded as a task dict: `support_images` `(k, S, S, 3)` and `query_images`
-    `(1, S, S, 3)` in [0, 1], `support_masks`, `query_masks` `(., S, S, 1)` {0, 1}, `query_ignore`
-    `(1, S, S)` bool, and `class_name`; with `original_size`, also the query's own mask and ignored
-    pixels at its photo's size (`query_mask_original`, `query_ignore_original`)."""
+    `(q, S, S, 3)` in [0, 1], `support_masks`, `query_masks` `(., S, S, 1)` {0, 1}, `query_ignore`
+    `(q, S, S)` bool, `class_name` and `episode` (its number); with `original_size`, also the first
+    query's own mask and ignored pixels at its photo's size (`query_mask_original`,
+    `query_ignore_original`)."""
     shape = (size, size)
     supports = [read_sample(s) for s in episode.supports]
-    photo, mask, ignore = read_sample(episode.query)
-    ignore = np.zeros(mask.shape, bool) if ignore is None else ignore
+    queries = [read_sample(s) for s in episode.queries]
+    ignores = [np.zeros(m.shape, bool) if i is None else i for _, m, i in queries]
     task = {
         "class_name": episode.class_name,
+        "episode": episode.number,
         "support_images": np.stack([images.resize_photo(p, shape) for p, _, _ in supports]).astype(np.float32) / 255,
         "support_masks": np.stack([images.resize_mask(m, shape) for _, m, _ in supports])[..., None].astype(np.float32),
-        "query_images": images.resize_photo(photo, shape)[None].astype(np.float32) / 255,
-        "query_masks": images.resize_mask(mask, shape)[None, ..., None].astype(np.float32),
-        "query_ignore": images.resize_mask(ignore, shape)[None].astype(bool),
+        "query_images": np.stack([images.resize_photo(p, shape) for p, _, _ in queries]).astype(np.float32) / 255,
+        "query_masks": np.stack([images.resize_mask(m, shape) for _, m, _ in queries])[..., None].astype(np.float32),
+        "query_ignore": np.stack([images.resize_mask(i, shape) for i in ignores]).astype(bool),
     }
     if original_size:
-        task["query_mask_original"], task["query_ignore_original"] = mask, ignore
+        task["query_mask_original"], task["query_ignore_original"] = queries[0][1], ignores[0]
     return task
 
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 from meta_drn_tf.data.bank import ImageBank
 from meta_drn_tf.data.benchmarks import Benchmark
 from meta_drn_tf.data.episodes import count_evaluation_tasks, evaluation_tasks
-from meta_drn_tf.data.sampled_episodes import decoded, sample_episodes
+from meta_drn_tf.data.sampled_episodes import decoded, exhaustive_episodes, sample_episodes
 from meta_drn_tf.meta import Adapter
 from meta_drn_tf.meta.adapter import TASK_KEYS
 from meta_drn_tf.paths import write_atomically
@@ -161,7 +161,7 @@ def _episode_chunks(tasks, size: int):
 
 def evaluate_bank(
     learner: Adapter | EpisodeScorer,
-    bank: ImageBank,
+    bank: ImageBank | Benchmark,
     shots: int = 1,
     limit: int | None = None,
     inner_steps: int | None = None,
@@ -170,16 +170,17 @@ def evaluate_bank(
     keep_predictions: int = 0,
     episodes_per_class: int | None = None,
     episodes_per_call: int = EPISODES_PER_CALL,
+    image_size: int | None = None,
 ) -> tuple[EvalResult, list[dict]]:
     """Runs the evaluation episodes of `bank` (at most `limit`, evenly spread;
     at most `episodes_per_class` of each class), `episodes_per_call` at a time.
 
     Returns the result and, for the first `keep_predictions` episodes, the
     task with its predictions (for pictures). `learner`: an adapter, or a scorer of one kept
-    between calls (its compiled function is reused).
+    between calls (its compiled function is reused). `bank` may be a Benchmark: its files are
+    decoded one episode at a time at `image_size` (`exhaustive_episodes`).
     """
-    total = count_evaluation_tasks(bank, shots, limit, episodes_per_class)
-    tasks = evaluation_tasks(bank, shots, limit, episodes_per_class)
+    tasks, total = _paper_tasks(bank, shots, limit, image_size, episodes_per_class)
     return _evaluate_tasks(learner, tasks, total, bank.class_names, inner_steps, inner_lr, progress,
                            keep_predictions, episodes_per_call)
 
@@ -205,11 +206,9 @@ def _evaluate_tasks(learner, tasks, total: int, class_names: list[str], inner_st
         logs = {k: v.numpy() for k, v in scorer(batch, inner_steps=inner_steps, inner_lr=inner_lr).items()}
         for i, task in enumerate(chunk):
             for q in range(task["query_images"].shape[0]):
-                ignore = task["query_ignore"][q] if "query_ignore" in task else None
-                records.append({"class": task["class_name"], "episode": e, "query": q,
-                                "loss": float(logs["loss"][i]), **{m: float(logs[m][i][q]) for m in METRICS},
-                                "non_finite": bool(logs["non_finite"][i][q]),
-                                **query_areas(logs["probabilities"][i][q], task["query_masks"][q], ignore)})
+                records.append(_record(task, task.get("episode", e), q, float(logs["loss"][i]),
+                                       {m: float(logs[m][i][q]) for m in METRICS}, bool(logs["non_finite"][i][q]),
+                                       logs["probabilities"][i][q]))
             if e < keep_predictions:
                 kept.append({**task, "probabilities": logs["probabilities"][i]})
             if bar is not None:
@@ -217,6 +216,29 @@ def _evaluate_tasks(learner, tasks, total: int, class_names: list[str], inner_st
             e += 1
     used_lr = f"learned ({learner.learned_rates})" if learner.learned_rates else (inner_lr or learner.config.inner_lr)
     return EvalResult(class_names, records, inner_steps or learner.config.inner_steps, used_lr), kept
+
+
+def _paper_tasks(source: ImageBank | Benchmark, shots: int, limit: int | None, image_size: int | None,
+                 per_class: int | None = None):
+    """(tasks, how many) of the paper's episodes of a bank, or of a Benchmark's files at `image_size`."""
+    if isinstance(source, Benchmark):
+        episodes = exhaustive_episodes(source, shots, limit)
+        return decoded(episodes, image_size), len(episodes)
+    return evaluation_tasks(source, shots, limit, per_class), count_evaluation_tasks(source, shots, limit, per_class)
+
+
+def _record(task: dict, episode: int, q: int, loss: float, scores: dict[str, float], non_finite: bool,
+            probabilities: np.ndarray) -> dict:
+    """One query's record: its scores and areas; where a label map marks pixels to ignore (255), its IoUs
+    leave them out as the areas do (the soft IoU, on probabilities, counts every pixel)."""
+    ignore = task["query_ignore"][q] if "query_ignore" in task else None
+    record = {"class": task["class_name"], "episode": episode, "query": q, "loss": loss, **scores,
+              "non_finite": non_finite, **query_areas(probabilities, task["query_masks"][q], ignore)}
+    if ignore is not None and ignore.any():
+        for t in THRESHOLDS:
+            a = record[f"areas@{t}"]
+            record[f"iou@{t}"] = float(a[0, 1] / a[1, 1]) if a[1, 1] else 1.0
+    return record
 
 
 def query_areas(probabilities: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -262,23 +284,23 @@ def copy_title(shots: int) -> str:
     return f"copy the example's mask, {shots}-shot"
 
 
-def copy_mask_result(bank: ImageBank, shots: int = 1, limit: int | None = None) -> EvalResult:
+def copy_mask_result(bank: ImageBank | Benchmark, shots: int = 1, limit: int | None = None,
+                     image_size: int | None = None) -> EvalResult:
     """The evaluation episodes scored with no network: each query's prediction is the support mask
     (with k > 1 supports, the pixels most of them mark), at the size the networks are scored at.
 
     A meta-learned network that does not beat this has not learned to find the object.
     """
     records = []
-    for e, task in enumerate(evaluation_tasks(bank, shots, limit)):
+    for e, task in enumerate(_paper_tasks(bank, shots, limit, image_size)[0]):
         queries = task["query_masks"]
         guess = np.broadcast_to(task["support_masks"].mean(0) > 0.5, queries.shape).astype(np.float32)
         scores = {"soft_iou": soft_iou(guess, queries)}
         scores.update({f"iou@{t}": binary_iou(guess, queries, t) for t in THRESHOLDS})
         for q in range(queries.shape[0]):
             loss = float(tf.keras.losses.binary_crossentropy(queries[q].ravel(), guess[q].ravel()))
-            records.append({"class": task["class_name"], "episode": e, "query": q, "loss": loss,
-                            **{m: float(scores[m][q]) for m in METRICS}, "non_finite": False,
-                            **query_areas(guess[q], queries[q])})
+            records.append(_record(task, task.get("episode", e), q, loss, {m: float(scores[m][q]) for m in METRICS},
+                                   False, guess[q]))
     return EvalResult(bank.class_names, records, 0, "none")
 
 
@@ -293,7 +315,7 @@ def evaluate_settings(
     """Table rows: `learner` at each k in `shots`, each followed by `baseline`'s row and the copied
     mask's (if a baseline is given).
 
-    `kwargs` go to `evaluate_bank` (limit, inner_steps, inner_lr).
+    `kwargs` go to `evaluate_bank` (limit, inner_steps, inner_lr, image_size).
     """
     results = {}
     for k in shots:
@@ -301,7 +323,7 @@ def evaluate_settings(
                                                                             **kwargs)[0]
         if baseline is not None:
             results[baseline_title(k)] = evaluate_bank(baseline, bank, k, progress=progress, **kwargs)[0]
-            results[copy_title(k)] = copy_mask_result(bank, k, kwargs.get("limit"))
+            results[copy_title(k)] = copy_mask_result(bank, k, kwargs.get("limit"), kwargs.get("image_size"))
     return results
 
 
