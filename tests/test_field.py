@@ -376,3 +376,28 @@ def test_the_papers_episodes_of_a_benchmark_split_their_queries_and_keep_their_n
     assert len({e.number for e in exhaustive_episodes(fss, 2, limit=4)}) == 4
     task = episode_task(episodes[0], 8)
     assert task["query_images"].shape == (2, 8, 8, 3) and task["episode"] == 0
+
+
+def test_the_fields_scores_at_each_masks_own_size():
+    """--original_size: the prediction is upsampled to the query mask's own size and scored there,
+    its 255 pixels left out; at the network's size the resized mask is scored instead."""
+    from meta_drn_tf.training.benchmark_evaluation import _score_query
+
+    mask = np.zeros((8, 10), np.uint8)
+    mask[2:6, 3:8] = 1                                               # 20 pixels
+    ignore = np.zeros((8, 10), bool)
+    ignore[0, :] = True                                              # 10 pixels left out
+    probabilities = np.zeros((4, 4), np.float32)
+    probabilities[:, :2] = 0.9                                       # the left half, wherever it is scored
+    task = {"class_name": "c", "query_masks": np.zeros((1, 4, 4, 1), np.float32),
+            "query_ignore": np.zeros((1, 4, 4), bool), "query_mask_original": mask, "query_ignore_original": ignore}
+    scores = {t: SummedIoU() for t in (0.5, 0.35)}
+    assert _score_query(scores, task, probabilities)
+    predicted = np.zeros((8, 10), bool)
+    predicted[:, :5] = True                                          # bilinear keeps the halves apart
+    np.testing.assert_array_equal(scores[0.5].counts["c"], areas(predicted, mask, ignore))
+    assert scores[0.5].counts["c"][1, 1] == (predicted | mask.astype(bool))[1:].sum()
+    del task["query_mask_original"], task["query_ignore_original"]
+    scores = {t: SummedIoU() for t in (0.5, 0.35)}
+    _score_query(scores, task, probabilities)
+    assert scores[0.5].counts["c"].tolist() == [[8, 0], [16, 8]]   # empty truth at 4x4: 8 wrong, 8 right

@@ -92,17 +92,18 @@ def exhaustive_episodes(benchmark: Benchmark, shots: int = 1, limit: int | None 
     queries. `limit` keeps that many episodes, evenly spread; an episode's queries come in groups of at
     most `queries_per_episode` (the same support, adapted to again: one group's images fit in memory
     whatever the class's size), which share its `number`."""
+    classes = _usable(benchmark, shots)
+    starts = [(name, i) for name, samples in classes.items() for i in range(len(samples))]  # support i, i+1, ...
+    if limit is not None and limit < len(starts):  # chosen before any episode is made: COCO's would not fit
+        starts = [starts[math.floor(i * len(starts) / limit)] for i in range(limit)]
     episodes = []
-    for name, samples in _usable(benchmark, shots).items():
-        n = len(samples)
-        for i in range(n):
-            support = [samples[(i + j) % n] for j in range(shots)]
-            episodes.append((name, tuple(support), tuple(s for s in samples if s not in support)))
-    if limit is not None and limit < len(episodes):
-        episodes = [episodes[math.floor(i * len(episodes) / limit)] for i in range(limit)]
-    return [Episode(name, support, queries[j:j + queries_per_episode], number)
-            for number, (name, support, queries) in enumerate(episodes)
-            for j in range(0, len(queries), queries_per_episode)]
+    for number, (name, i) in enumerate(starts):
+        samples = classes[name]
+        support = tuple(samples[(i + j) % len(samples)] for j in range(shots))
+        queries = [s for s in samples if s not in support]
+        episodes += [Episode(name, support, tuple(queries[j:j + queries_per_episode]), number)
+                     for j in range(0, len(queries), queries_per_episode)]
+    return episodes
 
 
 def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
