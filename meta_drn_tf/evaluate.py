@@ -7,7 +7,7 @@
 
 Adapts on each support with the trained inner loop (or --inner_steps /
 --inner_lr for a different test-time loop) and predicts the queries. The
-paper's protocol (`paper`, FSS-1000 layouts) scores every image of a split
+paper's protocol (`paper`) scores every image of a split (or of --dataset)
 as the support once and reports mIoU at thresholds 0.5 and 0.35 and the soft
 IoU, each with a 95% confidence interval (table.md, per_class.csv,
 summary.json). The field's (`hsnet`: HSNet, VAT, DCAMA, Matcher, PATNet)
@@ -92,7 +92,7 @@ def default_out_dir(model_dir: str, which: str, data_dir: str | None) -> str:
 
 
 def _protocols() -> list[str]:
-    """--protocol, or its default for --dataset; the paper's only on FSS-1000 layouts."""
+    """--protocol, or its default for --dataset (the paper's for FSS-1000, the field's for the others)."""
     protocols = FLAGS.protocol or (["paper"] if FLAGS.dataset == "fss1000" else ["hsnet"])
     if FLAGS.dataset != "fss1000" and not FLAGS.data_dir:
         raise ConfigError(f"--dataset={FLAGS.dataset} needs --data_dir: where the data set is (docs/field.md)")
