@@ -20,7 +20,7 @@ from collections.abc import Callable
 from meta_drn_tf.data import fss1000, label_maps
 from meta_drn_tf.errors import DataError
 
-SEE = "see docs/field.md for the layout"
+SEE = label_maps.SEE
 # The cross-domain benchmark's protocol: 600 episodes, classes in turn, averaged over 5 seeds.
 CROSS_DOMAIN = {"episodes": 600, "seeds": 5, "draw": "class_in_turn"}
 
@@ -86,16 +86,9 @@ def _located(root: str, inside: str, marker: str, flag: str = "--data_dir") -> s
     raise DataError(f"{flag} {root}: {marker} is missing (looked in {root} and {os.path.join(root, inside)}); {SEE}")
 
 
-def _require_files(paths: list[str], what: str) -> None:
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise DataError(f"{missing[0]}: {what} is missing"
-                        + (f" (and {len(missing) - 1} more like it)" if len(missing) > 1 else "") + f"; {SEE}")
-
-
 def _binary_classes(name: str, classes: dict[str, list[tuple[str, str]]], **protocol) -> Benchmark:
     """A benchmark of photos with one binary mask each, every mask checked to exist."""
-    _require_files([mask for pairs in classes.values() for _, mask in pairs], "the mask")
+    label_maps.require_files([mask for pairs in classes.values() for _, mask in pairs], "the mask")
     samples = {c: [Sample(image, mask) for image, mask in pairs] for c, pairs in classes.items() if pairs}
     if not samples:
         raise DataError(f"{name}: no photos found; {SEE}")
@@ -167,7 +160,7 @@ def read_chest_xray(root: str) -> Benchmark:
     for mask in sorted(glob.glob(os.path.join(base, "masks", "*.png"))):
         stem = os.path.basename(mask)[:-4].removesuffix("_mask")
         pairs.append((os.path.join(base, "CXR_png", stem + ".png"), mask))
-    _require_files([photo for photo, _ in pairs], "the photo of a mask")
+    label_maps.require_files([photo for photo, _ in pairs], "the photo of a mask")
     return _binary_classes("Chest X-ray", {"lung": pairs}, **CROSS_DOMAIN)
 
 

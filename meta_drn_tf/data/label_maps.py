@@ -86,10 +86,7 @@ def labels_of(folder: str, names: list[str]) -> dict[str, list[int]]:
 
 
 def _index(photos: str, annotations: str, names: list[str]) -> Index:
-    missing = [n for n in names if not os.path.isfile(os.path.join(photos, n + ".jpg"))]
-    if missing:
-        raise DataError(f"{os.path.join(photos, missing[0] + '.jpg')}: the photo of a label map is missing"
-                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + f"; {SEE}")
+    require_files([os.path.join(photos, n + ".jpg") for n in names], "the photo of a label map")
     labels = labels_of(annotations, names)
     return Index(annotations, [(os.path.join(photos, n + ".jpg"), os.path.join(annotations, n + ".png"),
                                 frozenset(labels[n])) for n in names])
@@ -115,7 +112,7 @@ def pascal_index(base: str, split: str) -> Index:
     annotations = os.path.join(base, "SegmentationClassAug")
     if split == "test":
         names = val
-        _require_label_maps(annotations, names)
+        require_files([os.path.join(annotations, n + ".png") for n in names], "a label map")
     else:
         held_out = set(val)
         names = [n for n in _pngs(annotations) if n not in held_out]
@@ -129,8 +126,9 @@ def coco_index(base: str, which: str) -> Index:
     return _index(os.path.join(base, which), annotations, _pngs(annotations))
 
 
-def _require_label_maps(folder: str, names: list[str]) -> None:
-    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n + ".png"))]
+def require_files(paths: list[str], what: str) -> None:
+    """DataError naming the first of `paths` that is not a file, and how many more are missing."""
+    missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise DataError(f"{os.path.join(folder, missing[0] + '.png')}: a label map is missing"
-                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + f"; {SEE}")
+        raise DataError(f"{missing[0]}: {what} is missing"
+                        + (f" (and {len(missing) - 1} more like it)" if len(missing) > 1 else "") + f"; {SEE}")

@@ -92,6 +92,14 @@ def areas(predicted: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = 
     return counts
 
 
+def areas_at_thresholds(probabilities: np.ndarray, truth: np.ndarray,
+                        ignore: np.ndarray | None = None) -> dict[float, np.ndarray]:
+    """{threshold: `areas(probabilities > threshold, truth, ignore)`} at each of THRESHOLDS; a
+    prediction holding NaN or inf anywhere is counted as wrong at every pixel. Shapes: `(H, W)` each."""
+    finite = bool(np.isfinite(probabilities).all())
+    return {t: areas(probabilities > t if finite else None, truth, ignore) for t in THRESHOLDS}
+
+
 class SummedIoU:
     """The field's scores of a set of episodes: per class, the intersections and unions of all its
     queries summed, then divided (HSNet's protocol, which HSNet, VAT, DCAMA, Matcher and PATNet report).

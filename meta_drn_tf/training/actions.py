@@ -199,10 +199,7 @@ class FinalTest:
             return self._field(learner)
         results = evaluate_settings(learner, self.baseline, self.bank, [self.shots], progress=True,
                                     inner_steps=self.inner_steps)
-        rows = list(write_reports(results, self.out_dir).values())
-        final = {"test": rows[0]}
-        if self.baseline is not None:
-            final["test_random_init"] = rows[1]
+        final = self._final(list(write_reports(results, self.out_dir).values()))
         print(f"test: mIoU@0.5 {final['test']['iou@0.5']:.4f}  mIoU@0.35 {final['test']['iou@0.35']:.4f} "
               f"(reports in {self.out_dir})")
         return final
@@ -212,13 +209,14 @@ class FinalTest:
                                                 list(range(self.seed, self.seed + self.bank.seeds)),
                                                 inner_steps=self.inner_steps, progress=True)
         field_reports(self.bank.name, rows, results, self.out_dir)
-        summaries = list(rows.values())
-        final = {"test": summaries[0]}
-        if self.baseline is not None:
-            final["test_random_init"] = summaries[1]
+        final = self._final(list(rows.values()))
         print(f"test ({self.bank.name}, the field's protocol): mIoU@0.5 {final['test']['miou@0.5']:.4f}  "
               f"FB-IoU@0.5 {final['test']['fb_iou@0.5']:.4f} (reports in {self.out_dir})")
         return final
+
+    def _final(self, rows: list[dict]) -> dict:
+        """The final summary's entries: the learner's test row, and the baseline's after it."""
+        return {"test": rows[0], **({"test_random_init": rows[1]} if self.baseline is not None else {})}
 
 
 class Export:

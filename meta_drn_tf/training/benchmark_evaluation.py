@@ -23,8 +23,8 @@ from meta_drn_tf.data.sampled_episodes import Episode, decoded, sample_episodes
 from meta_drn_tf.meta import Adapter
 from meta_drn_tf.paths import write_atomically
 from meta_drn_tf.progress import bar as progress_bar
-from meta_drn_tf.results.metrics import THRESHOLDS, SummedIoU, areas
-from meta_drn_tf.training.evaluation import EpisodeScorer, baseline_title, copy_title, setting_title
+from meta_drn_tf.results.metrics import THRESHOLDS, SummedIoU, areas_at_thresholds
+from meta_drn_tf.training.evaluation import EpisodeScorer, baseline_title, copy_title, episode_chunks, setting_title
 
 PROTOCOL = "hsnet"
 FIELD_METRICS = tuple(f"{m}@{t}" for t in THRESHOLDS for m in ("miou", "fb_iou"))
@@ -58,27 +58,15 @@ def copied_support_mask(batch: dict) -> np.ndarray:
     return np.broadcast_to(guess, batch["query_masks"].shape[:-1])
 
 
-def _chunks(tasks, size: int):
-    chunk = []
-    for task in tasks:
-        chunk.append(task)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _score_query(scores: dict[float, SummedIoU], task: dict, probabilities: np.ndarray) -> bool:
     """Adds one query's areas at every threshold; False when its prediction was not finite."""
     mask, ignore = task["query_masks"][0, ..., 0], task["query_ignore"][0]
     if "query_mask_original" in task:
         mask, ignore = task["query_mask_original"], task["query_ignore_original"]
         probabilities = cv2.resize(probabilities, mask.shape[::-1], interpolation=cv2.INTER_LINEAR)
-    finite = bool(np.isfinite(probabilities).all())
-    for t in THRESHOLDS:
-        scores[t].add(task["class_name"], areas(probabilities > t if finite else None, mask, ignore))
-    return finite
+    for t, counts in areas_at_thresholds(probabilities, mask, ignore).items():
+        scores[t].add(task["class_name"], counts)
+    return bool(np.isfinite(probabilities).all())
 
 
 def evaluate_episodes(predict: Callable[[dict], np.ndarray], episodes: list[Episode], size: int, *,
@@ -97,7 +85,7 @@ def evaluate_episodes(predict: Callable[[dict], np.ndarray], episodes: list[Epis
     scores = {t: SummedIoU() for t in THRESHOLDS}
     bar = progress_bar(len(episodes), unit_name="episode") if progress else None
     non_finite = 0
-    for chunk in _chunks(decoded(episodes, size, original_size), EPISODES_PER_CALL):
+    for chunk in episode_chunks(decoded(episodes, size, original_size), EPISODES_PER_CALL):
         batch = {k: np.stack([task[k] for task in chunk]) for k in
                  ("support_images", "support_masks", "query_images", "query_masks")}
         probabilities = np.asarray(predict(batch))
@@ -111,12 +99,12 @@ def evaluate_episodes(predict: Callable[[dict], np.ndarray], episodes: list[Epis
 def row_summary(results: list[FieldResult]) -> dict:
     """One table row over seeds: each metric's mean and standard deviation (0 for one seed), and the
     seeds and episode counts that produced it."""
-    first = results[0].summary()
-    out = {k: first[k] for k in ("protocol", "episodes", "shots", "scored_at", "classes")}
+    summaries = [r.summary() for r in results]
+    out = {k: summaries[0][k] for k in ("protocol", "episodes", "shots", "scored_at", "classes")}
     out["seeds"] = [r.seed for r in results]
     out["non_finite_queries"] = sum(r.non_finite for r in results)
     for m in FIELD_METRICS:
-        values = [r.summary()[m] for r in results]
+        values = [s[m] for s in summaries]
         out[m], out[m + "_std"] = float(np.mean(values)), float(np.std(values))
     return out
 
@@ -179,10 +167,11 @@ def evaluate_field_settings(learner: Adapter, baseline: Adapter | None, benchmar
         return lambda batch: scorer.predict(batch, inner_steps, inner_lr)
 
     rows, results = {}, {}
+    learned, random_init = adapted(learner), baseline and adapted(baseline)  # one trace each, for every k
     for k in shots:
-        predictors = {setting_title(learner.config.algorithm, k): adapted(learner)}
+        predictors = {setting_title(learner.config.algorithm, k): learned}
         if baseline is not None:
-            predictors[baseline_title(k)] = adapted(baseline)
+            predictors[baseline_title(k)] = random_init
             predictors[copy_title(k)] = copied_support_mask
         drawn = {seed: sample_episodes(benchmark, k, episodes, seed) for seed in seeds}
         for title, predict in predictors.items():

@@ -29,7 +29,7 @@ from meta_drn_tf.progress import bar as progress_bar
 from meta_drn_tf.results.metrics import (
     THRESHOLDS,
     SummedIoU,
-    areas,
+    areas_at_thresholds,
     bce_loss,
     binary_iou,
     mean_with_ci,
@@ -146,7 +146,7 @@ class EvalResult:
 EPISODES_PER_CALL = 8
 
 
-def _episode_chunks(tasks, size: int):
+def episode_chunks(tasks, size: int):
     """Consecutive evaluation tasks in lists of at most `size` whose tensors have the same shapes."""
     chunk = []
     for task in tasks:
@@ -201,7 +201,7 @@ def _evaluate_tasks(learner, tasks, total: int, class_names: list[str], inner_st
     learner = scorer.adapter
     bar = progress_bar(total, unit_name="episode") if progress else None
     records, kept, e = [], [], 0
-    for chunk in _episode_chunks(tasks, episodes_per_call):
+    for chunk in episode_chunks(tasks, episodes_per_call):
         batch = {k: np.stack([task[k] for task in chunk]) for k in TASK_KEYS}
         logs = {k: v.numpy() for k, v in scorer(batch, inner_steps=inner_steps, inner_lr=inner_lr).items()}
         for i, task in enumerate(chunk):
@@ -244,9 +244,7 @@ def _record(task: dict, episode: int, q: int, loss: float, scores: dict[str, flo
 def query_areas(probabilities: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """{"areas@t": `areas(...)`} of one query `(H, W, 1)` at each threshold (None: not finite), the
     pixels under `ignore` `(H, W)` left out."""
-    finite = bool(np.isfinite(probabilities).all())
-    return {f"areas@{t}": areas(probabilities[..., 0] > t if finite else None, mask[..., 0], ignore)
-            for t in THRESHOLDS}
+    return {f"areas@{t}": a for t, a in areas_at_thresholds(probabilities[..., 0], mask[..., 0], ignore).items()}
 
 
 def table(rows: dict[str, dict]) -> str:
